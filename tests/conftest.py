@@ -1,0 +1,30 @@
+"""Shared test fixtures: the published-release reference data and a quiet, single-threaded torch."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("MASKFORMER_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+
+torch.set_num_threads(int(os.environ.get("MASKFORMER_TEST_THREADS", "2")))
+
+
+def require_reference(*parts) -> Path:
+    """
+    Path of a file under the reference folder. Skips the test where the folder is absent (a
+    user's clone) and fails where CI=true, since CI always has it.
+    """
+    path = REFERENCE_DIR.joinpath(*parts)
+    if not path.exists():
+        message = f"reference data not found at {path} (set MASKFORMER_REFERENCE_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    return require_reference()
