@@ -1,0 +1,169 @@
+"""The MaskFormer meta-architecture: backbone + MaskFormer head, set-prediction loss, and inference."""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import BitMasks, ImageList
+from torch import nn
+
+from .modeling.criterion import SetCriterion
+from .modeling.inference import instance_inference, panoptic_inference, semantic_inference
+from .modeling.matcher import HungarianMatcher
+
+
+@META_ARCH_REGISTRY.register()
+class MaskFormer(nn.Module):
+    """
+    Input: a list of dicts, one per image, with "image" (3, H, W) in INPUT.FORMAT, and in training
+    "instances" (gt_classes (M,), gt_masks (M, H, W)); optional "height"/"width" for the output size.
+
+    Training returns the weighted loss dict. Inference returns per image {"sem_seg": (K, height, width)}
+    plus "panoptic_seg": (ids (height, width) int32, segments_info) with PANOPTIC_ON and
+    "instances" with INSTANCE_ON.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        metadata,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: Tuple[float],
+        pixel_std: Tuple[float],
+        panoptic_on: bool = False,
+        instance_on: bool = False,
+        test_topk_per_image: int = 100,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold = object_mask_threshold
+        self.overlap_threshold = overlap_threshold
+        self.metadata = metadata
+        self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.panoptic_on = panoptic_on
+        self.instance_on = instance_on
+        self.test_topk_per_image = test_topk_per_image
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+
+        mf = cfg.MODEL.MASK_FORMER
+        matcher = HungarianMatcher(cost_class=1.0, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT)
+        layer_weights = {"loss_ce": 1.0, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
+        weight_dict = dict(layer_weights)
+        if mf.DEEP_SUPERVISION:
+            for i in range(mf.DEC_LAYERS - 1):
+                weight_dict.update({f"{k}_{i}": v for k, v in layer_weights.items()})
+        criterion = SetCriterion(
+            sem_seg_head.num_classes,
+            matcher=matcher,
+            weight_dict=weight_dict,
+            eos_coef=mf.NO_OBJECT_WEIGHT,
+            losses=("labels", "masks"),
+            num_points=mf.TRAIN_NUM_POINTS,
+            oversample_ratio=mf.OVERSAMPLE_RATIO,
+            importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+        )
+        return {
+            "backbone": backbone,
+            "sem_seg_head": sem_seg_head,
+            "criterion": criterion,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": mf.TEST.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": mf.TEST.OVERLAP_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
+            # panoptic and instance outputs are computed at the output resolution
+            "sem_seg_postprocess_before_inference": (
+                mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or mf.TEST.PANOPTIC_ON or mf.TEST.INSTANCE_ON
+            ),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "panoptic_on": mf.TEST.PANOPTIC_ON,
+            "instance_on": mf.TEST.INSTANCE_ON,
+            "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self):
+        return self.pixel_mean.device
+
+    @property
+    def thing_ids(self) -> set:
+        mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None) if self.metadata else None
+        return set(mapping.values()) if mapping else set()
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def forward(self, batched_inputs: List[Dict]):
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.sem_seg_head(features)
+
+        if self.training:
+            targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+            losses = self.criterion(outputs, targets)
+            weights = self.criterion.weight_dict
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+        mask_pred_results = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
+        return [
+            self.inference_single(mask_cls, mask_pred, x, image_size)
+            for mask_cls, mask_pred, x, image_size in zip(
+                outputs["pred_logits"], mask_pred_results, batched_inputs, images.image_sizes
+            )
+        ]
+
+    def inference_single(self, mask_cls, mask_pred, inputs: Dict, image_size) -> Dict:
+        """mask_cls (Q, K+1), mask_pred (Q, H_pad, W_pad) logits of one image -> its outputs."""
+        height = inputs.get("height", image_size[0])
+        width = inputs.get("width", image_size[1])
+        if self.sem_seg_postprocess_before_inference:
+            mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
+        sem_seg = semantic_inference(mask_cls, mask_pred)
+        if not self.sem_seg_postprocess_before_inference:
+            sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
+        result = {"sem_seg": sem_seg}
+        if self.panoptic_on:
+            result["panoptic_seg"] = panoptic_inference(
+                mask_cls, mask_pred, self.thing_ids, self.object_mask_threshold, self.overlap_threshold
+            )
+        if self.instance_on:
+            result["instances"] = instance_inference(
+                mask_cls, mask_pred, self.test_topk_per_image, self.thing_ids if self.panoptic_on else None
+            )
+        return result
+
+    def prepare_targets(self, instances, images: ImageList) -> List[Dict[str, torch.Tensor]]:
+        """Per image "labels" (M,) and "masks" (M, H_pad, W_pad) zero-padded to the batch size."""
+        h_pad, w_pad = images.tensor.shape[-2:]
+        targets = []
+        for inst in instances:
+            masks = inst.gt_masks.tensor if isinstance(inst.gt_masks, BitMasks) else inst.gt_masks
+            padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
+            padded[:, : masks.shape[1], : masks.shape[2]] = masks
+            targets.append({"labels": inst.gt_classes.to(self.device), "masks": padded.to(self.device)})
+        return targets

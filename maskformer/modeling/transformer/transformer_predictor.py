@@ -1,0 +1,131 @@
+"""
+The transformer module and segmentation module of MaskFormer (paper Sec. 3.3): a DETR decoder turns
+N learned queries into per-segment embeddings, from which a linear layer predicts K+1 class logits and
+an MLP predicts mask embeddings; masks are dot products with the per-pixel embeddings.
+"""
+from typing import Dict, List, Optional
+
+import fvcore.nn.weight_init as weight_init
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import Conv2d
+from torch import nn
+
+from .position_encoding import PositionEmbeddingSine
+from .transformer import Transformer
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class TransformerPredictor(nn.Module):
+    """
+    forward(x (B, C_in, h, w), mask_features (B, mask_dim, H/4, W/4)) -> dict with
+      "pred_logits": (B, Q, K+1)   (only when mask_classification)
+      "pred_masks":  (B, Q, H/4, W/4) mask logits
+      "aux_outputs": list of L-1 dicts of the same for earlier decoder layers (deep supervision)
+    """
+
+    @configurable
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dropout: float,
+        dim_feedforward: int,
+        enc_layers: int,
+        dec_layers: int,
+        pre_norm: bool,
+        deep_supervision: bool,
+        mask_dim: int,
+        enforce_input_project: bool,
+        fused_attention: bool = False,
+    ):
+        super().__init__()
+        self.mask_classification = mask_classification
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+        self.transformer = Transformer(
+            d_model=hidden_dim,
+            nhead=nheads,
+            num_encoder_layers=enc_layers,
+            num_decoder_layers=dec_layers,
+            dim_feedforward=dim_feedforward,
+            dropout=dropout,
+            normalize_before=pre_norm,
+            return_intermediate_dec=deep_supervision,
+            fused_attention=fused_attention,
+        )
+        self.num_queries = num_queries
+        # queries start at zero in the decoder; this embedding is their learned positional encoding
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        if in_channels != hidden_dim or enforce_input_project:
+            self.input_proj = Conv2d(in_channels, hidden_dim, kernel_size=1)
+            weight_init.c2_xavier_fill(self.input_proj)
+        else:
+            self.input_proj = nn.Sequential()
+        self.aux_loss = deep_supervision
+        if mask_classification:
+            self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    @classmethod
+    def from_config(cls, cfg, in_channels, mask_classification):
+        mf = cfg.MODEL.MASK_FORMER
+        return {
+            "in_channels": in_channels,
+            "mask_classification": mask_classification,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "hidden_dim": mf.HIDDEN_DIM,
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "nheads": mf.NHEADS,
+            "dropout": mf.DROPOUT,
+            "dim_feedforward": mf.DIM_FEEDFORWARD,
+            "enc_layers": mf.ENC_LAYERS,
+            "dec_layers": mf.DEC_LAYERS,
+            "pre_norm": mf.PRE_NORM,
+            "deep_supervision": mf.DEEP_SUPERVISION,
+            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
+            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            "fused_attention": mf.FUSED_ATTENTION,
+        }
+
+    def forward(self, x: torch.Tensor, mask_features: torch.Tensor) -> Dict:
+        pos = self.pe_layer(x)
+        hs, _ = self.transformer(self.input_proj(x), None, self.query_embed.weight, pos)  # (L, B, Q, C)
+        if not self.aux_loss:
+            hs = hs[-1:]
+        # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
+        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        logits: Optional[torch.Tensor] = self.class_embed(hs) if self.mask_classification else None
+
+        out = {"pred_masks": masks[-1]}
+        if logits is not None:
+            out["pred_logits"] = logits[-1]
+        if self.aux_loss:
+            out["aux_outputs"] = self._aux_outputs(logits, masks)
+        return out
+
+    @torch.jit.unused
+    def _aux_outputs(self, logits: Optional[torch.Tensor], masks: torch.Tensor) -> List[Dict]:
+        if logits is None:
+            return [{"pred_masks": m} for m in masks[:-1]]
+        return [{"pred_logits": c, "pred_masks": m} for c, m in zip(logits[:-1], masks[:-1])]
