@@ -4,7 +4,6 @@ inputs of any size are padded to the patch size and every stage pads its feature
 multiple of the window, so that no window is ever shrunk and the shift is always window // 2.
 Parameter names follow the released Swin/MaskFormer checkpoints so that they load unchanged.
 """
-import logging
 from typing import List, Optional, Tuple
 
 import torch
@@ -14,8 +13,6 @@ from torch import nn
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
-
-logger = logging.getLogger(__name__)
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -88,6 +85,7 @@ def shifted_window_mask(
     a window may hold pixels from up to 3x3 regions that were not adjacent in the image;
     pairs from different regions get -100 (vanishing after softmax), others 0.
     """
+
     def region(size):
         # region label along one axis: [0, size-w) -> 0, [size-w, size-shift) -> 1, rest -> 2
         pos = torch.arange(size, device=device)
