@@ -28,3 +28,12 @@ def require_reference(*parts) -> Path:
 @pytest.fixture
 def reference_dir() -> Path:
     return require_reference()
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("MASKFORMER_SLOW_TESTS") == "1":
+        return
+    skip_slow = pytest.mark.skip(reason="slow test: set MASKFORMER_SLOW_TESTS=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)

@@ -1,0 +1,83 @@
+"""Hungarian matcher: cost terms against hand computation and the assignment against brute force."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from maskformer.modeling.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_sigmoid_focal_cost
+
+
+def _focal(logit: float, target: float, alpha=0.25, gamma=2.0) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    ce = -(target * math.log(p) + (1 - target) * math.log(1 - p))
+    p_t = p * target + (1 - p) * (1 - target)
+    alpha_t = alpha * target + (1 - alpha) * (1 - target)
+    return alpha_t * ce * (1 - p_t) ** gamma
+
+
+def test_pairwise_costs_by_hand():
+    inputs = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    focal = pairwise_sigmoid_focal_cost(inputs, targets)
+    dice = pairwise_dice_cost(inputs, targets)
+    for i, j in itertools.product(range(2), range(2)):
+        expected = sum(_focal(x, t) for x, t in zip(inputs[i].tolist(), targets[j].tolist())) / 3
+        assert focal[i, j].item() == pytest.approx(expected, rel=1e-5)
+        p = torch.sigmoid(inputs[i])
+        expected_dice = 1 - (2 * (p * targets[j]).sum() + 1) / (p.sum() + targets[j].sum() + 1)
+        assert dice[i, j].item() == pytest.approx(expected_dice.item(), rel=1e-6)
+
+
+def _brute_force(cost: torch.Tensor):
+    num_queries, num_targets = cost.shape
+    best, best_perm = None, None
+    for perm in itertools.permutations(range(num_queries), num_targets):
+        total = sum(cost[q, t].item() for t, q in enumerate(perm))
+        if best is None or total < best:
+            best, best_perm = total, perm
+    return best, best_perm
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_assignment_matches_brute_force(seed):
+    torch.manual_seed(seed)
+    num_queries, num_classes, num_targets = 5, 4, 3
+    outputs = {"pred_logits": torch.randn(1, num_queries, num_classes + 1),
+               "pred_masks": torch.randn(1, num_queries, 8, 8)}
+    target = {"labels": torch.randint(0, num_classes, (num_targets,)),
+              "masks": torch.rand(num_targets, 16, 16) > 0.5}
+    matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
+    (queries, targets), = matcher(outputs, [target])
+    cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], target)
+    assert cost.shape == (num_queries, num_targets)
+    best, _ = _brute_force(cost)
+    assert sorted(targets.tolist()) == list(range(num_targets))
+    assert cost[queries, targets].sum().item() == pytest.approx(best, rel=1e-6)
+
+
+def test_targets_downsampled_to_prediction_resolution():
+    """A target mask at 4x resolution must cost the same as the same mask given at mask resolution."""
+    torch.manual_seed(0)
+    logits, masks = torch.randn(3, 3), torch.randn(3, 4, 4)
+    small = torch.rand(2, 4, 4) > 0.5
+    large = small.repeat_interleave(4, 1).repeat_interleave(4, 2)
+    matcher = HungarianMatcher(1.0, 20.0, 1.0)
+    labels = torch.tensor([0, 1])
+    small_cost = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": small})
+    large_cost = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": large})
+    assert torch.allclose(small_cost, large_cost)
+
+
+def test_empty_targets_give_empty_match():
+    outputs = {"pred_logits": torch.randn(2, 4, 3), "pred_masks": torch.randn(2, 4, 8, 8)}
+    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32, dtype=torch.bool)},
+               {"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)}]
+    indices = HungarianMatcher(1, 1, 1)(outputs, targets)
+    assert indices[0][0].numel() == 0 and indices[0][1].numel() == 0
+    assert indices[1][1].tolist() == [0] and indices[1][0].dtype == torch.int64
+
+
+def test_all_zero_costs_rejected():
+    with pytest.raises(ValueError, match="0"):
+        HungarianMatcher(0, 0, 0)
