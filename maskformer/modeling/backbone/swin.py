@@ -439,6 +439,7 @@ class D2SwinTransformer(SwinTransformer, Backbone):
             drop_path_rate=c.DROP_PATH_RATE,
             ape=c.APE,
             patch_norm=c.PATCH_NORM,
+            fused_attention=cfg.MODEL.MASK_FORMER.FUSED_ATTENTION,
         )
         names = [f"res{i + 2}" for i in range(self.num_layers)]
         self._out_features = list(c.OUT_FEATURES)
