@@ -30,18 +30,21 @@ def distinct_colors(n, seed=0):
 def panoptic_metadata(categories):
     """
     Metadata of a panoptic dataset in detectron2's "standard" layout: contiguous ids run over
-    all classes in list order; ``stuff_classes`` lists every class and ``thing_classes`` the things.
+    all classes in list order, and both ``thing_classes`` and ``stuff_classes`` list every class
+    (indexed by contiguous id, as detectron2's visualizer and evaluators expect); the two
+    ``*_dataset_id_to_contiguous_id`` maps tell things from stuff.
 
     Args:
         categories (list[dict]): COCO panoptic categories ("id", "name", "color", "isthing"),
             in contiguous-id order.
     """
-    things = [c for c in categories if c["isthing"]]
+    names = [c["name"] for c in categories]
+    colors = [c["color"] for c in categories]
     return {
-        "thing_classes": [c["name"] for c in things],
-        "thing_colors": [c["color"] for c in things],
-        "stuff_classes": [c["name"] for c in categories],
-        "stuff_colors": [c["color"] for c in categories],
+        "thing_classes": names,
+        "thing_colors": colors,
+        "stuff_classes": names,
+        "stuff_colors": colors,
         "thing_dataset_id_to_contiguous_id": {
             c["id"]: i for i, c in enumerate(categories) if c["isthing"]
         },
