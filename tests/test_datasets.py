@@ -57,7 +57,7 @@ def test_panoptic_datasets(name):
     assert len(meta.stuff_colors) == num_classes
     things = meta.thing_dataset_id_to_contiguous_id
     assert len(things) == num_things
-    contiguous = {**things, **meta.stuff_dataset_id_to_contiguous_id}
+    contiguous = {**meta.stuff_dataset_id_to_contiguous_id, **things}
     assert sorted(contiguous.values()) == list(range(num_classes))
     assert meta.panoptic_root and meta.panoptic_json
     assert meta.evaluator_type in ("coco_panoptic_seg", "ade20k_panoptic_seg")

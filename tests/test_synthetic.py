@@ -80,7 +80,8 @@ def test_thing_stuff_split_and_metadata():
     assert meta.stuff_classes == ["circle", "rectangle", "triangle", "grass", "water", "sand"]
     assert meta.thing_classes == meta.stuff_classes  # detectron2's "standard" panoptic layout
     assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1, 3: 2}
-    assert meta.stuff_dataset_id_to_contiguous_id == {4: 3, 5: 4, 6: 5}
+    # every class, so that detectron2's SemSegEvaluator can map predictions to dataset ids
+    assert meta.stuff_dataset_id_to_contiguous_id == {i + 1: i for i in range(6)}
     assert meta.evaluator_type == "coco_panoptic_seg" and meta.sem_seg_root
     sem = MetadataCatalog.get("maskformer_synthetic_sem_seg_val")
     assert sem.evaluator_type == "sem_seg" and sem.ignore_label == 255

@@ -31,8 +31,10 @@ def panoptic_metadata(categories):
     """
     Metadata of a panoptic dataset in detectron2's "standard" layout: contiguous ids run over
     all classes in list order, and both ``thing_classes`` and ``stuff_classes`` list every class
-    (indexed by contiguous id, as detectron2's visualizer and evaluators expect); the two
-    ``*_dataset_id_to_contiguous_id`` maps tell things from stuff.
+    (indexed by contiguous id, as detectron2's visualizer and evaluators expect).
+    ``thing_dataset_id_to_contiguous_id`` holds the things; ``stuff_dataset_id_to_contiguous_id``
+    holds every class, since detectron2's ``SemSegEvaluator`` maps all semantic predictions back
+    to dataset ids through it (what is not a thing is stuff).
 
     Args:
         categories (list[dict]): COCO panoptic categories ("id", "name", "color", "isthing"),
@@ -48,9 +50,7 @@ def panoptic_metadata(categories):
         "thing_dataset_id_to_contiguous_id": {
             c["id"]: i for i, c in enumerate(categories) if c["isthing"]
         },
-        "stuff_dataset_id_to_contiguous_id": {
-            c["id"]: i for i, c in enumerate(categories) if not c["isthing"]
-        },
+        "stuff_dataset_id_to_contiguous_id": {c["id"]: i for i, c in enumerate(categories)},
     }
 
 
