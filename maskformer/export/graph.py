@@ -1,0 +1,39 @@
+"""The traceable part of a MaskFormer: normalised image batch -> class logits and mask logits."""
+import copy
+from typing import Tuple
+
+import torch
+from torch import nn
+
+from ..maskformer_model import MaskFormer
+from ..modeling.transformer.transformer_predictor import TransformerPredictor
+
+
+class MaskFormerGraph(nn.Module):
+    """
+    Backbone + MaskFormer head of ``model`` without the deep-supervision outputs, which only the
+    training loss reads.
+
+    forward(images (B, 3, H, W) float, already normalised and padded to the size divisibility)
+      -> (pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4) mask logits)
+    """
+
+    def __init__(self, model: MaskFormer):
+        super().__init__()
+        if not isinstance(model, MaskFormer):
+            raise TypeError(f"Only the MaskFormer meta-architecture can be exported, got {type(model).__name__}")
+        predictor = getattr(model.sem_seg_head, "predictor", None)
+        if not isinstance(predictor, TransformerPredictor):
+            raise TypeError(
+                "Export needs a head with a TransformerPredictor (MaskFormerHead), "
+                f"got {type(model.sem_seg_head).__name__}"
+            )
+        # Copies, so that switching the aux outputs off leaves the caller's model untouched.
+        self.backbone = copy.deepcopy(model.backbone)
+        self.sem_seg_head = copy.deepcopy(model.sem_seg_head)
+        self.sem_seg_head.predictor.aux_loss = False
+        self.eval()
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.sem_seg_head(self.backbone(images))
+        return outputs["pred_logits"], outputs["pred_masks"]

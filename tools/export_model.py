@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""
+Export a MaskFormer's inference graph as TorchScript or ONNX.
+
+  python tools/export_model.py --config-file CONFIG --format torchscript|onnx --output DIR \
+      [--input-size H W] [--opts MODEL.WEIGHTS model_final.pth ...]
+
+The graph maps a normalised, padded image batch (B, 3, H, W) float32 to
+(pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4)); batch, H and W are dynamic.
+DIR receives model.ts or model.onnx plus <model file>.json with the preprocessing (pixel mean/std,
+size divisibility, channel order), the inference settings and the class names and colours.
+``maskformer.export.ExportedMaskFormer`` (and demo/demo.py --exported) runs it end to end;
+``maskformer.export.postprocess`` alone turns raw outputs into sem_seg / panoptic_seg / instances.
+TorchScript graphs run on the device they were exported on (MODEL.DEVICE); ONNX graphs anywhere.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+# so the script runs from a checkout without `pip install -e .`
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import maskformer  # noqa: E402,F401  (registers the model components)
+from maskformer import add_maskformer_config  # noqa: E402
+from maskformer.export import EXPORT_FORMATS, export_model  # noqa: E402
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Export a MaskFormer to TorchScript or ONNX")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and its JSON")
+    parser.add_argument(
+        "--input-size", nargs=2, type=int, metavar=("H", "W"),
+        help="size of the example input to trace (rounded up to the size divisibility); "
+        "default INPUT.MIN_SIZE_TEST square. The graph accepts other sizes too.",
+    )
+    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    return parser
+
+
+def setup_cfg(args):
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def main(argv=None) -> Path:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    logger = setup_logger()
+    cfg = setup_cfg(args)
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    input_size = args.input_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
+    model_file = export_model(cfg, model, args.format, args.output, input_size)
+    logger.info(f"Wrote {model_file}")
+    return model_file
+
+
+if __name__ == "__main__":
+    main()
