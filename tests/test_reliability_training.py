@@ -1,0 +1,226 @@
+"""
+Failing and interrupted training runs: a non-finite loss stops training with a clear error and
+leaves the last good checkpoint alone; a run killed with SIGKILL resumes from its last checkpoint.
+
+Training runs use a tiny MaskFormer (Swin with 16 channels, one decoder layer, 64x64 crops) on a
+4-image copy of the synthetic dataset, so an iteration takes a fraction of a second on CPU.
+The helpers here are also used by test_reliability_distributed.py.
+"""
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.engine import HookBase
+from detectron2.modeling import META_ARCH_REGISTRY
+
+from maskformer import MaskFormer
+from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
+from maskformer.data.synthetic import ensure_synthetic_dataset
+from maskformer.engine.checkpoint import MaskFormerCheckpointer
+from maskformer.engine.config_loading import load_config
+from maskformer.engine.trainer import Trainer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SEM_SEG_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "maskformer_R18_sem_seg.yaml")
+NUM_TRAIN, NUM_VAL = 4, 2
+PREFIX = "reltest"  # dataset names of the subprocesses: reltest_sem_seg_train, ...
+TINY_OPTS = [
+    "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
+    "INPUT.CROP.SIZE", "(64,64)", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.SIZE_DIVISIBILITY", "64",
+    "MODEL.BACKBONE.NAME", "D2SwinTransformer", "MODEL.SWIN.EMBED_DIM", "16",
+    "MODEL.SWIN.DEPTHS", "[1,1,1,1]", "MODEL.SWIN.NUM_HEADS", "[1,1,1,1]", "MODEL.SWIN.WINDOW_SIZE", "2",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "1", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "4",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "16", "MODEL.MASK_FORMER.NHEADS", "1",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "16",
+]  # fmt: skip
+
+# train_net.py with the tiny dataset registered first, in this process and (as __mp_main__) in
+# every worker that torch.multiprocessing spawns.
+LAUNCHER = f"""
+import os, sys
+sys.path.insert(0, {str(REPO_ROOT)!r})
+from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
+register_synthetic_datasets(os.environ["DETECTRON2_DATASETS"], {NUM_TRAIN}, {NUM_VAL}, prefix={PREFIX!r})
+if __name__ == "__main__":
+    import train_net
+    train_net.invoke_main()
+"""
+
+
+@pytest.fixture(scope="module")
+def train_net_launcher(tmp_path_factory):
+    """(command prefix running train_net.py on the tiny dataset, environment for it)."""
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_dataset(str(root), NUM_TRAIN, NUM_VAL)  # once, not raced by the workers
+    script = root / "launch_train_net.py"
+    script.write_text(LAUNCHER)
+    env = {**os.environ, "DETECTRON2_DATASETS": str(root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return [sys.executable, str(script), "--config-file", SEM_SEG_CONFIG], env
+
+
+def tiny_train_args(output_dir, max_iter, period, *extra, prefix=PREFIX):
+    """Config overrides of a tiny run on the ``prefix`` copy of the synthetic dataset."""
+    return [
+        *TINY_OPTS, "DATASETS.TRAIN", f'("{prefix}_sem_seg_train",)',
+        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(period),
+        "OUTPUT_DIR", str(output_dir), *extra,
+    ]  # fmt: skip
+
+
+def start(command, env, log_path, **kwargs):
+    """Start a process in its own session (so that it can be killed with its workers) logging to a file."""
+    log = open(log_path, "w")
+    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+
+
+def wait_until(condition, timeout, what, process=None):
+    """Poll ``condition`` every 0.1 s; fail if ``process`` ends or ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"process exited with {process.returncode} before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def kill_session(process):
+    """SIGKILL a process started by :func:`start` and everything in its session."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+def checkpoint_files(output_dir):
+    """{name: (size, mtime_ns, sha256)} of the checkpoints and the last_checkpoint tag."""
+    state = {}
+    for path in Path(output_dir).iterdir():
+        if path.suffix == ".pth" or path.name == "last_checkpoint":
+            stat = path.stat()
+            state[path.name] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# non-finite loss
+
+
+NAN_ITER = 5  # the last iteration of the run below: no final checkpoint may follow it
+
+
+class _MaskFormerWithNaNLoss(MaskFormer):
+    """MaskFormer whose mask loss becomes NaN from training step NAN_ITER on."""
+
+    def forward(self, batched_inputs):
+        outputs = super().forward(batched_inputs)
+        if self.training:
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps > NAN_ITER:
+                outputs["loss_mask"] = outputs["loss_mask"] * float("nan")
+        return outputs
+
+
+@pytest.fixture
+def nan_loss_training(tmp_path):
+    """Config of a 6-iteration run (checkpoints every 2) whose loss is NaN at iteration 5."""
+    arch = "TestMaskFormerWithNaNLoss"
+    META_ARCH_REGISTRY._do_register(arch, _MaskFormerWithNaNLoss)
+    root = tmp_path / "datasets"
+    prefix = "reltest_nan"
+    register_synthetic_datasets(str(root), NUM_TRAIN, NUM_VAL, prefix=prefix)
+    try:
+        opts = tiny_train_args(tmp_path / "out", 6, 2, "MODEL.META_ARCHITECTURE", arch, prefix=prefix)
+        yield load_config(SEM_SEG_CONFIG, opts)
+    finally:
+        META_ARCH_REGISTRY._obj_map.pop(arch)
+        for task in ("sem_seg", "panoptic"):
+            for split in ("train", "val"):
+                DatasetCatalog.remove(f"{prefix}_{task}_{split}")
+                MetadataCatalog.remove(f"{prefix}_{task}_{split}")
+
+
+class _SnapshotBefore(HookBase):
+    def __init__(self, iteration, output_dir):
+        self.iteration, self.output_dir, self.files = iteration, output_dir, None
+
+    def before_step(self):
+        if self.trainer.iter == self.iteration:
+            self.files = checkpoint_files(self.output_dir)
+
+
+def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_training):
+    cfg = nan_loss_training
+    torch.manual_seed(0)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    snapshot = _SnapshotBefore(NAN_ITER, cfg.OUTPUT_DIR)
+    trainer.register_hooks([snapshot])
+
+    with pytest.raises(FloatingPointError) as error:
+        trainer.train()
+    message = str(error.value)
+    assert f"iteration={NAN_ITER}" in message
+    assert re.search(r"'loss_mask': nan", message) and "'loss_ce'" in message and "'loss_dice'" in message
+
+    # nothing written after the failure: same files, bytes and times as before the failing step
+    assert set(snapshot.files) == {"model_0000001.pth", "model_0000003.pth", "last_checkpoint"}
+    assert checkpoint_files(cfg.OUTPUT_DIR) == snapshot.files
+    assert (Path(cfg.OUTPUT_DIR) / "last_checkpoint").read_text() == "model_0000003.pth"
+
+    # and the last good checkpoint resumes: iteration 3, finite weights
+    model = Trainer.build_model(cfg)
+    checkpointer = MaskFormerCheckpointer(model, cfg.OUTPUT_DIR)
+    extra = checkpointer.resume_or_load("", resume=True)
+    assert extra["iteration"] == 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# interruption
+
+
+def test_run_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, train_net_launcher):
+    command, env = train_net_launcher
+    out = tmp_path / "out"
+    max_iter = 14
+    args = tiny_train_args(out, max_iter, 2)
+
+    first = start(command + args, env, tmp_path / "first.log")
+    try:
+        wait_until((out / "last_checkpoint").exists, 300, "the first checkpoint", first)
+        assert first.poll() is None, "the run ended before it could be killed"
+    finally:
+        kill_session(first)
+    assert first.returncode == -signal.SIGKILL
+    assert not (out / "model_final.pth").exists()
+    last = (out / "last_checkpoint").read_text()
+    checkpointed_iter = int(re.fullmatch(r"model_(\d{7})\.pth", last).group(1))
+    assert checkpointed_iter < max_iter - 1
+
+    resumed = subprocess.run(
+        command + ["--resume"] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    log = (out / "log.txt").read_text()
+    second_run = log[log.rindex("Command line arguments") :]
+    assert f"Loading from {out}/{last}" in second_run
+    assert f"Starting training from iteration {checkpointed_iter + 1}" in second_run
+
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == max_iter - 1
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["iteration"] == max_iter - 1
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
