@@ -10,7 +10,6 @@ an unpickler that only rebuilds numpy arrays and plain containers. A file needin
 raises :class:`UnsafeCheckpointError` naming the file and the refused global.
 """
 import contextlib
-import logging
 import os
 import pickle
 import re
@@ -27,8 +26,6 @@ __all__ = [
     "atomic_open",
     "load_numpy_pickle",
 ]
-
-logger = logging.getLogger(__name__)
 
 # What detectron2 / Caffe2 model-zoo pickles need: numpy arrays and scalars (pickle protocols 2-5),
 # ordered dicts, and the bytes decoding of protocol-2 pickles written by Python 3.

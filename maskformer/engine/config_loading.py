@@ -7,7 +7,6 @@ it refers to exists. YAML python tags (``!!python/...``, which run code while lo
 unless ``allow_unsafe``. Unknown keys and names are all reported at once, with close matches.
 """
 import difflib
-import logging
 from typing import Iterable, List, Sequence
 
 import yaml
@@ -21,8 +20,6 @@ from ..data.build import DATASET_MAPPER_REGISTRY
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 
 __all__ = ["ConfigError", "load_config", "check_registered_names"]
-
-logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
