@@ -1,0 +1,1 @@
+"""Training and evaluation engine (trainer, checkpointing, config loading); import the modules directly."""

@@ -1,0 +1,117 @@
+"""The MaskFormer trainer: detectron2's DefaultTrainer with this project's data, optimizer and evaluation."""
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+import torch
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.projects.deeplab import build_lr_scheduler
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data import build_dataset_mapper
+from ..evaluation import build_evaluator
+from ..solver import build_optimizer
+from ..test_time_augmentation import SemanticSegmentorWithTTA
+from .checkpoint import MaskFormerCheckpointer
+
+__all__ = ["Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    """
+    DefaultTrainer with:
+
+    - training batches from the mapper named by INPUT.DATASET_MAPPER_NAME (test batches use
+      detectron2's default DatasetMapper, resizing to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
+    - :func:`maskformer.solver.build_optimizer` and detectron2's DeepLab scheduler (WarmupPolyLR);
+    - evaluators by the test datasets' ``evaluator_type`` (:func:`maskformer.evaluation.build_evaluator`),
+      plus a test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
+    - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
+    - SOLVER.AMP.DTYPE as the mixed-precision type.
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__'s sequence, with the model wrapping and the checkpointer our own.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        model = create_ddp_model(
+            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
+        )
+        if cfg.SOLVER.AMP.ENABLED:
+            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE))
+        else:
+            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_checkpointer(cls, cfg, model, **checkpointables) -> MaskFormerCheckpointer:
+        """
+        The one place checkpointers are made (training and --eval-only). Saves to OUTPUT_DIR on
+        the main process only, atomically; loads without running pickled code;
+        ``checkpointables`` (e.g. trainer=...) are saved with the model.
+        """
+        return MaskFormerCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    def build_hooks(self):
+        hook_list = super().build_hooks()
+        if self.cfg.TEST.AUG.ENABLED:
+
+            def test_with_TTA_and_save_results():
+                self._last_tta_results = self.test_with_TTA(self.cfg, self.model)
+                return self._last_tta_results
+
+            # Once, after training (period 0); before the writer, which the main process has last.
+            tta = hooks.EvalHook(0, test_with_TTA_and_save_results)
+            hook_list.insert(len(hook_list) - int(comm.is_main_process()), tta)
+        return hook_list
+
+    @property
+    def last_eval_results(self) -> dict:
+        """Metrics of the last evaluation during training, TTA ones included ({} if none ran)."""
+        return {**getattr(self, "_last_eval_results", {}), **getattr(self, "_last_tta_results", {})}
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Evaluate ``model`` wrapped in :class:`SemanticSegmentorWithTTA`; metric groups get a "_TTA" suffix."""
+        logger.info("Running inference with test-time augmentation ...")
+        model = SemanticSegmentorWithTTA(cfg, model)
+        evaluators = [
+            build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA"), semantic_only=True)
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((f"{k}_TTA", v) for k, v in results.items())

@@ -1,0 +1,108 @@
+"""
+COCO instance AP for panoptic datasets: ground truth taken from the panoptic annotations when the
+dataset has no instance json, and predicted classes mapped from the model's contiguous ids over
+all (thing and stuff) classes back to dataset category ids.
+"""
+import json
+import logging
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from panopticapi.utils import rgb2id
+from PIL import Image
+
+__all__ = ["InstanceSegEvaluator", "panoptic_to_coco_instances"]
+
+logger = logging.getLogger(__name__)
+
+
+def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
+    """
+    COCO instance-segmentation ground truth (RLE masks) made of the thing segments of a
+    COCO-format panoptic annotation file and its PNG folder. Crowd segments keep ``iscrowd``.
+    """
+    with PathManager.open(panoptic_json) as f:
+        panoptic = json.load(f)
+    things = [c for c in panoptic["categories"] if c.get("isthing")]
+    thing_ids = {c["id"] for c in things}
+    annotations = []
+    for ann in panoptic["annotations"]:
+        segments = [s for s in ann["segments_info"] if s["category_id"] in thing_ids]
+        if not segments:
+            continue
+        png = os.path.join(panoptic_root, ann["file_name"])
+        with PathManager.open(png, "rb") as f:
+            ids = rgb2id(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint32))
+        for seg in segments:
+            mask = ids == seg["id"]
+            if not mask.any():
+                continue
+            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": ann["image_id"],
+                    "category_id": seg["category_id"],
+                    "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+                    "area": int(mask.sum()),
+                    "bbox": [float(x) for x in mask_util.toBbox(rle)],
+                    "iscrowd": int(seg.get("iscrowd", 0)),
+                }
+            )
+    return {"images": panoptic["images"], "categories": things, "annotations": annotations}
+
+
+def _write_json_atomically(data: dict, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with PathManager.open(tmp, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+
+
+class InstanceSegEvaluator(COCOEvaluator):
+    """
+    COCOEvaluator ("segm" and "bbox" AP) for a panoptic dataset evaluated from a model's
+    "instances" output, whose ``pred_classes`` are contiguous ids over all classes: thing ids need
+    not be 0..T-1 (ADE20K panoptic) and predictions of stuff classes are dropped.
+
+    Ground truth is the dataset's ``json_file`` metadata when present (COCO: the instances json);
+    otherwise it is built from ``panoptic_json``/``panoptic_root`` into ``output_dir``.
+    Must be constructed on every rank (it synchronizes).
+    """
+
+    def __init__(self, dataset_name: str, output_dir: str, *, distributed: bool = True, **kwargs):
+        meta = MetadataCatalog.get(dataset_name)
+        if not hasattr(meta, "json_file"):
+            gt_path = os.path.join(output_dir, f"{dataset_name}_instances_from_panoptic.json")
+            if comm.is_main_process():
+                logger.info(f"Writing instance ground truth of {dataset_name} from its panoptic annotations to {gt_path}")
+                PathManager.mkdirs(output_dir)
+                _write_json_atomically(panoptic_to_coco_instances(meta.panoptic_json, meta.panoptic_root), gt_path)
+            comm.synchronize()
+            meta.json_file = gt_path  # what COCOEvaluator reads; it caches its own conversions the same way
+        super().__init__(dataset_name, tasks=("segm", "bbox"), distributed=distributed, output_dir=output_dir, **kwargs)
+
+        self._contiguous_to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+        # Category ids are mapped back in process(). COCOEvaluator's own mapping assumes thing ids
+        # 0..T-1 and one class name per thing, so it reads a metadata without the mapping.
+        categories = sorted(self._coco_api.loadCats(self._coco_api.getCatIds()), key=lambda c: c["id"])
+        self._metadata = Metadata(
+            name=dataset_name, json_file=meta.json_file, thing_classes=[c["name"] for c in categories]
+        )
+
+    def process(self, inputs, outputs):
+        for inp, out in zip(inputs, outputs):
+            instances = out["instances"].to(self._cpu_device)
+            is_thing = [int(c) in self._contiguous_to_dataset_id for c in instances.pred_classes]
+            results = instances_to_coco_json(instances[torch.tensor(is_thing, dtype=torch.bool)], inp["image_id"])
+            for r in results:
+                r["category_id"] = self._contiguous_to_dataset_id[r["category_id"]]
+            self._predictions.append({"image_id": inp["image_id"], "instances": results})

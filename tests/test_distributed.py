@@ -1,0 +1,120 @@
+"""
+Distributed runs on CPU (gloo): 2 processes on one machine and "2 machines x 1 process" on
+loopback, each checked against a single-process evaluation of the same weights; and the Slurm
+launcher's arguments and job specification (no cluster needed).
+"""
+import importlib.util
+import socket
+
+import pytest
+import submitit
+from submitit.slurm.slurm import SlurmJobEnvironment
+
+from test_train_net import REPO, SEM_CFG, TINY, datasets_root, read_results, run_train_net, same_metrics  # noqa: F401
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_run(datasets_root, tmp_path_factory):
+    """A 2-process training run, and the single-process evaluation of its final weights."""
+    out = tmp_path_factory.mktemp("ddp")
+    run_train_net(
+        ["--config-file", SEM_CFG, "--num-gpus", "2", "--dist-url", "auto", *TINY,
+         "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(out)],
+        datasets_root,
+    )
+    reference = tmp_path_factory.mktemp("reference")
+    run_train_net(
+        ["--config-file", SEM_CFG, "--eval-only", *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"),
+         "OUTPUT_DIR", str(reference)],
+        datasets_root,
+    )
+    return out, read_results(reference)
+
+
+def assert_rank0_saved_and_both_evaluated(out, num_val=50):
+    assert sorted(p.name for p in out.glob("*.pth")) == ["model_final.pth"]
+    rank0, rank1 = (out / "log.txt").read_text(), (out / "log.txt.rank1").read_text()
+    assert "Saving checkpoint" in rank0 and "Saving checkpoint" not in rank1
+    # inference was split between the ranks, the metrics gathered on rank 0
+    half = f"Start inference on {num_val // 2} batches"
+    assert half in rank0 and half in rank1
+
+
+def test_two_processes_on_cpu(ddp_run):
+    out, reference = ddp_run
+    assert "World size: 2" in (out / "log.txt").read_text()
+    assert_rank0_saved_and_both_evaluated(out)
+    assert same_metrics(read_results(out), reference)
+
+
+def test_two_machines_on_loopback(ddp_run, datasets_root, tmp_path):
+    ddp_dir, reference = ddp_run
+    out = tmp_path / "two_machines"
+    url = f"tcp://127.0.0.1:{free_port()}"
+    # training from the 2-process weights with a zero learning rate keeps them: same metrics expected
+    flags = ["--config-file", SEM_CFG, "--num-gpus", "1", "--num-machines", "2", "--dist-url", url]
+    opts = [*TINY, "MODEL.WEIGHTS", str(ddp_dir / "model_final.pth"), "SOLVER.BASE_LR", "0.0", "SOLVER.MAX_ITER", "2",
+            "OUTPUT_DIR", str(out)]
+    run_train_net(
+        None,
+        datasets_root,
+        processes=[[*flags, "--machine-rank", str(rank), *opts] for rank in (0, 1)],
+    )
+    assert "World size: 2" in (out / "log.txt").read_text()
+    assert_rank0_saved_and_both_evaluated(out)
+    assert same_metrics(read_results(out), reference)
+
+
+# ---- Slurm launcher ----
+
+def load_slurm_launcher():
+    spec = importlib.util.spec_from_file_location("train_net_slurm", REPO / "tools" / "train_net_slurm.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_slurm_arguments_and_job_spec(tmp_path, capsys):
+    slurm = load_slurm_launcher()
+    argv = ["--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu", "--timeout", "90",
+            "--job-dir", str(tmp_path / "%j"), "--config-file", SEM_CFG, "SOLVER.MAX_ITER", "10"]
+    args = slurm.parse_args(argv)
+    assert (args.nodes, args.gpus_per_node, args.partition, args.timeout) == (4, 8, "gpu", 90)
+    assert args.config_file == SEM_CFG and args.opts == ["SOLVER.MAX_ITER", "10"]
+    spec = slurm.job_spec(args)
+    assert spec["nodes"] == 4 and spec["tasks_per_node"] == 1 and spec["gpus_per_node"] == 8
+    assert spec["cpus_per_task"] == 80 and spec["timeout_min"] == 90 and spec["slurm_partition"] == "gpu"
+    # submitit knows every parameter name (checked without a cluster by the debug executor, which
+    # validates "slurm_*" names against Slurm's but runs one node only)
+    submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(**{**spec, "nodes": 1})
+    with pytest.raises(NameError):
+        submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(slurm_partitions="gpu")
+
+    assert slurm.main(["--dry-run", *argv]) is None
+    assert '"slurm_partition": "gpu"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        slurm.parse_args(["--nodes", "0"])
+
+
+def test_slurm_node_arguments(monkeypatch):
+    slurm = load_slurm_launcher()
+    args = slurm.parse_args(["--nodes", "2", "--gpus-per-node", "4", "--config-file", SEM_CFG])
+    monkeypatch.setenv("SLURM_JOB_ID", "31337")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    monkeypatch.setenv("SLURM_NODEID", "1")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "gpu[07-08]")
+    node = slurm.TrainJob(args).node_args(SlurmJobEnvironment())
+    assert (node.num_gpus, node.num_machines, node.machine_rank) == (4, 2, 1)
+    assert node.dist_url == f"tcp://gpu07:{slurm.rendezvous_port('31337')}"
+    assert 20000 <= slurm.rendezvous_port("31337") < 40000
+    # a requeued job resumes
+    resubmission = slurm.TrainJob(args).checkpoint()
+    assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
+    assert resubmission.function.args.resume and not args.resume
+    assert isinstance(resubmission.function, slurm.TrainJob)

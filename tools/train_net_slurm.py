@@ -1,0 +1,120 @@
+#!/usr/bin/env python
+"""
+Submit train_net.py to a Slurm cluster with submitit: one task per node, each starting
+``--gpus-per-node`` processes through detectron2's ``launch``; node 0's hostname gives the
+rendezvous URL. A preempted or timed-out job is requeued and resumes from its last checkpoint.
+
+    python tools/train_net_slurm.py --nodes 2 --gpus-per-node 8 --partition learnfair \
+        --job-dir /checkpoint/$USER/maskformer/%j --config-file CONFIG [OPTS ...]
+    python tools/train_net_slurm.py ... --dry-run      # print the job, submit nothing
+"""
+import copy
+import json
+import os
+import sys
+from pathlib import Path
+
+import submitit
+from detectron2.engine import default_argument_parser
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    slurm = parser.add_argument_group("Slurm")
+    slurm.add_argument("--nodes", type=int, default=1, help="machines of the job")
+    slurm.add_argument("--gpus-per-node", type=int, default=8, help="processes (GPUs) per machine")
+    slurm.add_argument("--partition", default=None, help="Slurm partition")
+    slurm.add_argument("--timeout", type=int, default=72 * 60, help="job time limit, minutes")
+    slurm.add_argument("--job-dir", default="output/slurm/%j", help="submitit logs and pickles (%%j: job id)")
+    slurm.add_argument("--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU (data loading)")
+    slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
+    slurm.add_argument("--constraint", default=None, help="Slurm --constraint (e.g. volta32gb)")
+    slurm.add_argument("--comment", default=None, help="Slurm --comment")
+    slurm.add_argument("--job-name", default="maskformer")
+    slurm.add_argument("--dry-run", action="store_true", help="print the job specification only")
+    args = parser.parse_args(argv)
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        parser.error("--nodes and --gpus-per-node must be at least 1")
+    return args
+
+
+def job_spec(args) -> dict:
+    """submitit AutoExecutor parameters of the job: one task per node, the node's GPUs and cores."""
+    return {
+        "name": args.job_name,
+        "nodes": args.nodes,
+        "tasks_per_node": 1,
+        "gpus_per_node": args.gpus_per_node,
+        "cpus_per_task": args.cpus_per_gpu * args.gpus_per_node,
+        "timeout_min": args.timeout,
+        "mem_gb": args.mem_gb,
+        "slurm_partition": args.partition,
+        "slurm_constraint": args.constraint,
+        "slurm_comment": args.comment,
+        # time to write a checkpoint between the preemption/timeout signal and the kill
+        "slurm_signal_delay_s": 120,
+    }
+
+
+def rendezvous_port(job_id: str) -> int:
+    """A port every node of the job derives alike from the job id (avoiding clashes between jobs)."""
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """What each node runs: train_net's main through detectron2's launch, with this node's rank."""
+
+    def __init__(self, args):
+        self.args = args
+
+    def node_args(self, env):
+        """train_net arguments on the node described by ``env`` (a submitit JobEnvironment)."""
+        args = copy.deepcopy(self.args)
+        args.num_gpus = args.gpus_per_node
+        args.num_machines = env.num_nodes
+        args.machine_rank = env.node
+        args.dist_url = f"tcp://{env.hostnames[0]}:{rendezvous_port(env.job_id)}"
+        return args
+
+    def __call__(self):
+        from detectron2.engine import launch
+
+        if str(REPO_ROOT) not in sys.path:  # train_net.py and maskformer/ in a clone that is not installed
+            sys.path.insert(0, str(REPO_ROOT))
+        import train_net
+
+        args = self.node_args(submitit.JobEnvironment())
+        launch(
+            train_net.main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+    def checkpoint(self, *args, **kwargs):
+        # requeued after preemption or timeout: continue from OUTPUT_DIR/last_checkpoint
+        resumed = copy.deepcopy(self.args)
+        resumed.resume = True
+        return submitit.helpers.DelayedSubmission(type(self)(resumed))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    spec = job_spec(args)
+    if args.dry_run:
+        print(json.dumps({"job": spec, "job_dir": args.job_dir, "train_net_args": vars(args)}, indent=1))
+        return None
+    executor = submitit.AutoExecutor(folder=args.job_dir, slurm_max_num_timeout=30)
+    executor.update_parameters(**spec)
+    job = executor.submit(TrainJob(args))
+    print(f"Submitted job {job.job_id}; logs in {os.path.abspath(str(args.job_dir).replace('%j', str(job.job_id)))}")
+    return job
+
+
+if __name__ == "__main__":
+    main()
