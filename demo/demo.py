@@ -14,6 +14,7 @@ saved at export time unless --config-file is given.
 """
 import argparse
 import glob
+import logging
 import os
 import sys
 import time
@@ -24,6 +25,7 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import torch  # noqa: E402
 import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
@@ -33,6 +35,8 @@ import maskformer  # noqa: E402,F401  (registers the model components and datase
 from maskformer import add_maskformer_config  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
 from predictor import VisualizationDemo  # noqa: E402
+
+logger = logging.getLogger("maskformer.demo")
 
 WINDOW_NAME = "MaskFormer"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -67,6 +71,9 @@ def setup_cfg(args):
     else:
         raise ValueError("--config-file is required unless --exported is given")
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 
@@ -111,7 +118,7 @@ def write_image(path: str, image_bgr):
     os.replace(partial, path)
 
 
-def run_on_images(demo: VisualizationDemo, inputs: List[str], output: Optional[str], logger) -> int:
+def run_on_images(demo: VisualizationDemo, inputs: List[str], output: Optional[str]) -> int:
     """Returns the number of inputs that failed (each is logged with its reason)."""
     outputs = image_output_paths(inputs, output) if output else [None] * len(inputs)
     failed = 0
@@ -142,7 +149,7 @@ def video_output_path(source_name: str, output: str) -> str:
     return path
 
 
-def run_on_stream(demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str], logger) -> int:
+def run_on_stream(demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str]) -> int:
     """Draws every frame of ``video`` into ``output_path`` (or a window); returns the frame count."""
     width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
@@ -197,15 +204,15 @@ def open_video(source, name: str) -> cv2.VideoCapture:
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
+    setup_logger()
     setup_logger(name="maskformer")
-    logger = setup_logger()
     logger.info(f"Arguments: {args}")
     cfg = setup_cfg(args)
     demo = VisualizationDemo(cfg, exported=args.exported, confidence_threshold=args.confidence_threshold)
 
     if args.input:
         inputs = expand_inputs(args.input)
-        failed = run_on_images(demo, inputs, args.output, logger)
+        failed = run_on_images(demo, inputs, args.output)
         if failed:
             logger.error(f"{failed} of {len(inputs)} inputs failed")
         return 1 if failed else 0
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
     else:
         video = open_video(0, "webcam 0")
         output = video_output_path("webcam.avi", args.output) if args.output else None
-    run_on_stream(demo, video, output, logger)
+    run_on_stream(demo, video, output)
     return 0
 
 

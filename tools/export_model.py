@@ -14,12 +14,14 @@ size divisibility, channel order), the inference settings and the class names an
 TorchScript graphs run on the device they were exported on (MODEL.DEVICE); ONNX graphs anywhere.
 """
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 # so the script runs from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
@@ -28,6 +30,8 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import maskformer  # noqa: E402,F401  (registers the model components)
 from maskformer import add_maskformer_config  # noqa: E402
 from maskformer.export import EXPORT_FORMATS, export_model  # noqa: E402
+
+logger = logging.getLogger("maskformer.export_model")
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -49,6 +53,9 @@ def setup_cfg(args):
     add_maskformer_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 
@@ -56,14 +63,13 @@ def setup_cfg(args):
 def main(argv=None) -> Path:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
-    logger = setup_logger()
+    setup_logger()
+    setup_logger(name="maskformer")
     cfg = setup_cfg(args)
     model = build_model(cfg).eval()
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     input_size = args.input_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
-    model_file = export_model(cfg, model, args.format, args.output, input_size)
-    logger.info(f"Wrote {model_file}")
-    return model_file
+    return export_model(cfg, model, args.format, args.output, input_size)
 
 
 if __name__ == "__main__":
