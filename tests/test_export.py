@@ -300,17 +300,7 @@ SWIN = {
 }
 
 
-@pytest.mark.parametrize(
-    "fmt",
-    [
-        "torchscript",
-        pytest.param("onnx", marks=pytest.mark.xfail(
-            strict=True, raises=ValueError,
-            reason="swin.py pads with -(-H // w) * w and -W % w: ONNX integer Div truncates instead of flooring, "
-            "so the exported graph gets zero windows (fix: (H + w - 1) // w * w, (w - W % w) % w)",
-        )),
-    ],
-)
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_swin_model_exports(fmt, tmp_path):
     cfg = tiny_cfg(panoptic=False)
     cfg.merge_from_list([x for kv in SWIN.items() for x in kv])

@@ -208,7 +208,8 @@ class SwinTransformerBlock(nn.Module):
         shortcut = x
         x = self.norm1(x).view(B, H, W, C)
         # zero-pad the normalised map on the right/bottom; padded tokens take part in attention
-        x = F.pad(x, (0, 0, 0, -W % w, 0, -H % w))
+        # (w - n % w) % w rather than -n % w: ONNX integer ops truncate where Python floors
+        x = F.pad(x, (0, 0, 0, (w - W % w) % w, 0, (w - H % w) % w))
         Hp, Wp = x.shape[1:3]
         if s > 0:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
@@ -286,7 +287,7 @@ class BasicLayer(nn.Module):
         attn_mask = None
         if self.shift_size > 0:
             w = self.window_size
-            Hp, Wp = -(-H // w) * w, -(-W // w) * w
+            Hp, Wp = (H + w - 1) // w * w, (W + w - 1) // w * w
             attn_mask = shifted_window_mask(Hp, Wp, w, self.shift_size, x.device, x.dtype)
         for blk in self.blocks:
             x = blk(x, H, W, attn_mask)
@@ -306,7 +307,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch_size
-        x = self.proj(F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p)))
+        x = self.proj(F.pad(x, (0, (p - x.shape[-1] % p) % p, 0, (p - x.shape[-2] % p) % p)))
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x
