@@ -21,9 +21,9 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
+from maskformer.engine.checkpoint import atomic_open
 from maskformer.engine.config_loading import load_config
 from maskformer.engine.trainer import Trainer
 
@@ -50,10 +50,8 @@ def setup(args):
 def write_results(results, output_dir):
     """Write the evaluation results (task -> metric -> value) to OUTPUT_DIR/eval_results.json."""
     path = os.path.join(output_dir, "eval_results.json")
-    tmp = f"{path}.tmp"
-    with PathManager.open(tmp, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(results, f, indent=1)
-    os.replace(tmp, path)
     logger.info(f"Evaluation results written to {path}")
 
 

@@ -1,5 +1,4 @@
 """Test-time augmentation for semantic segmentation: multi-scale + flip, averaged probabilities."""
-import logging
 from typing import Dict, List
 
 import torch
@@ -9,8 +8,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["SemanticSegmentorWithTTA"]
-
-logger = logging.getLogger(__name__)
 
 
 class SemanticSegmentorWithTTA(nn.Module):

@@ -19,6 +19,8 @@ from detectron2.utils.file_io import PathManager
 from panopticapi.utils import rgb2id
 from PIL import Image
 
+from ..engine.checkpoint import atomic_open
+
 __all__ = ["InstanceSegEvaluator", "panoptic_to_coco_instances"]
 
 logger = logging.getLogger(__name__)
@@ -60,13 +62,6 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
     return {"images": panoptic["images"], "categories": things, "annotations": annotations}
 
 
-def _write_json_atomically(data: dict, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with PathManager.open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
-
-
 class InstanceSegEvaluator(COCOEvaluator):
     """
     COCOEvaluator ("segm" and "bbox" AP) for a panoptic dataset evaluated from a model's
@@ -85,7 +80,8 @@ class InstanceSegEvaluator(COCOEvaluator):
             if comm.is_main_process():
                 logger.info(f"Writing instance ground truth of {dataset_name} from its panoptic annotations to {gt_path}")
                 PathManager.mkdirs(output_dir)
-                _write_json_atomically(panoptic_to_coco_instances(meta.panoptic_json, meta.panoptic_root), gt_path)
+                with atomic_open(gt_path, "w") as f:
+                    json.dump(panoptic_to_coco_instances(meta.panoptic_json, meta.panoptic_root), f)
             comm.synchronize()
             meta.json_file = gt_path  # what COCOEvaluator reads; it caches its own conversions the same way
         super().__init__(dataset_name, tasks=("segm", "bbox"), distributed=distributed, output_dir=output_dir, **kwargs)
