@@ -25,7 +25,6 @@ from typing import List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
-import torch  # noqa: E402
 import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
@@ -33,6 +32,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import maskformer  # noqa: E402,F401  (registers the model components and datasets)
 from maskformer import add_maskformer_config  # noqa: E402
+from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
 from predictor import VisualizationDemo  # noqa: E402
 
@@ -62,18 +62,17 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
+        cfg = load_config(args.config_file, args.opts, need_datasets=False)
     elif args.exported:
+        cfg = get_cfg()
+        add_maskformer_config(cfg)
         cfg.merge_from_other_cfg(cfg.load_cfg(load_export_metadata(args.exported)["config"]))
+        cfg.merge_from_list(args.opts)
     else:
         raise ValueError("--config-file is required unless --exported is given")
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if use_cpu_without_cuda(cfg):
         logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

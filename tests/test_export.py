@@ -4,7 +4,6 @@ outputs, then sem_seg / panoptic_seg / instances after post-processing), the met
 to feed them, and demo.py runs them.
 """
 import importlib.util
-import json
 import sys
 from pathlib import Path
 

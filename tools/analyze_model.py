@@ -23,27 +23,23 @@ from collections import Counter
 
 import numpy as np
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader
 from detectron2.modeling import build_model
 from detectron2.utils.analysis import FlopCountAnalysis, parameter_count_table
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table
 
-from maskformer import add_maskformer_config  # also registers the project's components
+import maskformer  # noqa: F401  (registers the project's components)
+from maskformer.engine.config_loading import load_config, use_cpu_without_cuda
 
 logger = logging.getLogger("maskformer.analyze_model")
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, need_datasets=False)
     cfg.DATALOADER.NUM_WORKERS = 0
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    if use_cpu_without_cuda(cfg):
         logger.info("CUDA is not available: analysing the model on the CPU")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 

@@ -21,14 +21,12 @@ from pathlib import Path
 # so the script runs from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import maskformer  # noqa: E402,F401  (registers the model components)
-from maskformer import add_maskformer_config  # noqa: E402
+from maskformer.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
+from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import EXPORT_FORMATS, export_model  # noqa: E402
 
 logger = logging.getLogger("maskformer.export_model")
@@ -49,13 +47,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    cfg = load_config(args.config_file, args.opts, need_datasets=False)
+    if use_cpu_without_cuda(cfg):
         logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     return cfg
 
@@ -67,7 +61,7 @@ def main(argv=None) -> Path:
     setup_logger(name="maskformer")
     cfg = setup_cfg(args)
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     input_size = args.input_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     return export_model(cfg, model, args.format, args.output, input_size)
 

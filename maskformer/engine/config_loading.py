@@ -9,6 +9,7 @@ unless ``allow_unsafe``. Unknown keys and names are all reported at once, with c
 import difflib
 from typing import Iterable, List, Sequence
 
+import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
@@ -19,20 +20,23 @@ from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 
-__all__ = ["ConfigError", "load_config", "check_registered_names"]
+__all__ = ["ConfigError", "load_config", "check_registered_names", "use_cpu_without_cuda"]
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used as is; the message says what to change."""
 
 
-def load_config(path: str, opts: Sequence[str] = (), allow_unsafe: bool = False) -> CfgNode:
+def load_config(path: str, opts: Sequence[str] = (), allow_unsafe: bool = False,
+                need_datasets: bool = True) -> CfgNode:
     """
     Args:
         path: YAML config file.
         opts: overrides as a flat list ``[KEY, VALUE, KEY, VALUE, ...]`` (as on the command line).
         allow_unsafe: load YAML python tags (arbitrary code) in ``path`` or its bases; only for
             files you trust.
+        need_datasets: the datasets must be registered (training, evaluation); inference-only
+            tools need just their metadata and pass False.
     Returns:
         the merged config (not frozen).
     Raises:
@@ -44,8 +48,16 @@ def load_config(path: str, opts: Sequence[str] = (), allow_unsafe: bool = False)
     add_maskformer_config(cfg)
     _merge_file(cfg, path, allow_unsafe)
     _merge_overrides(cfg, list(opts))
-    check_registered_names(cfg, source=path)
+    check_registered_names(cfg, source=path, need_datasets=need_datasets)
     return cfg
+
+
+def use_cpu_without_cuda(cfg: CfgNode) -> bool:
+    """Switch MODEL.DEVICE to "cpu" when it asks for CUDA and none is available. Returns whether it did."""
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        return True
+    return False
 
 
 def _merge_file(cfg: CfgNode, path: str, allow_unsafe: bool) -> None:
@@ -86,11 +98,11 @@ def _merge_overrides(cfg: CfgNode, opts: List[str]) -> None:
         raise ConfigError(f"Config overrides {opts}: {e}") from e
 
 
-def check_registered_names(cfg: CfgNode, source: str = "the config") -> None:
+def check_registered_names(cfg: CfgNode, source: str = "the config", need_datasets: bool = True) -> None:
     """
     Raise :class:`ConfigError` listing every component name (meta-architecture, backbone, head,
-    pixel decoder, dataset mapper) and dataset in ``cfg`` that is not registered, with close matches.
-    Datasets must therefore be registered before the config is loaded.
+    pixel decoder, dataset mapper) and, with ``need_datasets``, dataset in ``cfg`` that is not
+    registered, with close matches. Datasets must therefore be registered before the config is loaded.
     """
     named = [
         ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY),
@@ -104,13 +116,14 @@ def check_registered_names(cfg: CfgNode, source: str = "the config") -> None:
         for key, name, registry in named
         if name not in registry
     ]
-    datasets = DatasetCatalog.list()
-    for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
-        problems += [
-            _describe_unregistered(key, name, datasets, "a registered dataset")
-            for name in names
-            if name not in datasets
-        ]
+    if need_datasets:
+        datasets = DatasetCatalog.list()
+        for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+            problems += [
+                _describe_unregistered(key, name, datasets, "a registered dataset")
+                for name in names
+                if name not in datasets
+            ]
     if problems:
         raise ConfigError(f"{source} names unknown components or datasets:\n" + "\n".join(problems))
 

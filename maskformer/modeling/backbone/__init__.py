@@ -1,1 +1,2 @@
 from .swin import D2SwinTransformer
+__all__ = ["D2SwinTransformer"]
