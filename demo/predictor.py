@@ -7,10 +7,23 @@ from detectron2.data import transforms as T
 from detectron2.engine.defaults import DefaultPredictor
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
+from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.export import ExportedMaskFormer
 
 # instances are drawn from this score on when no --confidence-threshold is given
 DEFAULT_INSTANCE_THRESHOLD = 0.5
+
+
+class SafePredictor(DefaultPredictor):
+    """DefaultPredictor whose weights are read without running pickled code (MaskFormerCheckpointer)."""
+
+    def __init__(self, cfg):
+        weights = cfg.MODEL.WEIGHTS
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = ""  # DefaultPredictor would read them with pickle
+        super().__init__(cfg)
+        MaskFormerCheckpointer(self.model).load(weights)
 
 
 class ExportedPredictor(DefaultPredictor):
@@ -47,7 +60,7 @@ class VisualizationDemo:
                 cfg = cfg.clone()
                 cfg.defrost()
                 cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = confidence_threshold
-            self.predictor = DefaultPredictor(cfg)
+            self.predictor = SafePredictor(cfg)
         self.metadata = self.predictor.metadata
         self.instance_threshold = DEFAULT_INSTANCE_THRESHOLD if confidence_threshold is None else confidence_threshold
         self.instance_mode = instance_mode
