@@ -172,12 +172,6 @@ def write_ade20k(root: Path, num_train=2, num_val=2, size=(48, 64)):
             cv2.imwrite(str(labels / f"{prefix}_{i:08d}.png"), label)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the training mappers drop the original image's height/width, which detectron2's "
-    "aspect-ratio grouping (DATALOADER.ASPECT_RATIO_GROUPING, on in this config) reads: KeyError 'width'",
-)
 def test_published_ade20k_config_trains_and_evaluates(tmp_path):
     write_ade20k(tmp_path / "datasets")
     out_dir = tmp_path / "out"

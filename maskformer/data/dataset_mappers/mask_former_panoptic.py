@@ -111,6 +111,7 @@ class MaskFormerPanopticDatasetMapper:
             dict: see :func:`mapper_output`; includes "sem_seg".
         """
         image = read_sample_image(dataset_dict, self.image_format)
+        original_size = image.shape[:2]
         pan_file = dataset_dict["pan_seg_file_name"]
         segment_ids = read_panoptic_ids(pan_file)
         check_same_size(pan_file, segment_ids, image)
@@ -134,4 +135,4 @@ class MaskFormerPanopticDatasetMapper:
         masks = index[None] == np.array(kept, dtype=np.int64)[:, None, None]
         nonempty = masks.any(axis=(1, 2))
         classes = index_to_class[kept][nonempty]
-        return mapper_output(dataset_dict, image, classes, masks[nonempty], sem_seg)
+        return mapper_output(dataset_dict, original_size, image, classes, masks[nonempty], sem_seg)

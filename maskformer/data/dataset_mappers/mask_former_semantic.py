@@ -75,6 +75,7 @@ class MaskFormerSemanticDatasetMapper:
             dict: see :func:`mapper_output`; includes "sem_seg".
         """
         image = read_sample_image(dataset_dict, self.image_format)
+        original_size = image.shape[:2]
         label_file = dataset_dict["sem_seg_file_name"]
         label = read_label_map(label_file)
         check_same_size(label_file, label, image)
@@ -89,4 +90,4 @@ class MaskFormerSemanticDatasetMapper:
         classes = np.unique(sem_seg)
         classes = classes[classes != self.ignore_label]
         masks = sem_seg[None] == classes[:, None, None]
-        return mapper_output(dataset_dict, image, classes, masks, sem_seg)
+        return mapper_output(dataset_dict, original_size, image, classes, masks, sem_seg)

@@ -93,11 +93,13 @@ def pad_bottom_right(array, divisor, value):
     return np.pad(array, pad, constant_values=value)
 
 
-def mapper_output(dataset_dict, image, classes, masks, sem_seg=None):
+def mapper_output(dataset_dict, original_size, image, classes, masks, sem_seg=None):
     """
     Args:
         dataset_dict (dict): the input dict; its keys (file_name, height, width, image_id, ...)
             are kept.
+        original_size (tuple): (H, W) of the image as read; becomes "height"/"width" where the
+            dataset gives none (detectron2's aspect-ratio grouping reads them).
         image (np.ndarray): (H, W, 3) uint8 augmented image.
         classes (np.ndarray): (K,) contiguous class of each target mask.
         masks (np.ndarray): (K, H, W) bool target masks.
@@ -108,6 +110,8 @@ def mapper_output(dataset_dict, image, classes, masks, sem_seg=None):
         int64 (K,), ``gt_masks`` bool (K, H, W)) and, when given, "sem_seg" int64 (H, W).
     """
     out = dict(dataset_dict)
+    out.setdefault("height", original_size[0])
+    out.setdefault("width", original_size[1])
     out["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
     instances = Instances(image.shape[:2])
     instances.gt_classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
