@@ -14,6 +14,7 @@ from detectron2.projects.point_rend.point_features import (
 )
 from detectron2.utils import comm
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
@@ -26,13 +27,74 @@ def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
 
 def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float, alpha: float = 0.25,
                        gamma: float = 2.0) -> torch.Tensor:
-    """inputs: (M, P) mask logits, targets: (M, P) binary. Focal loss averaged over P, summed over masks, / num_masks."""
+    """
+    inputs: (M, P) mask logits, targets: (M, P) binary. Focal loss averaged over P, summed over masks,
+    divided by num_masks.
+    """
     prob = inputs.sigmoid()
     ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
     p_t = prob * targets + (1 - prob) * (1 - targets)
     alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
     loss = alpha_t * ce * (1 - p_t) ** gamma
     return loss.mean(1).sum() / num_masks
+
+
+class UpsampledMaskLoss(torch.autograd.Function):
+    """
+    ``sigmoid_focal_loss`` and ``dice_loss`` of mask logits bilinearly upsampled to their binary
+    targets' resolution, computed a few masks at a time with bool targets, so that no
+    (M, H, W) float tensor outlives a chunk: the published computation keeps about ten of them per
+    decoder layer for backward. The gradients are computed along with the losses, in closed form,
+    and only their (M, h, w) low-resolution versions are kept. Same values and gradients as
+    upsampling and calling the two losses.
+
+    apply(src (M, h, w) logits, tgt (M, H, W) bool, num_masks, alpha, gamma) -> (focal, dice) scalars.
+    """
+
+    CHUNK_ELEMENTS = 1 << 20  # pixels per chunk of masks: 4 MB per float buffer
+
+    @staticmethod
+    def forward(ctx, src, tgt, num_masks: float, alpha: float = 0.25, gamma: float = 2.0):
+        size, low_size = tgt.shape[-2:], src.shape
+        focal = src.new_zeros(len(src))
+        dice = src.new_zeros(len(src))
+        grads = src.new_zeros((2,) + low_size) if ctx.needs_input_grad[0] else None  # d focal, d dice
+        step = max(1, UpsampledMaskLoss.CHUNK_ELEMENTS // size.numel())
+        for start in range(0, len(src), step):
+            chunk = slice(start, start + step)
+            x = F.interpolate(src[chunk, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+            t = tgt[chunk].to(x.dtype)  # float once: mixed bool/float arithmetic is slow
+            p = torch.sigmoid(x)
+            error = p - t  # its size q = 1 - p_t
+            q = error.abs()
+            bce = F.softplus(x).sub_(x * t)  # -log p_t: softplus(x) for t = 0, softplus(-x) for t = 1
+            alpha_t = t * (2 * alpha - 1) + (1 - alpha)
+            focal[chunk] = (alpha_t * bce * q**gamma).flatten(1).mean(1)
+            intersection, sum_p, sum_t = (p * t).flatten(1).sum(1), p.flatten(1).sum(1), t.flatten(1).sum(1)
+            numerator, denominator = 2 * intersection + 1, sum_p + sum_t + 1
+            dice[chunk] = 1 - numerator / denominator
+            if grads is None:
+                continue
+            # d focal_pixel / dx = alpha_t q^(g-1) (p - t) (q + g (1 - q) bce)
+            d_focal = bce.mul_(1 - q).mul_(gamma).add_(q).mul_(q ** (gamma - 1)).mul_(error).mul_(alpha_t)
+            d_focal /= size.numel()
+            # d dice / dx = (numerator - 2 t denominator) / denominator^2 * p (1 - p)
+            num, den = numerator[:, None, None], denominator[:, None, None]
+            d_dice = (num / den**2 - (2 / den) * t).mul_(p).mul_(1 - p)
+            upsampled_grads = torch.stack([d_focal, d_dice], 1)  # (m, 2, H, W) as the upsampling's output
+            low = torch.ops.aten.upsample_bilinear2d_backward(
+                upsampled_grads, list(size), list(upsampled_grads.shape[:2]) + list(low_size[-2:]), False
+            )
+            grads[:, chunk] = low.transpose(0, 1)
+        ctx.save_for_backward(grads)
+        ctx.num_masks = num_masks
+        return focal.sum() / num_masks, dice.sum() / num_masks
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_focal, grad_dice):
+        (grads,) = ctx.saved_tensors
+        return (grad_focal * grads[0] + grad_dice * grads[1]) / ctx.num_masks, None, None, None, None
 
 
 def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -79,19 +141,20 @@ class SetCriterion(nn.Module):
     def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         batch_idx, query_idx = _prediction_index(indices)
         src_masks = outputs["pred_masks"][batch_idx, query_idx].float()  # (M, h, w)
-        tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks)
+        tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks.device)
         if len(src_masks) == 0:
             zero = outputs["pred_masks"].sum() * 0.0  # keeps the graph connected for DDP
             return {"loss_mask": zero, "loss_dice": zero}
         if self.num_points > 0:
-            src, tgt = self._sample_points(src_masks[:, None], tgt_masks[:, None])
-        else:
-            src = F.interpolate(src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False)
-            src, tgt = src.flatten(1), tgt_masks.flatten(1)
-        return {
-            "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
-            "loss_dice": dice_loss(src, tgt, num_masks),
-        }
+            src, tgt = self._sample_points(src_masks[:, None], tgt_masks[:, None].to(src_masks))
+            return {
+                "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
+                "loss_dice": dice_loss(src, tgt, num_masks),
+            }
+        if tgt_masks.is_floating_point() and not ((tgt_masks == 0) | (tgt_masks == 1)).all():
+            raise ValueError("SetCriterion: target masks must be binary (bool or 0/1 values)")
+        loss_mask, loss_dice = UpsampledMaskLoss.apply(src_masks, tgt_masks.bool(), num_masks)
+        return {"loss_mask": loss_mask, "loss_dice": loss_dice}
 
     def _sample_points(self, src: torch.Tensor, tgt: torch.Tensor):
         """src (M, 1, h, w) logits, tgt (M, 1, H, W) -> point logits and labels, each (M, num_points)."""

@@ -50,8 +50,9 @@ class HungarianMatcher(nn.Module):
         """logits (Q, K+1), masks (Q, h, w), target labels (M,), masks (M, H, W) -> cost (Q, M)."""
         prob = logits.softmax(-1)
         cost_class = -prob[:, target["labels"]]
-        tgt_masks = target["masks"].to(masks)
-        tgt_masks = F.interpolate(tgt_masks[:, None], size=masks.shape[-2:], mode="nearest")[:, 0]
+        # nearest resize in uint8, converted to float only at the (smaller) prediction size
+        tgt_masks = target["masks"][:, None].to(device=masks.device, dtype=torch.uint8)
+        tgt_masks = F.interpolate(tgt_masks, size=masks.shape[-2:], mode="nearest")[:, 0].to(masks)
         out_masks, tgt_masks = masks.flatten(1), tgt_masks.flatten(1)
         return (
             self.cost_mask * pairwise_sigmoid_focal_cost(out_masks, tgt_masks)
