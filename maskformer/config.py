@@ -55,6 +55,11 @@ def add_maskformer_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
     # This project's instance output (top-k query x class pairs, mask-score weighted) for COCO AP.
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
+    # Speed options of this project's inference (off: the published outputs). SEM_SEG_FAST marginalises
+    # the semantic scores at mask resolution and resizes the K class maps once (argmax differs on a
+    # few border pixels); AMP autocasts backbone and head to SOLVER.AMP.DTYPE.
+    cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = False
+    cfg.MODEL.MASK_FORMER.TEST.AMP = False
 
     # pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

@@ -1,17 +1,25 @@
 """The MaskFormer meta-architecture: backbone + MaskFormer head, set-prediction loss, and inference."""
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
 from .modeling.criterion import SetCriterion
-from .modeling.inference import instance_inference, panoptic_inference, semantic_inference
+from .modeling.inference import (
+    crop_and_resize,
+    instance_candidates,
+    instances_from_masks,
+    masks_to_output_size,
+    panoptic_inference,
+    panoptic_queries,
+    semantic_inference,
+    semantic_inference_at_mask_resolution,
+    upsample_to_padded,
+)
 from .modeling.matcher import HungarianMatcher
 
 
@@ -24,6 +32,11 @@ class MaskFormer(nn.Module):
     Training returns the weighted loss dict. Inference returns per image {"sem_seg": (K, height, width)}
     plus "panoptic_seg": (ids (height, width) int32, segments_info) with PANOPTIC_ON and
     "instances" with INSTANCE_ON.
+
+    Speed options (all off by default, which reproduces the published outputs): ``sem_seg_fast``
+    (semantic scores marginalised at mask resolution, see ``semantic_inference_at_mask_resolution``),
+    ``inference_amp_dtype`` (autocast of backbone and head in inference), ``channels_last`` (model and
+    input in NHWC), ``torch_compile`` (torch.compile of backbone and head, state_dict keys unchanged).
     """
 
     @configurable
@@ -44,6 +57,10 @@ class MaskFormer(nn.Module):
         panoptic_on: bool = False,
         instance_on: bool = False,
         test_topk_per_image: int = 100,
+        sem_seg_fast: bool = False,
+        inference_amp_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
+        torch_compile: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -60,6 +77,15 @@ class MaskFormer(nn.Module):
         self.panoptic_on = panoptic_on
         self.instance_on = instance_on
         self.test_topk_per_image = test_topk_per_image
+        self.sem_seg_fast = sem_seg_fast
+        self.inference_amp_dtype = inference_amp_dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        if torch_compile:
+            # in-place compilation keeps the modules (and so the checkpoint keys) as they are
+            self.backbone.compile()
+            self.sem_seg_head.compile()
 
     @classmethod
     def from_config(cls, cfg):
@@ -101,6 +127,10 @@ class MaskFormer(nn.Module):
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "sem_seg_fast": mf.TEST.SEM_SEG_FAST,
+            "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
+            "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "torch_compile": cfg.MODEL.COMPILE,
         }
 
     @property
@@ -114,12 +144,18 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        if self.channels_last:
+            images = ImageList(images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes)
+        return images
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
+        # training precision is the trainer's business (AMPTrainer); this is inference's own switch
+        amp = self.inference_amp_dtype is not None and not self.training
+        with torch.autocast(self.device.type, dtype=self.inference_amp_dtype, enabled=amp):
+            features = self.backbone(images.tensor)
+            outputs = self.sem_seg_head(features)
 
         if self.training:
             targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
@@ -127,34 +163,53 @@ class MaskFormer(nn.Module):
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-        mask_pred_results = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+        padded_size = tuple(images.tensor.shape[-2:])
         return [
-            self.inference_single(mask_cls, mask_pred, x, image_size)
+            self.inference_single(mask_cls.float(), mask_pred.float(), x, image_size, padded_size, self.sem_seg_fast)
             for mask_cls, mask_pred, x, image_size in zip(
-                outputs["pred_logits"], mask_pred_results, batched_inputs, images.image_sizes
+                outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
             )
         ]
 
-    def inference_single(self, mask_cls, mask_pred, inputs: Dict, image_size) -> Dict:
-        """mask_cls (Q, K+1), mask_pred (Q, H_pad, W_pad) logits of one image -> its outputs."""
-        height = inputs.get("height", image_size[0])
-        width = inputs.get("width", image_size[1])
-        if self.sem_seg_postprocess_before_inference:
-            mask_pred = sem_seg_postprocess(mask_pred, image_size, height, width)
-        sem_seg = semantic_inference(mask_cls, mask_pred)
-        if not self.sem_seg_postprocess_before_inference:
-            sem_seg = sem_seg_postprocess(sem_seg, image_size, height, width)
+    def inference_single(
+        self, mask_cls, mask_pred, inputs: Dict, image_size, padded_size=None, sem_seg_fast: bool = False
+    ) -> Dict:
+        """
+        mask_cls (Q, K+1) and mask_pred (Q, h, w) logits of one image -> its outputs. mask_pred covers
+        the padded batch of size ``padded_size`` (default: mask_pred is already at that size).
+        Only the masks a task keeps are resized to the output size, which gives the same values as
+        resizing all of them. ``sem_seg_fast``: see ``semantic_inference_at_mask_resolution``.
+        """
+        output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
+        padded_size = tuple(padded_size or mask_pred.shape[-2:])
+        output_masks = None  # all masks at the output size, when the semantic output needs them anyway
+        if sem_seg_fast:
+            sem_seg = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size, image_size, output_size)
+        elif self.sem_seg_postprocess_before_inference:
+            output_masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
+            sem_seg = semantic_inference(mask_cls, output_masks)
+        else:
+            sem_seg = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
+            sem_seg = crop_and_resize(sem_seg, image_size, output_size)
+
+        def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
+            if output_masks is not None:
+                return output_masks[queries]
+            return masks_to_output_size(mask_pred[queries], padded_size, image_size, output_size)
+
         result = {"sem_seg": sem_seg}
         if self.panoptic_on:
+            keep = panoptic_queries(mask_cls, self.object_mask_threshold)
             result["panoptic_seg"] = panoptic_inference(
-                mask_cls, mask_pred, self.thing_ids, self.object_mask_threshold, self.overlap_threshold
+                mask_cls[keep], masks_at_output_size(keep), self.thing_ids, self.object_mask_threshold,
+                self.overlap_threshold,
             )
         if self.instance_on:
-            result["instances"] = instance_inference(
-                mask_cls, mask_pred, self.test_topk_per_image, self.thing_ids if self.panoptic_on else None
+            scores, labels, queries = instance_candidates(
+                mask_cls, self.test_topk_per_image, self.thing_ids if self.panoptic_on else None
             )
+            unique_queries, position = queries.unique(return_inverse=True)
+            result["instances"] = instances_from_masks(scores, labels, masks_at_output_size(unique_queries)[position])
         return result
 
     def prepare_targets(self, instances, images: ImageList) -> List[Dict[str, torch.Tensor]]:

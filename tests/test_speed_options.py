@@ -1,0 +1,148 @@
+"""
+Speed options: each runs and gives (nearly) the default results. Mixed precision, channels-last,
+fused attention and torch.compile of the model; the low-memory mask loss and the matcher's target
+resizing against the computations they replace.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+
+from maskformer.modeling.criterion import SetCriterion, UpsampledMaskLoss, dice_loss, sigmoid_focal_loss
+from maskformer.modeling.matcher import HungarianMatcher
+from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
+
+
+def _pair(**options):
+    """A default tiny model and one with ``options``, with the same weights, in eval mode."""
+    torch.manual_seed(0)
+    default = build_model(tiny_cfg()).eval()
+    optioned = build_model(tiny_cfg(**options)).eval()
+    optioned.load_state_dict(default.state_dict())
+    return default, optioned
+
+
+def _sem_seg(model, inputs):
+    with torch.no_grad():
+        return model(inputs)[0]["sem_seg"]
+
+
+INPUTS = [{"image": _image(64, 80), "height": 32, "width": 40}]
+
+
+def test_bfloat16_inference_autocast():
+    default, amp = _pair(**{"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"})
+    assert amp.inference_amp_dtype == torch.bfloat16 and default.inference_amp_dtype is None
+    expected, result = _sem_seg(default, INPUTS), _sem_seg(amp, INPUTS)
+    assert result.dtype == torch.float32 and result.shape == expected.shape
+    # bfloat16 keeps 8 bits of mantissa: scores agree loosely
+    assert (result - expected).abs().max() < 0.1 * expected.abs().max()
+    assert not torch.equal(result, expected)  # it did run in reduced precision
+
+
+def test_inference_autocast_is_off_in_training():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"})).train()
+    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1], [(0, 32, 0, 64)])}]
+    seen = []
+    hook = model.backbone.register_forward_hook(lambda m, i, o: seen.append(next(iter(o.values())).dtype))
+    model(batch)
+    hook.remove()
+    assert seen == [torch.float32]
+
+
+def test_channels_last_model_and_input():
+    default, channels_last = _pair(**{"MODEL.CHANNELS_LAST": True})
+    conv = channels_last.backbone.stem.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    images = channels_last.preprocess_image(INPUTS).tensor
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(_sem_seg(channels_last, INPUTS), _sem_seg(default, INPUTS), atol=1e-5)
+    # the checkpoint format does not change
+    assert channels_last.state_dict().keys() == default.state_dict().keys()
+
+
+def test_all_fast_inference_options_together():
+    default, fast = _pair(**{"MODEL.CHANNELS_LAST": True, "MODEL.MASK_FORMER.FUSED_ATTENTION": True,
+                             "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True})
+    expected, result = _sem_seg(default, INPUTS), _sem_seg(fast, INPUTS)
+    assert (result.argmax(0) == expected.argmax(0)).float().mean() >= 0.999
+
+
+def test_compile_option_keeps_the_modules_and_checkpoint_keys():
+    default, compiled = _pair(**{"MODEL.COMPILE": True})
+    assert compiled.backbone._compiled_call_impl is not None
+    assert compiled.sem_seg_head._compiled_call_impl is not None
+    assert default.backbone._compiled_call_impl is None
+    assert compiled.state_dict().keys() == default.state_dict().keys()
+
+
+@pytest.mark.slow
+def test_compiled_model_runs_and_matches():
+    default, compiled = _pair(**{"MODEL.COMPILE": True})
+    assert torch.allclose(_sem_seg(compiled, INPUTS), _sem_seg(default, INPUTS), atol=1e-4)
+
+
+def test_bfloat16_training_autocast_losses():
+    """What AMPTrainer does with SOLVER.AMP.DTYPE bfloat16: the losses stay float32 and close."""
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).train()
+    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)])}]
+    torch.manual_seed(1)
+    expected = model(batch)
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    assert losses.keys() == expected.keys()
+    for name, value in losses.items():
+        assert value.dtype == torch.float32 and torch.isfinite(value)
+        assert value.item() == pytest.approx(expected[name].item(), rel=0.1, abs=0.05), name
+    sum(losses.values()).backward()
+
+
+@pytest.mark.parametrize("chunk_elements", [64, 1 << 20])
+def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements):
+    monkeypatch.setattr(UpsampledMaskLoss, "CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    src = (3 * torch.randn(5, 6, 7, dtype=torch.float64)).requires_grad_()
+    tgt = torch.rand(5, 23, 29) > 0.4
+    focal, dice = UpsampledMaskLoss.apply(src, tgt, 3.0)
+    upsampled = F.interpolate(src[:, None], size=(23, 29), mode="bilinear", align_corners=False).flatten(1)
+    expected_focal = sigmoid_focal_loss(upsampled, tgt.flatten(1).double(), 3.0)
+    expected_dice = dice_loss(upsampled, tgt.flatten(1).double(), 3.0)
+    assert focal.item() == pytest.approx(expected_focal.item(), rel=1e-12)
+    assert dice.item() == pytest.approx(expected_dice.item(), rel=1e-12)
+    grad = torch.autograd.grad(0.3 * focal + 1.7 * dice, src)[0]
+    expected_grad = torch.autograd.grad(0.3 * expected_focal + 1.7 * expected_dice, src)[0]
+    assert torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-15)
+
+
+def test_criterion_rejects_soft_target_masks():
+    class FirstToFirst(torch.nn.Module):
+        def forward(self, outputs, targets):
+            return [(torch.tensor([0]), torch.tensor([0]))]
+
+    criterion = SetCriterion(3, FirstToFirst(), {}, eos_coef=0.1)
+    outputs = {"pred_logits": torch.randn(1, 2, 4), "pred_masks": torch.randn(1, 2, 4, 4)}
+    targets = [{"labels": torch.tensor([1]), "masks": torch.full((1, 8, 8), 0.5)}]
+    with pytest.raises(ValueError, match="binary"):
+        criterion(outputs, targets)
+
+
+def test_matcher_resizes_bool_targets_like_float_ones():
+    torch.manual_seed(0)
+    matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
+    logits, masks = torch.randn(6, NUM_CLASSES + 1), torch.randn(6, 10, 13)
+    target_masks = torch.rand(3, 37, 51) > 0.5
+    labels = torch.tensor([0, 2, 4])
+    from_bool = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": target_masks})
+    from_float = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": target_masks.float()})
+    resized = F.interpolate(target_masks[:, None].float(), size=(10, 13), mode="nearest")[:, 0]
+    prob = logits.softmax(-1)
+    dice = 1 - (2 * masks.flatten(1).sigmoid() @ resized.flatten(1).T + 1) / (
+        masks.flatten(1).sigmoid().sum(1)[:, None] + resized.flatten(1).sum(1)[None] + 1)
+    focal = torch.stack([torch.stack([sigmoid_focal_loss(m[None], r[None], 1.0) for r in resized.flatten(1)])
+                         for m in masks.flatten(1)])
+    expected = 20.0 * focal - prob[:, labels] + dice
+    assert torch.equal(from_bool, from_float)
+    assert torch.allclose(from_bool, expected, atol=1e-5)
