@@ -1,0 +1,181 @@
+"""
+Inference time of the R50 ADE20K-150 MaskFormer (random weights, one 512x512 image, batch 1) as a
+ratio to its backbone-only forward, with the split into backbone, pixel decoder, transformer
+predictor and post-processing; for the published settings (outputs identical to the published
+code), this project's fast settings, and those with bfloat16 autocast. Also the agreement of the
+fast semantic output with the exact one, and of the fast outputs with the published release's
+golden files.
+
+    python -m benchmarks.inference [--threads 2] [--repeats 7]
+"""
+import argparse
+import os
+from pathlib import Path
+from typing import Dict
+
+import torch
+
+from benchmarks.common import (
+    FAST_INFERENCE,
+    REPO_ROOT,
+    build_r50_ade20k,
+    golden_model,
+    high_contrast_outputs,
+    interleaved_timings,
+    random_image,
+    set_threads,
+)
+from maskformer.modeling.inference import (
+    masks_to_output_size,
+    semantic_inference,
+    semantic_inference_at_mask_resolution,
+)
+
+IMAGE_SIZE = 512
+BFLOAT16_INFERENCE = {"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"}
+STAGES = ("end-to-end", "backbone", "pixel decoder", "transformer predictor", "post-processing")
+
+
+def stage_functions(model, inputs) -> Dict:
+    """Zero-argument callables running each stage of ``model`` on precomputed inputs."""
+    head = model.sem_seg_head
+    images = model.preprocess_image(inputs)
+    amp = model.inference_amp_dtype
+
+    def autocast(fn):
+        """``fn`` under the model's inference autocast, as its forward runs it."""
+        def run():
+            with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+                return fn()
+        return run
+
+    features = autocast(lambda: model.backbone(images.tensor))()
+    mask_features, _ = autocast(lambda: head.pixel_decoder.forward_features(features))()
+    outputs = autocast(lambda: head.predictor(features[head.transformer_in_feature], mask_features))()
+    padded_size = tuple(images.tensor.shape[-2:])
+
+    def postprocess():
+        return model.inference_single(
+            outputs["pred_logits"][0].float(), outputs["pred_masks"][0].float(), inputs[0], images.image_sizes[0],
+            padded_size, model.sem_seg_fast,
+        )
+
+    return {
+        "end-to-end": lambda: model(inputs),
+        "backbone": autocast(lambda: model.backbone(images.tensor)),
+        "pixel decoder": autocast(lambda: head.pixel_decoder.forward_features(features)),
+        "transformer predictor": autocast(lambda: head.predictor(features[head.transformer_in_feature], mask_features)),
+        "post-processing": postprocess,
+    }
+
+
+def argmax_agreement(mask_cls, mask_pred, padded_size, image_size, output_size, before_inference=False) -> float:
+    """
+    Fraction of pixels where the fast semantic argmax equals the published computation's, which
+    resizes the masks to the output size before marginalising with ``before_inference`` (panoptic
+    configs) and after it otherwise (semantic configs).
+    """
+    if before_inference:
+        exact = semantic_inference(mask_cls, masks_to_output_size(mask_pred, padded_size, image_size, output_size))
+    else:
+        exact = semantic_inference(mask_cls, masks_to_output_size(mask_pred, padded_size, padded_size, padded_size))
+        exact = masks_to_output_size(exact, padded_size, image_size, output_size)
+    fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size, image_size, output_size)
+    return (exact.argmax(0) == fast.argmax(0)).double().mean().item()
+
+
+def golden_agreement() -> None:
+    """The fast settings' outputs against the published release's golden files."""
+    golden_dir = Path(os.environ.get("MASKFORMER_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference")) / "golden"
+    paths = sorted(golden_dir.glob("*.pt"))
+    if not paths:
+        print(f"\nno golden files under {golden_dir}: not compared")
+        return
+    settings = {"fast post-processing (SEM_SEG_FAST)": {"MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True},
+                "all fast settings": FAST_INFERENCE}
+    for name, overrides in settings.items():
+        print(f"\n{name} vs the published release's golden outputs:")
+        for path in paths:
+            model, data = golden_model(path, overrides)
+            inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]]
+            for index, (result, expected) in enumerate(zip(model(inputs), data["inference_results"])):
+                agreement = (result["sem_seg"].argmax(0) == expected["sem_seg"].argmax(0)).double().mean().item()
+                line = f"  {path.stem} image {index}: sem_seg argmax identical on {agreement:.5f} of pixels"
+                if "panoptic_seg" in expected:
+                    panoptic_seg, segments_info = result["panoptic_seg"]
+                    differing = (panoptic_seg != expected["panoptic_seg"]).sum().item()
+                    line += (f", panoptic ids differ on {differing} of {panoptic_seg.numel()} pixels, "
+                             f"segments_info identical: {segments_info == expected['segments_info']}")
+                print(line)
+
+
+def print_timings(times, models, args) -> None:
+    print(f"R50 ADE20K-150 MaskFormer, 1 image {IMAGE_SIZE}x{IMAGE_SIZE}, {args.threads} threads, "
+          f"median of {args.repeats} interleaved runs; fast = {FAST_INFERENCE}")
+    print("times in s, ratios to the backbone-only forward of the same model (and of the published model)")
+    reference = times[("published", "backbone")]
+    for name in models:
+        own = times[(name, "backbone")]
+        print(f"\n[{name}]\n  {'':24s}{'wall':>9s}{'ratio':>8s}{'cpu':>9s}{'ratio':>8s}")
+        for stage in STAGES:
+            t = times[(name, stage)]
+            print(f"  {stage:24s}{t.wall:9.3f}{t.wall / own.wall:8.2f}{t.cpu:9.3f}{t.cpu / own.cpu:8.2f}")
+        e2e = times[(name, "end-to-end")]
+        print(f"  end-to-end / published backbone: wall {e2e.wall / reference.wall:.2f}x, "
+              f"cpu {e2e.cpu / reference.cpu:.2f}x")
+
+
+def main(args):
+    set_threads(args.threads)
+    inputs = [{"image": random_image(IMAGE_SIZE, IMAGE_SIZE)}]
+    models = {"published": build_r50_ade20k().eval(), "fast": build_r50_ade20k(FAST_INFERENCE).eval(),
+              "fast + bfloat16 autocast": build_r50_ade20k({**FAST_INFERENCE, **BFLOAT16_INFERENCE}).eval()}
+    with torch.inference_mode():
+        fns = {}
+        for name, model in models.items():
+            fns.update({(name, stage): fn for stage, fn in stage_functions(model, inputs).items()})
+        times = interleaved_timings(fns, repeats=args.repeats, warmup=1)
+        print_timings(times, models, args)
+
+        bf16 = models["fast + bfloat16 autocast"](inputs)[0]["sem_seg"].argmax(0)
+        fp32 = models["published"](inputs)[0]["sem_seg"].argmax(0)
+        print(f"\nbfloat16 autocast: sem_seg argmax equal to float32 on {(bf16 == fp32).double().mean():.4f} "
+              f"of pixels (random weights)")
+
+        model = models["published"]
+        images = model.preprocess_image(inputs)
+        outputs = model.sem_seg_head(model.backbone(images.tensor))
+        padded = tuple(images.tensor.shape[-2:])
+        cases = {"random-weight model outputs": (outputs["pred_logits"][0], outputs["pred_masks"][0])}
+        for seed in range(3):
+            cases[f"high-contrast synthetic outputs, seed {seed}"] = high_contrast_outputs(100, 150, 15, padded, seed)
+
+        # random weights give nearly constant masks, which the fast path finds easy: time it on
+        # trained-like outputs too
+        mask_cls, mask_pred = cases["high-contrast synthetic outputs, seed 0"]
+        post = interleaved_timings({
+            fast: (lambda fast=fast: model.inference_single(mask_cls, mask_pred, inputs[0], padded, padded, fast))
+            for fast in (False, True)
+        }, repeats=args.repeats, warmup=1)
+        backbone = times[("published", "backbone")].cpu
+        print(f"\npost-processing of high-contrast synthetic outputs (15 segments), cpu s: published "
+              f"{post[False].cpu:.3f} ({post[False].cpu / backbone:.2f}x the backbone), fast {post[True].cpu:.3f} "
+              f"({post[True].cpu / backbone:.2f}x); wall {post[False].wall:.3f} and {post[True].wall:.3f}")
+
+        print("\nfast semantic argmax = published argmax on (fraction of pixels):")
+        print(f"  {'':42s}{'output = input':>16s}{'512x480 -> 384x360':>20s}{'masks resized first':>21s}")
+        for case, (mask_cls, mask_pred) in cases.items():
+            same_size = argmax_agreement(mask_cls, mask_pred, padded, padded, padded)
+            resized = argmax_agreement(mask_cls, mask_pred, padded, (512, 480), (384, 360))
+            before = argmax_agreement(mask_cls, mask_pred, padded, (512, 480), (384, 360), before_inference=True)
+            print(f"  {case:42s}{same_size:16.5f}{resized:20.5f}{before:21.5f}")
+        print("  (masks resized first: the panoptic configs' order, against which the fast path, which follows")
+        print("  the semantic configs' order, is compared at 512x480 -> 384x360)")
+        golden_agreement()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    main(parser.parse_args())

@@ -1,0 +1,165 @@
+"""
+Training step of the R50 ADE20K-150 MaskFormer (random weights, batch 2, 512x512 crops with 10 and 13
+generated segments): forward, matching, losses, backward and AdamW step, as a ratio to the backbone's
+forward + backward in the same run; and peak resident memory, each measured in a fresh process.
+Compares this project's mask loss (chunked, bool targets) with the published computation (all
+matched masks upsampled to the crop as float tensors) and with the point-sampled loss
+(MODEL.MASK_FORMER.TRAIN_NUM_POINTS), also for the losses alone at 1024x1024 crops.
+
+    python -m benchmarks.train_step [--threads 2] [--repeats 3]
+"""
+import argparse
+import subprocess
+import sys
+import types
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import (
+    build_r50_ade20k,
+    interleaved_timings,
+    peak_rss_mb,
+    r50_ade20k_cfg,
+    reset_peak_rss,
+    random_image,
+    random_instances,
+    set_threads,
+)
+from maskformer.modeling.criterion import _prediction_index, dice_loss, sigmoid_focal_loss
+from maskformer.solver import build_optimizer
+
+NUM_CLASSES = 150
+SEGMENTS_PER_IMAGE = (10, 13)
+POINT_LOSS = {"MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 112 * 112}
+VARIANTS = ("backbone", "published loss", "this project", "point-sampled loss")
+
+
+def published_loss_masks(self, outputs, targets, indices, num_masks):
+    """The published mask losses, as the baseline: float targets, all masks upsampled at once."""
+    batch_idx, query_idx = _prediction_index(indices)
+    src_masks = outputs["pred_masks"][batch_idx, query_idx]
+    tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks)
+    src = F.interpolate(src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False)
+    src, tgt = src.flatten(1), tgt_masks.flatten(1)
+    return {"loss_mask": sigmoid_focal_loss(src, tgt, num_masks), "loss_dice": dice_loss(src, tgt, num_masks)}
+
+
+def build_variant(variant: str):
+    model = build_r50_ade20k(POINT_LOSS if variant == "point-sampled loss" else {}).train()
+    if variant == "published loss":
+        model.criterion.loss_masks = types.MethodType(published_loss_masks, model.criterion)
+    return model
+
+
+def make_batch(crop: int):
+    return [
+        {"image": random_image(crop, crop, seed), "instances": random_instances((crop, crop), NUM_CLASSES, n, seed)}
+        for seed, n in enumerate(SEGMENTS_PER_IMAGE)
+    ]
+
+
+def step_function(model, variant: str, batch):
+    """A zero-argument callable doing one step of ``variant``."""
+    if variant == "backbone":
+        images = model.preprocess_image(batch).tensor
+
+        def backbone_step():
+            features = model.backbone(images)
+            sum(f.mean() for f in features.values()).backward()
+            model.zero_grad(set_to_none=True)
+
+        return backbone_step
+
+    optimizer = build_optimizer(r50_ade20k_cfg(), model)
+
+    def train_step():
+        losses = model(batch)
+        sum(losses.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def measure_memory(variant: str, crop: int) -> None:
+    """Run in a fresh process: two steps of ``variant``, then print the peak RSS in MB."""
+    torch.manual_seed(0)
+    step = step_function(build_variant(variant), variant, make_batch(crop))
+    for _ in range(2):
+        step()
+    print(f"{peak_rss_mb():.0f}")
+
+
+def measure_loss_memory(variant: str, crop: int) -> None:
+    """Run in a fresh process: matching + losses + backward alone; print the peak RSS increase in MB."""
+    model = build_variant(variant)
+    criterion = model.criterion
+    generator = torch.Generator().manual_seed(0)
+    num_layers = len(criterion.weight_dict) // 3  # final decoder layer + deep-supervision layers
+    mask_size = crop // 4
+
+    def layer_outputs():
+        return {"pred_logits": torch.randn(2, 100, NUM_CLASSES + 1, generator=generator).requires_grad_(),
+                "pred_masks": torch.randn(2, 100, mask_size, mask_size, generator=generator).requires_grad_()}
+
+    outputs = layer_outputs()
+    outputs["aux_outputs"] = [layer_outputs() for _ in range(num_layers - 1)]
+    batch = make_batch(crop)
+    images = model.preprocess_image(batch)
+    targets = model.prepare_targets([x["instances"] for x in batch], images)
+    reset_peak_rss()
+    before = peak_rss_mb()
+    losses = criterion(outputs, targets)
+    sum(losses[k] * criterion.weight_dict[k] for k in losses).backward()
+    print(f"{peak_rss_mb() - before:.0f}")
+
+
+def in_fresh_process(flag: str, variant: str, crop: int, threads: int) -> float:
+    command = [sys.executable, "-m", "benchmarks.train_step", flag, variant, "--crop", str(crop),
+               "--threads", str(threads)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main(args):
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    batch = make_batch(args.crop)
+    models = {variant: build_variant(variant) for variant in VARIANTS}
+    fns = {variant: step_function(models[variant], variant, batch) for variant in VARIANTS}
+    times = interleaved_timings(fns, repeats=args.repeats, warmup=1)
+    del models, fns
+
+    print(f"R50 ADE20K-150 MaskFormer training step, batch 2 x {args.crop}x{args.crop}, "
+          f"{SEGMENTS_PER_IMAGE} segments, {args.threads} threads, median of {args.repeats} interleaved runs")
+    base = times["backbone"]
+    print(f"{'':32s}{'wall s':>9s}{'ratio':>8s}{'cpu s':>9s}{'ratio':>8s}{'peak RSS MB':>13s}")
+    for variant in VARIANTS:
+        t = times[variant]
+        rss = in_fresh_process("--memory", variant, args.crop, args.threads)
+        name = "backbone forward+backward" if variant == "backbone" else f"step, {variant}"
+        print(f"{name:32s}{t.wall:9.3f}{t.wall / base.wall:8.2f}{t.cpu:9.3f}{t.cpu / base.cpu:8.2f}{rss:13.0f}")
+
+    print("\nmatching + losses + backward alone (6 decoder layers of outputs), peak RSS increase in MB:")
+    for crop in (512, 1024):
+        row = {v: in_fresh_process("--loss-memory", v, crop, args.threads) for v in VARIANTS[1:]}
+        print(f"  crop {crop}: " + ", ".join(f"{v} {mb:.0f}" for v, mb in row.items()))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--crop", type=int, default=512)
+    parser.add_argument("--memory", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--loss-memory", choices=VARIANTS[1:], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory:
+        set_threads(args.threads)
+        measure_memory(args.memory, args.crop)
+    elif args.loss_memory:
+        set_threads(args.threads)
+        measure_loss_memory(args.loss_memory, args.crop)
+    else:
+        main(args)
