@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOPanopticEvaluator, DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
 from detectron2.structures import BitMasks, Instances
 from panopticapi.utils import id2rgb
 
 from maskformer.config import add_maskformer_config
 from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.evaluation import InstanceSegEvaluator, build_evaluator, panoptic_to_coco_instances
+from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
 SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
@@ -309,9 +310,9 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
         build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out, semantic_only=True)
 
     assert isinstance(build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out),
-                      COCOPanopticEvaluator)
+                      FastCOCOPanopticEvaluator)
     full = build_evaluator(maskformer_cfg(PANOPTIC_ON=True, INSTANCE_ON=True), "test_tiny_panoptic_sem", out)
     assert isinstance(full, DatasetEvaluators)
-    assert [type(e) for e in full._evaluators] == [SemSegEvaluator, COCOPanopticEvaluator, InstanceSegEvaluator]
+    assert [type(e) for e in full._evaluators] == [SemSegEvaluator, FastCOCOPanopticEvaluator, InstanceSegEvaluator]
     tta = build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_sem", out, semantic_only=True)
     assert isinstance(tta, SemSegEvaluator)

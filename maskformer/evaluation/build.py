@@ -5,12 +5,12 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
 
+from .fast_panoptic import FastCOCOPanopticEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 
 __all__ = ["build_evaluator"]
@@ -25,7 +25,8 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None, semantic_
     Evaluators of ``dataset_name``:
 
     - "sem_seg": mIoU, fwIoU, mACC, pACC (SemSegEvaluator);
-    - "coco_panoptic_seg" / "ade20k_panoptic_seg": PQ, SQ, RQ for all/things/stuff, plus mIoU when the
+    - "coco_panoptic_seg" / "ade20k_panoptic_seg": PQ, SQ, RQ for all/things/stuff (panopticapi's
+      numbers, computed by :class:`FastCOCOPanopticEvaluator`), plus mIoU when the
       metadata has ``sem_seg_root`` and instance AP with ``MODEL.MASK_FORMER.TEST.INSTANCE_ON``;
     - "cityscapes_sem_seg" / "cityscapes_instance": detectron2's Cityscapes evaluators.
 
@@ -61,7 +62,7 @@ def build_evaluator(cfg, dataset_name: str, output_folder: str = None, semantic_
                 f"Dataset {dataset_name!r} is evaluated with panoptic quality, which needs the model's "
                 f"panoptic output: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True."
             )
-        evaluators.append(COCOPanopticEvaluator(dataset_name, output_folder))
+        evaluators.append(FastCOCOPanopticEvaluator(dataset_name, output_folder))
         if test.INSTANCE_ON:
             evaluators.append(InstanceSegEvaluator(dataset_name, output_folder))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
