@@ -3,13 +3,12 @@ import logging
 
 import numpy as np
 
-from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper
 from ..reading import BadSampleError, check_same_size, read_panoptic_ids
+from .mask_former_semantic import MaskFormerSemanticDatasetMapper
 from .utils import (
-    build_maskformer_augmentations,
     mapper_output,
     pad_bottom_right,
     read_sample_image,
@@ -22,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 @register_dataset_mapper("mask_former_panoptic")
-class MaskFormerPanopticDatasetMapper:
+class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
     """
     Reads ``file_name`` and the RGB-encoded ``pan_seg_file_name`` described by
     ``segments_info`` (``id``, contiguous ``category_id``, ``iscrowd``) and makes one target mask
@@ -33,41 +32,9 @@ class MaskFormerPanopticDatasetMapper:
     An id in the PNG that ``segments_info`` does not list is an error; a listed segment with no
     pixel is only logged (it simply gives no target).
 
-    Training only; inference uses detectron2's ``DatasetMapper``.
+    Training only; inference uses detectron2's ``DatasetMapper``. Same arguments and
+    augmentations as :class:`MaskFormerSemanticDatasetMapper`; ``num_classes`` bounds ``category_id``.
     """
-
-    @configurable
-    def __init__(
-        self,
-        is_train=True,
-        *,
-        augmentations,
-        image_format,
-        num_classes,
-        ignore_label,
-        size_divisibility,
-    ):
-        """
-        Args: as :class:`MaskFormerSemanticDatasetMapper`; ``num_classes`` bounds ``category_id``.
-        """
-        if not is_train:
-            raise ValueError(f"{type(self).__name__} is for training only")
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.num_classes = num_classes
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        return {
-            "is_train": is_train,
-            "augmentations": build_maskformer_augmentations(cfg),
-            "image_format": cfg.INPUT.FORMAT,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
-        }
 
     def _segment_index(self, pan_file, segment_ids, segments_info):
         """
