@@ -42,6 +42,7 @@ R50_ADE20K_SETTINGS = {
 # The speed options this project adds; none changes the weights or the checkpoint format.
 FAST_INFERENCE = {
     "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True,
+    "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True,
     "MODEL.MASK_FORMER.FUSED_ATTENTION": True,
     "MODEL.CHANNELS_LAST": True,
 }

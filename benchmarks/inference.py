@@ -52,9 +52,13 @@ def stage_functions(model, inputs) -> Dict:
                 return fn()
         return run
 
+    # with folded mask embeddings the mask_features convolution runs in the predictor, as the masks
+    decode = head.pixel_decoder.fpn_features if head.fold_mask_embed else head.pixel_decoder.forward_features
+    mask_conv = head.pixel_decoder.mask_features if head.fold_mask_embed else None
     features = autocast(lambda: model.backbone(images.tensor))()
-    mask_features, _ = autocast(lambda: head.pixel_decoder.forward_features(features))()
-    outputs = autocast(lambda: head.predictor(features[head.transformer_in_feature], mask_features))()
+    pixel_features, _ = autocast(lambda: decode(features))()
+    x = features[head.transformer_in_feature]
+    outputs = autocast(lambda: head.predictor(x, pixel_features, mask_conv))()
     padded_size = tuple(images.tensor.shape[-2:])
 
     def postprocess():
@@ -72,8 +76,8 @@ def stage_functions(model, inputs) -> Dict:
     return {
         "end-to-end": lambda: model(inputs),
         "backbone": autocast(lambda: model.backbone(images.tensor)),
-        "pixel decoder": autocast(lambda: head.pixel_decoder.forward_features(features)),
-        "transformer predictor": autocast(lambda: head.predictor(features[head.transformer_in_feature], mask_features)),
+        "pixel decoder": autocast(lambda: decode(features)),
+        "transformer predictor": autocast(lambda: head.predictor(x, pixel_features, mask_conv)),
         "post-processing": postprocess,
         "post-processing, published code": published_code_postprocess,
     }

@@ -57,9 +57,11 @@ def add_maskformer_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = False
     # Speed options of this project's inference (off: the published outputs). SEM_SEG_FAST marginalises
     # the semantic scores at mask resolution and resizes the K class maps once (argmax differs on a
-    # few border pixels); AMP autocasts backbone and head to SOLVER.AMP.DTYPE.
+    # few border pixels); AMP autocasts backbone and head to SOLVER.AMP.DTYPE; FOLD_MASK_EMBED folds
+    # the mask embeddings into the pixel decoder's last convolution (Q output channels, no dot products).
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = False
     cfg.MODEL.MASK_FORMER.TEST.AMP = False
+    cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = False
 
     # pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

@@ -210,14 +210,18 @@ def test_postprocess_of_eager_head_equals_forward():
         assert torch.equal(got["instances"].scores, want["instances"].scores)
 
 
-def test_graph_drops_aux_outputs_without_touching_the_model():
+def test_graph_does_not_fold_and_leaves_the_model_untouched():
     cfg = tiny_cfg(panoptic=False)
+    cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = True
     model = build_model(cfg).eval()
     graph = MaskFormerGraph(model)
-    assert graph.sem_seg_head.predictor.aux_loss is False
-    assert model.sem_seg_head.predictor.aux_loss is True
+    # the folded convolution's groups (one per image) would be frozen by a trace
+    assert graph.sem_seg_head.fold_mask_embed is False
+    assert model.sem_seg_head.fold_mask_embed is True
     with torch.no_grad():
-        assert "aux_outputs" in model.sem_seg_head(model.backbone(torch.zeros(1, 3, 64, 64)))
+        logits, masks = graph(torch.zeros(1, 3, 64, 64))
+        outputs = model.sem_seg_head(model.backbone(torch.zeros(1, 3, 64, 64)))
+    assert torch.allclose(masks, outputs["pred_masks"], atol=1e-5)
     with pytest.raises(TypeError, match="MaskFormer meta-architecture"):
         MaskFormerGraph(model.backbone)
 

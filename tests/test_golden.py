@@ -58,20 +58,56 @@ def _train_inputs(data):
     return batch
 
 
+def _head_outputs(model, data, training: bool):
+    model.train(training)
+    try:
+        with torch.no_grad():
+            images = model.preprocess_image(_eval_inputs(data))
+            return images, model.sem_seg_head(model.backbone(images.tensor))
+    finally:
+        model.eval()
+
+
 def test_head_outputs(golden):
     model, data = golden
-    with torch.no_grad():
-        images = model.preprocess_image(_eval_inputs(data))
-        outputs = model.sem_seg_head(model.backbone(images.tensor))
+    images, outputs = _head_outputs(model, data, training=False)
     assert tuple(images.tensor.shape) == tuple(data["padded_input_shape"])
     expected = data["head_outputs"]
     for key in ("pred_logits", "pred_masks"):
         assert outputs[key].shape == expected[key].shape
         assert _relative_error(outputs[key], expected[key]) < RTOL, key
+    # the earlier decoder layers' outputs are computed for the loss only
+    assert "aux_outputs" not in outputs
+
+
+def test_aux_outputs_in_training(golden):
+    model, data = golden
+    # the golden models have no dropout or drop-path: their training-mode outputs are the recorded ones
+    _, outputs = _head_outputs(model, data, training=True)
+    expected = data["head_outputs"]
     assert len(outputs["aux_outputs"]) == len(expected["aux_outputs"])
     for aux, aux_expected in zip(outputs["aux_outputs"], expected["aux_outputs"]):
         for key in ("pred_logits", "pred_masks"):
             assert _relative_error(aux[key], aux_expected[key]) < RTOL, key
+
+
+def test_folded_mask_embed_keeps_the_outputs(golden):
+    model, data = golden
+    _, outputs = _head_outputs(model, data, training=False)
+    model.sem_seg_head.fold_mask_embed = True
+    try:
+        _, folded = _head_outputs(model, data, training=False)
+        with torch.no_grad():
+            results = model(_eval_inputs(data))
+    finally:
+        model.sem_seg_head.fold_mask_embed = False
+    assert _relative_error(folded["pred_masks"], outputs["pred_masks"]) < 1e-5
+    assert torch.equal(folded["pred_logits"], outputs["pred_logits"])
+    for result, expected in zip(results, data["inference_results"]):
+        assert torch.equal(result["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
+        if "panoptic_seg" in expected:
+            assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"])
+            assert result["panoptic_seg"][1] == expected["segments_info"]
 
 
 def test_inference_results(golden):

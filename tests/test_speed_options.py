@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 
 from maskformer.modeling.criterion import SetCriterion, UpsampledMaskLoss, dice_loss, sigmoid_focal_loss
+from maskformer.modeling.heads.mask_former_head import MaskFormerHead
 from maskformer.modeling.matcher import HungarianMatcher
+from maskformer.modeling.transformer.transformer_predictor import folded_mask_logits
 from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
 
 
@@ -146,3 +148,56 @@ def test_matcher_resizes_bool_targets_like_float_ones():
     expected = 20.0 * focal - prob[:, labels] + dice
     assert torch.equal(from_bool, from_float)
     assert torch.allclose(from_bool, expected, atol=1e-5)
+
+
+def test_folded_mask_logits_equal_the_mask_features_dot_products():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1).double()
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
+    mask_embed = torch.randn(3, 2, 4, 5, dtype=torch.float64)  # (L, B, Q, C)
+    expected = torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x))
+    result = folded_mask_logits(mask_embed, conv, x)
+    assert result.shape == (3, 2, 4, 9, 7)
+    assert torch.allclose(result, expected, rtol=0, atol=1e-12)
+    conv.bias = None
+    assert torch.allclose(folded_mask_logits(mask_embed, conv, x),
+                          torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x)), rtol=0, atol=1e-12)
+
+
+def test_fold_mask_embed_in_inference_only():
+    default, folded = _pair(**{"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True})
+    assert folded.sem_seg_head.fold_mask_embed
+    inputs = [{"image": _image(64, 80)}, {"image": _image(48, 64, seed=1)}]  # a batch of two, padded
+    with torch.no_grad():
+        images = default.preprocess_image(inputs).tensor
+        expected, result = default.sem_seg_head(default.backbone(images)), folded.sem_seg_head(folded.backbone(images))
+    assert torch.allclose(result["pred_masks"], expected["pred_masks"], atol=1e-5)
+    assert torch.equal(result["pred_logits"], expected["pred_logits"])
+    # training computes the per-pixel embeddings (the masks of every decoder layer read them)
+    folded.train()
+    seen = []
+    hook = folded.sem_seg_head.pixel_decoder.mask_features.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    folded.sem_seg_head(folded.backbone(images))
+    hook.remove()
+    assert seen == [(2, 32, images.shape[2] // 4, images.shape[3] // 4)]  # (B, MASK_DIM, H/4, W/4)
+
+
+def test_fold_mask_embed_needs_a_plain_mask_features_conv():
+    head = build_model(tiny_cfg()).sem_seg_head
+    decoder = head.pixel_decoder
+    decoder.mask_features = torch.nn.Sequential(decoder.mask_features, torch.nn.ReLU())
+    with pytest.raises(ValueError, match="FOLD_MASK_EMBED needs a pixel decoder .* BasePixelDecoder"):
+        MaskFormerHead(input_shape={}, num_classes=NUM_CLASSES, pixel_decoder=decoder,
+                       transformer_predictor=head.predictor, transformer_in_feature="res5", fold_mask_embed=True)
+
+
+def test_aux_outputs_in_training_only():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg())
+    images = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        model.eval()
+        assert "aux_outputs" not in model.sem_seg_head(model.backbone(images))
+        model.train()
+        outputs = model.sem_seg_head(model.backbone(images))
+    assert len(outputs["aux_outputs"]) == 1  # DEC_LAYERS 2

@@ -11,8 +11,8 @@ from ..modeling.transformer.transformer_predictor import TransformerPredictor
 
 class MaskFormerGraph(nn.Module):
     """
-    Backbone + MaskFormer head of ``model`` without the deep-supervision outputs, which only the
-    training loss reads.
+    Backbone + MaskFormer head of ``model`` in inference mode (final decoder layer only), with the
+    mask embeddings not folded (see ``MaskFormerHead``).
 
     forward(images (B, 3, H, W) float, already normalised and padded to the size divisibility)
       -> (pred_logits (B, Q, K+1), pred_masks (B, Q, H/4, W/4) mask logits)
@@ -28,10 +28,11 @@ class MaskFormerGraph(nn.Module):
                 "Export needs a head with a TransformerPredictor (MaskFormerHead), "
                 f"got {type(model.sem_seg_head).__name__}"
             )
-        # Copies, so that switching the aux outputs off leaves the caller's model untouched.
+        # Copies, so that switching folding off leaves the caller's model untouched: the folded
+        # convolution has one group per image, which a trace would freeze to the example's batch size.
         self.backbone = copy.deepcopy(model.backbone)
         self.sem_seg_head = copy.deepcopy(model.sem_seg_head)
-        self.sem_seg_head.predictor.aux_loss = False
+        self.sem_seg_head.fold_mask_embed = False
         self.eval()
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

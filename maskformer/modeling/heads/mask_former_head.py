@@ -18,6 +18,10 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
     ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), "aux_outputs").
     The transformer decoder reads either a backbone feature or, with TRANSFORMER_IN_FEATURE
     "transformer_encoder", the output of the pixel decoder's transformer encoder.
+
+    ``fold_mask_embed`` (inference only): the mask embeddings are folded into the pixel decoder's
+    ``mask_features`` convolution, which then outputs the Q mask logits directly instead of mask_dim
+    per-pixel embeddings (``folded_mask_logits``; same values up to float rounding).
     """
 
     @configurable
@@ -31,6 +35,7 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         ignore_value: int = -1,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
+        fold_mask_embed: bool = False,
     ):
         super().__init__()
         self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
@@ -41,6 +46,9 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
         self.num_classes = num_classes
+        if fold_mask_embed:
+            _check_foldable(pixel_decoder)
+        self.fold_mask_embed = fold_mask_embed
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -57,15 +65,35 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "transformer_in_feature": in_feature,
             "transformer_predictor": TransformerPredictor(cfg, predictor_in_channels, mask_classification=True),
+            "fold_mask_embed": cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED,
         }
 
     def forward(self, features):
-        mask_features, encoder_features = self.pixel_decoder.forward_features(features)
+        if self.fold_mask_embed and not self.training:
+            pixel_features, encoder_features = self.pixel_decoder.fpn_features(features)
+            mask_conv = self.pixel_decoder.mask_features
+        else:
+            pixel_features, encoder_features = self.pixel_decoder.forward_features(features)
+            mask_conv = None
         if self.transformer_in_feature == "transformer_encoder":
             if encoder_features is None:
                 raise ValueError(
                     "TRANSFORMER_IN_FEATURE is 'transformer_encoder' but the pixel decoder has no transformer "
                     "encoder; use PIXEL_DECODER_NAME 'TransformerEncoderPixelDecoder'"
                 )
-            return self.predictor(encoder_features, mask_features)
-        return self.predictor(features[self.transformer_in_feature], mask_features)
+            return self.predictor(encoder_features, pixel_features, mask_conv)
+        return self.predictor(features[self.transformer_in_feature], pixel_features, mask_conv)
+
+
+def _check_foldable(pixel_decoder: nn.Module) -> None:
+    """Folding needs ``fpn_features`` and a plain ``mask_features`` convolution on its output."""
+    conv = getattr(pixel_decoder, "mask_features", None)
+    plain_conv = (
+        isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros"
+        and getattr(conv, "norm", None) is None and getattr(conv, "activation", None) is None
+    )
+    if not (callable(getattr(pixel_decoder, "fpn_features", None)) and plain_conv):
+        raise ValueError(
+            f"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder with fpn_features() and a plain "
+            f"mask_features convolution (as BasePixelDecoder); {type(pixel_decoder).__name__} has not"
+        )

@@ -99,13 +99,21 @@ class BasePixelDecoder(nn.Module):
         """Output of the coarsest level and the transformer-encoder features (none here)."""
         return self.output_convs[0](x), None
 
-    def forward_features(self, features: Dict[str, torch.Tensor]):
-        """features: name -> (B, C_i, H_i, W_i). Returns ((B, mask_dim, H/4, W/4), encoder features or None)."""
+    def fpn_features(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        features: name -> (B, C_i, H_i, W_i). Returns the finest FPN output (B, conv_dim, H/4, W/4), the
+        input of ``mask_features``, and the transformer-encoder features or None.
+        """
         names = self.in_features[::-1]
         y, encoder_features = self._coarsest(features[names[0]])
         for name, lateral_conv, output_conv in zip(names[1:], self.lateral_convs[1:], self.output_convs[1:]):
             lateral = lateral_conv(features[name])
             y = output_conv(lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
+        return y, encoder_features
+
+    def forward_features(self, features: Dict[str, torch.Tensor]):
+        """features: name -> (B, C_i, H_i, W_i). Returns ((B, mask_dim, H/4, W/4), encoder features or None)."""
+        y, encoder_features = self.fpn_features(features)
         return self.mask_features(y), encoder_features
 
     def forward(self, features, targets=None):

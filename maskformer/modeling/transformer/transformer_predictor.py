@@ -108,19 +108,29 @@ class TransformerPredictor(nn.Module):
             "fused_attention": mf.FUSED_ATTENTION,
         }
 
-    def forward(self, x: torch.Tensor, mask_features: torch.Tensor) -> Dict:
+    def forward(self, x: torch.Tensor, mask_features: torch.Tensor, mask_conv: Optional[nn.Conv2d] = None) -> Dict:
+        """
+        x (B, C_in, h, w): the transformer decoder's input. mask_features: the per-pixel embeddings
+        (B, mask_dim, H/4, W/4), or, with ``mask_conv``, the input of the convolution producing them,
+        which then gives the masks directly (``folded_mask_logits``). The outputs of the earlier
+        decoder layers are computed in training only, where the loss reads them.
+        """
         pos = self.pe_layer(x)
         hs, _ = self.transformer(self.input_proj(x), None, self.query_embed.weight, pos)  # (L, B, Q, C)
-        if not self.aux_loss:
+        with_aux = self.aux_loss and self.training
+        if not with_aux:
             hs = hs[-1:]
-        # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
-        masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        if mask_conv is None:
+            # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
+            masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        else:
+            masks = folded_mask_logits(self.mask_embed(hs), mask_conv, mask_features)
         logits: Optional[torch.Tensor] = self.class_embed(hs) if self.mask_classification else None
 
         out = {"pred_masks": masks[-1]}
         if logits is not None:
             out["pred_logits"] = logits[-1]
-        if self.aux_loss:
+        if with_aux:
             out["aux_outputs"] = self._aux_outputs(logits, masks)
         return out
 
@@ -129,3 +139,23 @@ class TransformerPredictor(nn.Module):
         if logits is None:
             return [{"pred_masks": m} for m in masks[:-1]]
         return [{"pred_logits": c, "pred_masks": m} for c, m in zip(logits[:-1], masks[:-1])]
+
+
+def folded_mask_logits(mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """
+    Mask logits einsum("lbqc,bchw->lbqhw", mask_embed, mask_conv(x)) as one convolution of ``x``
+    whose filters are the mask embeddings applied to ``mask_conv``'s filters: Q instead of mask_dim
+    output channels at the finest resolution, and no per-pixel dot products. Equal up to float
+    rounding; ``mask_conv`` must be a plain convolution (no norm or activation).
+
+    mask_embed (L, B, Q, C), x (B, C_in, H, W) -> (L, B, Q, H, W)
+    """
+    num_layers, batch, num_queries, _ = mask_embed.shape
+    weight = torch.einsum("lbqc,cikj->blqikj", mask_embed, mask_conv.weight).flatten(0, 2)  # (B*L*Q, C_in, k, k)
+    bias = None
+    if mask_conv.bias is not None:
+        bias = (mask_embed @ mask_conv.bias).transpose(0, 1).flatten()  # (B*L*Q,)
+    # one group per image, each with its own filters
+    masks = F.conv2d(x.reshape(1, -1, *x.shape[-2:]), weight, bias, mask_conv.stride, mask_conv.padding,
+                     mask_conv.dilation, groups=batch)
+    return masks.view(batch, num_layers, num_queries, *x.shape[-2:]).transpose(0, 1)
