@@ -104,7 +104,7 @@ def test_upsampled_cells_match_interpolate_including_the_edges():
     logits = torch.randn(3, 5, 6)
     full = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     ys, xs = torch.tensor([0, 4, 2, 0]), torch.tensor([0, 5, 3, 5])
-    cells = _upsample_cells(logits, ys, xs, 4)  # (Q, N, 4, 4)
+    cells = _upsample_cells(logits, ys, xs, 4).view(3, len(ys), 4, 4)  # (Q, N * 4 * 4), (pixel, row, column)
     for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
         assert torch.allclose(cells[:, n], full[:, 4 * y: 4 * y + 4, 4 * x: 4 * x + 4], atol=1e-6)
 
@@ -116,6 +116,7 @@ def test_fast_semantic_argmax_is_the_published_one(seed):
     exact = semantic_inference(mask_cls, F.interpolate(mask_pred[None], size=padded, mode="bilinear")[0])
     fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (90, 120))
     assert fast.shape == (7, 90, 120)
+    assert fast.stride()[0] == 1  # pixel-major: the K scores of a pixel are contiguous
     assert torch.equal(fast.argmax(0), exact[:, :90, :120].argmax(0))
     # away from borders the scores are upsampled, not recomputed: they differ a little
     difference = (fast - exact[:, :90, :120]).abs().max()
@@ -125,6 +126,7 @@ def test_fast_semantic_argmax_is_the_published_one(seed):
     fast_resized = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (60, 75))
     agreement = (exact_resized.argmax(0) == fast_resized.argmax(0)).float().mean().item()
     assert agreement >= 0.999
+    assert fast_resized.stride()[0] == 1  # the resize keeps the layout
 
 
 def test_fast_semantic_is_exact_where_every_cell_is_recomputed():

@@ -11,7 +11,6 @@ from typing import Collection, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import BitMasks, Instances
 
 
@@ -26,11 +25,15 @@ def crop_and_resize(maps: torch.Tensor, image_size: Tuple[int, int], output_size
     """
     (N, H_pad, W_pad) -> (N, height, width): the image's region, bilinear-resized to ``output_size``
     (detectron2's ``sem_seg_postprocess``, skipping its resize when the sizes already agree, which
-    would return the same values).
+    would return the same values). Keeps the memory layout of ``maps``.
     """
+    cropped = maps[:, : image_size[0], : image_size[1]]
     if tuple(image_size) == tuple(output_size):
-        return maps[:, : image_size[0], : image_size[1]]
-    return sem_seg_postprocess(maps, image_size, *output_size)
+        return cropped
+    # as sem_seg_postprocess, with a batch dimension that keeps pixel-major maps pixel-major (the
+    # stride a plain unsqueeze gives it makes interpolate treat them as channels-first, slowly)
+    batch = cropped.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
+    return F.interpolate(batch, size=tuple(output_size), mode="bilinear", align_corners=False)[0]
 
 
 def masks_to_output_size(
@@ -72,12 +75,40 @@ def semantic_inference_at_mask_resolution(
     the argmax equals the published one wherever no resize to a different output size mixes the
     two kinds of pixels. Needs the padded size to be a whole multiple of the mask size (the model's
     stride 4); otherwise computes the published way throughout.
+
+    The scores are computed and returned pixel-major (the (K, H, W) result has strides (1, W*K, K),
+    channels-last): upsampling, recomputing pixels and the consumer's argmax over classes then all
+    read and write contiguous runs of K.
     """
     num_queries, height, width = mask_pred.shape
     stride = padded_size[0] // height
     if (height * stride, width * stride) != tuple(padded_size):
         scores = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
         return crop_and_resize(scores, image_size, output_size)
+
+    probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
+    num_classes = probs.shape[1]
+    sigmoid = mask_pred.sigmoid()
+    # per mask pixel (rows of h*w): class scores and their upper bounds over the 3x3 neighbourhood,
+    # and the lower bound of the winning class alone
+    coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
+    upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
+    winner = coarse.argmax(1, keepdim=True)
+    lower = (_window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T * probs.T[winner[:, 0]]).sum(1)
+    runner_up = upper.scatter_(1, winner, float("-inf")).amax(1)
+    # a small margin covers the different rounding of the two computations
+    cells = (lower <= runner_up + 1e-5).nonzero()[:, 0]
+    coarse = coarse.view(1, height, width, num_classes).permute(0, 3, 1, 2)  # (1, K, h, w) channels-last
+    scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    if len(cells):
+        ys, xs = cells // width, cells % width
+        exact = _upsample_cells(mask_pred, ys, xs, stride).sigmoid().T @ probs  # (N * s * s, K)
+        within_cell = torch.arange(stride, device=cells.device)
+        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
+        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
+        pixels = (rows * width * stride + columns).flatten()
+        scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
+    return crop_and_resize(scores, image_size, output_size)
 
     probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
     sigmoid = mask_pred.sigmoid()
@@ -93,10 +124,11 @@ def semantic_inference_at_mask_resolution(
     ys, xs = (lower.gather(0, winner)[0] <= runner_up + 1e-5).nonzero(as_tuple=True)
     scores = upsample_to_padded(coarse, padded_size)
     if len(ys):
-        logits = _upsample_cells(mask_pred, ys, xs, stride)  # (Q, N, s, s)
-        exact = (probs.T @ logits.reshape(num_queries, -1).sigmoid()).view(-1, len(ys), stride, stride)
-        # in the (K, h, s, w, s) view the s x s padded pixels of mask pixel (y, x) are [:, y, :, x, :]
-        scores.view(-1, height, stride, width, stride)[:, ys, :, xs, :] = exact.transpose(0, 1)
+        exact = probs.T @ _upsample_cells(mask_pred, ys, xs, stride).sigmoid()  # (K, N * s * s)
+        within_cell = torch.arange(stride, device=ys.device)
+        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
+        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
+        scores.view(scores.shape[0], -1).index_copy_(1, (rows * width * stride + columns).flatten(), exact)
     return crop_and_resize(scores, image_size, output_size)
 
 
@@ -110,16 +142,21 @@ def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
 def _upsample_cells(logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, stride: int) -> torch.Tensor:
     """
     The stride x stride bilinear upsampling (align_corners=False, as F.interpolate) of just the mask
-    pixels (ys, xs) of (Q, h, w) ``logits``: (Q, N, s, s). Each output row (column) mixes the pixel's
-    row with the one above or below, by weights that depend only on its position inside the pixel.
+    pixels (ys, xs) of (Q, h, w) ``logits``: (Q, N * s * s), ordered (pixel, row, column). Each
+    output pixel mixes the 2 x 2 of the pixel's 3 x 3 neighbourhood nearest to it, by weights that
+    depend only on its position inside the pixel: one (9, s * s) matrix for all.
     """
+    num_queries = logits.shape[0]
     offsets = (torch.arange(stride, dtype=logits.dtype, device=logits.device) + 0.5) / stride - 0.5
     weights = torch.stack([(-offsets).clamp(min=0), 1 - offsets.abs(), offsets.clamp(min=0)], 1)  # (s, 3)
+    kernel = torch.einsum("ia,jb->abij", weights, weights).reshape(9, stride * stride)
     # edge-replicated border = F.interpolate's clamping of source indices at the image edge
     padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]
+    padded_width = padded.shape[-1]
     window = torch.arange(3, device=logits.device)
-    neighbourhoods = padded[:, (ys[:, None] + window)[:, :, None], (xs[:, None] + window)[:, None, :]]  # (Q, N, 3, 3)
-    return torch.einsum("ia,qnab,jb->qnij", weights, neighbourhoods, weights)
+    window = (window[:, None] * padded_width + window).flatten()  # the 3 x 3 offsets in the flat padded map
+    neighbourhoods = padded.flatten(1).index_select(1, ((ys * padded_width + xs)[:, None] + window).flatten())
+    return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, -1)
 
 
 def panoptic_queries(mask_cls: torch.Tensor, object_mask_threshold: float) -> torch.Tensor:
