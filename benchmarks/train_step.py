@@ -26,7 +26,7 @@ from benchmarks.common import (
     random_instances,
     set_threads,
 )
-from maskformer.modeling.criterion import _prediction_index, dice_loss, sigmoid_focal_loss
+from maskformer.modeling.criterion import dice_loss, sigmoid_focal_loss
 from maskformer.solver import build_optimizer
 
 NUM_CLASSES = 150
@@ -36,20 +36,33 @@ VARIANTS = ("backbone", "backbone + pixel decoder", "published loss", "this proj
 LOSSES = VARIANTS[2:]
 
 
-def published_loss_masks(self, outputs, targets, indices, num_masks):
+def published_loss_masks(self, outputs, targets, indices, num_masks, src_masks):
     """The published mask losses, as the baseline: float targets, all masks upsampled at once."""
-    batch_idx, query_idx = _prediction_index(indices)
-    src_masks = outputs["pred_masks"][batch_idx, query_idx]
     tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks)
     src = F.interpolate(src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False)
     src, tgt = src.flatten(1), tgt_masks.flatten(1)
     return {"loss_mask": sigmoid_focal_loss(src, tgt, num_masks), "loss_dice": dice_loss(src, tgt, num_masks)}
 
 
+def without_mask_factors(predictor_forward):
+    """
+    The predictor's forward without the "mask_embed" / "mask_features" outputs, so that the mask
+    loss reads the matched masks out of all the predicted ones, as the published code does.
+    """
+    def forward(*args, **kwargs):
+        outputs = predictor_forward(*args, **kwargs)
+        for layer in (outputs, *outputs.get("aux_outputs", [])):
+            layer.pop("mask_embed", None)
+            layer.pop("mask_features", None)
+        return outputs
+    return forward
+
+
 def build_variant(variant: str):
     model = build_r50_ade20k(POINT_LOSS if variant == "point-sampled loss" else {}).train()
     if variant == "published loss":
         model.criterion.loss_masks = types.MethodType(published_loss_masks, model.criterion)
+        model.sem_seg_head.predictor.forward = without_mask_factors(model.sem_seg_head.predictor.forward)
     return model
 
 

@@ -103,3 +103,31 @@ def test_point_sampled_loss_approximates_full_loss():
     # uniform random points: an unbiased estimate of the full-resolution losses
     assert sampled["loss_dice"].item() == pytest.approx(full["loss_dice"].item(), rel=0.05)
     assert sampled["loss_mask"].item() == pytest.approx(full["loss_mask"].item(), rel=0.1)
+
+
+@pytest.mark.parametrize("num_points", [0, 20])
+def test_matched_masks_from_embeddings_give_the_same_losses_and_gradients(num_points):
+    torch.manual_seed(0)
+    embed = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    features = torch.randn(2, 6, 4, 4, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, 5, 4, dtype=torch.float64)
+    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 16, 16) > 0.5},
+               {"labels": torch.tensor([1]), "masks": torch.rand(1, 16, 16) > 0.5}]
+    indices = [(torch.tensor([3, 0]), torch.tensor([1, 0])), (torch.tensor([4]), torch.tensor([0]))]
+    criterion = _criterion(indices, num_points=num_points)
+    results = []
+    for with_embed in (False, True):
+        masks = torch.einsum("bqc,bchw->bqhw", embed, features)
+        outputs = {"pred_logits": logits, "pred_masks": masks}
+        if with_embed:
+            outputs.update(mask_embed=embed, mask_features=features)
+        torch.manual_seed(1)  # the same sampled points
+        losses = criterion(outputs, targets)
+        grads = torch.autograd.grad(losses["loss_mask"] + losses["loss_dice"], [embed, features])
+        results.append((losses, grads))
+    (losses, grads), (losses_embed, grads_embed) = results
+    for name in ("loss_mask", "loss_dice"):
+        assert losses_embed[name].item() == pytest.approx(losses[name].item(), rel=1e-12)
+    for grad, grad_embed in zip(grads, grads_embed):
+        assert torch.allclose(grad_embed, grad, rtol=0, atol=1e-12)
+        assert grad.abs().sum() > 0

@@ -201,3 +201,27 @@ def test_aux_outputs_in_training_only():
         model.train()
         outputs = model.sem_seg_head(model.backbone(images))
     assert len(outputs["aux_outputs"]) == 1  # DEC_LAYERS 2
+
+
+def test_training_folds_the_matched_masks_with_the_same_losses_and_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.DROPOUT": 0.0})).train()
+    assert model.sem_seg_head.foldable
+    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1, 2], [(0, 32, 0, 64), (32, 64, 10, 40)])},
+             {"image": _image(64, 64, seed=1), "instances": _instances(64, 64, [0], [(8, 40, 8, 40)])}]
+    results = []
+    for foldable in (False, True):  # the unfolded path: products with the per-pixel embeddings
+        model.sem_seg_head.foldable = foldable
+        losses = model(batch)
+        model.zero_grad()
+        sum(losses.values()).backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((losses, grads))
+    (losses, grads), (folded_losses, folded_grads) = results
+    assert set(folded_losses) == set(losses) and len(losses) == 6  # 3 losses x 2 decoder layers
+    for name, value in losses.items():
+        assert folded_losses[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    assert set(folded_grads) == set(grads)
+    for name, grad in grads.items():
+        assert torch.allclose(folded_grads[name], grad, rtol=1e-3, atol=1e-6), name
+    assert grads["sem_seg_head.pixel_decoder.mask_features.weight"].abs().sum() > 0

@@ -16,6 +16,8 @@ from detectron2.utils import comm
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .transformer.transformer_predictor import folded_mask_logits
+
 
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """inputs: (M, P) mask logits, targets: (M, P) binary. Sum over masks of 1 - soft dice, / num_masks."""
@@ -138,9 +140,9 @@ class SetCriterion(nn.Module):
         ).to(logits.device)
         return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
 
-    def loss_masks(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
-        batch_idx, query_idx = _prediction_index(indices)
-        src_masks = outputs["pred_masks"][batch_idx, query_idx].float()  # (M, h, w)
+    def loss_masks(self, outputs, targets, indices, num_masks, src_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``src_masks``: (M, h, w) mask logits of the matched predictions (``matched_mask_logits``)."""
+        src_masks = src_masks.float()
         tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks.device)
         if len(src_masks) == 0:
             zero = outputs["pred_masks"].sum() * 0.0  # keeps the graph connected for DDP
@@ -165,20 +167,20 @@ class SetCriterion(nn.Module):
             labels = point_sample(tgt, coords, align_corners=False).squeeze(1)
         return point_sample(src, coords, align_corners=False).squeeze(1), labels
 
-    def _losses(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
-        loss_fns = {"labels": self.loss_labels, "masks": self.loss_masks}
-        losses = {}
-        for name in self.losses:
-            losses.update(loss_fns[name](outputs, targets, indices, num_masks))
-        return losses
-
     def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
         num_masks = self.num_masks(targets, outputs["pred_masks"].device)
-        final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._losses(final, targets, self.matcher(final, targets), num_masks)
-        for i, aux in enumerate(outputs.get("aux_outputs", [])):
-            aux_losses = self._losses(aux, targets, self.matcher(aux, targets), num_masks)
-            losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        layers = [{k: v for k, v in outputs.items() if k != "aux_outputs"}, *outputs.get("aux_outputs", [])]
+        indices = [self.matcher(layer, targets) for layer in layers]
+        matched_masks = matched_mask_logits(layers, indices) if "masks" in self.losses else [None] * len(layers)
+        losses = {}
+        for i, (layer, layer_indices, masks) in enumerate(zip(layers, indices, matched_masks)):
+            layer_losses = {}
+            if "labels" in self.losses:
+                layer_losses.update(self.loss_labels(layer, targets, layer_indices, num_masks))
+            if "masks" in self.losses:
+                layer_losses.update(self.loss_masks(layer, targets, layer_indices, num_masks, masks))
+            suffix = "" if i == 0 else f"_{i - 1}"
+            losses.update({k + suffix: v for k, v in layer_losses.items()})
         return losses
 
     @staticmethod
@@ -188,6 +190,36 @@ class SetCriterion(nn.Module):
         if comm.get_world_size() > 1:
             torch.distributed.all_reduce(num)
         return torch.clamp(num / comm.get_world_size(), min=1).item()
+
+
+def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]:
+    """
+    Per decoder layer, the (M_l, h, w) mask logits of its matched predictions in ``_prediction_index``
+    order. With the predictor's "mask_embed" (B, Q, C) per layer and their shared "mask_features"
+    (B, C, h, w), all layers' matched masks are recomputed in one product, so that the backward
+    pass computes gradients for those few masks only (not for all L x B x Q) and reaches
+    mask_features once. With a "mask_conv" whose input mask_features is, the matched embeddings are
+    folded into it (``folded_mask_logits``): the backward pass through that convolution then has a
+    few dozen output channels instead of mask_dim.
+    """
+    if not all("mask_embed" in layer and "mask_features" in layer for layer in layers):
+        return [layer["pred_masks"][_prediction_index(idx)] for layer, idx in zip(layers, indices)]
+    features = layers[0]["mask_features"]
+    counts = torch.tensor([[len(queries) for queries, _ in idx] for idx in indices])  # (L, B)
+    slots = max(int(counts.max()), 1)
+    # (L, B, slots, C): each image's matched embeddings first, zero rows after
+    embed = torch.stack([
+        torch.stack([F.pad(layer["mask_embed"][b, queries], (0, 0, 0, slots - len(queries)))
+                     for b, (queries, _) in enumerate(idx)])
+        for layer, idx in zip(layers, indices)
+    ])
+    if "mask_conv" in layers[0]:
+        masks = folded_mask_logits(embed, layers[0]["mask_conv"], features).flatten(0, 2)
+    else:
+        masks = torch.einsum("lbnc,bchw->lbnhw", embed, features).flatten(0, 2)
+    # one gather for all layers (its backward is one scatter), then split per layer
+    used = (torch.arange(slots) < counts[..., None]).flatten()
+    return list(masks[used.to(masks.device)].split(counts.sum(1).tolist()))
 
 
 def _prediction_index(indices) -> Tuple[torch.Tensor, torch.Tensor]:

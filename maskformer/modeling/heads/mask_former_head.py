@@ -19,9 +19,11 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
     The transformer decoder reads either a backbone feature or, with TRANSFORMER_IN_FEATURE
     "transformer_encoder", the output of the pixel decoder's transformer encoder.
 
-    ``fold_mask_embed`` (inference only): the mask embeddings are folded into the pixel decoder's
+    ``fold_mask_embed`` (inference): the mask embeddings are folded into the pixel decoder's
     ``mask_features`` convolution, which then outputs the Q mask logits directly instead of mask_dim
-    per-pixel embeddings (``folded_mask_logits``; same values up to float rounding).
+    per-pixel embeddings (``folded_mask_logits``; same values up to float rounding). In training the
+    loss folds its matched embeddings into that convolution whenever the pixel decoder allows it
+    (``BasePixelDecoder`` and subclasses), which makes the backward pass cheaper.
     """
 
     @configurable
@@ -46,8 +48,12 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
         self.num_classes = num_classes
-        if fold_mask_embed:
-            _check_foldable(pixel_decoder)
+        self.foldable = _foldable(pixel_decoder)
+        if fold_mask_embed and not self.foldable:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder with fpn_features() and a plain "
+                f"mask_features convolution (as BasePixelDecoder); {type(pixel_decoder).__name__} has not"
+            )
         self.fold_mask_embed = fold_mask_embed
 
     @classmethod
@@ -69,7 +75,7 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         }
 
     def forward(self, features):
-        if self.fold_mask_embed and not self.training:
+        if self.foldable and (self.training or self.fold_mask_embed):
             pixel_features, encoder_features = self.pixel_decoder.fpn_features(features)
             mask_conv = self.pixel_decoder.mask_features
         else:
@@ -85,15 +91,11 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         return self.predictor(features[self.transformer_in_feature], pixel_features, mask_conv)
 
 
-def _check_foldable(pixel_decoder: nn.Module) -> None:
+def _foldable(pixel_decoder: nn.Module) -> bool:
     """Folding needs ``fpn_features`` and a plain ``mask_features`` convolution on its output."""
     conv = getattr(pixel_decoder, "mask_features", None)
     plain_conv = (
         isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros"
         and getattr(conv, "norm", None) is None and getattr(conv, "activation", None) is None
     )
-    if not (callable(getattr(pixel_decoder, "fpn_features", None)) and plain_conv):
-        raise ValueError(
-            f"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder with fpn_features() and a plain "
-            f"mask_features convolution (as BasePixelDecoder); {type(pixel_decoder).__name__} has not"
-        )
+    return plain_conv and callable(getattr(pixel_decoder, "fpn_features", None))

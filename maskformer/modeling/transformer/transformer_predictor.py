@@ -37,6 +37,8 @@ class TransformerPredictor(nn.Module):
     forward(x (B, C_in, h, w), mask_features (B, mask_dim, H/4, W/4)) -> dict with
       "pred_logits": (B, Q, K+1)   (only when mask_classification)
       "pred_masks":  (B, Q, H/4, W/4) mask logits
+    and in training also
+      "mask_embed": (B, Q, mask_dim), "mask_features" and "mask_conv" (the inputs), which give the masks
       "aux_outputs": list of L-1 dicts of the same for earlier decoder layers (deep supervision)
     """
 
@@ -111,34 +113,46 @@ class TransformerPredictor(nn.Module):
     def forward(self, x: torch.Tensor, mask_features: torch.Tensor, mask_conv: Optional[nn.Conv2d] = None) -> Dict:
         """
         x (B, C_in, h, w): the transformer decoder's input. mask_features: the per-pixel embeddings
-        (B, mask_dim, H/4, W/4), or, with ``mask_conv``, the input of the convolution producing them,
-        which then gives the masks directly (``folded_mask_logits``). The outputs of the earlier
-        decoder layers are computed in training only, where the loss reads them.
+        (B, mask_dim, H/4, W/4), or, with ``mask_conv``, the input of the convolution producing them.
+        In inference that convolution then gives the masks directly (``folded_mask_logits``); in
+        training, where all L x Q masks are computed for matching, it runs unfolded, and the loss
+        folds the embeddings of its few matched masks into it (``matched_mask_logits``). The outputs
+        of the earlier decoder layers are computed in training only, where the loss reads them.
         """
         pos = self.pe_layer(x)
         hs, _ = self.transformer(self.input_proj(x), None, self.query_embed.weight, pos)  # (L, B, Q, C)
         with_aux = self.aux_loss and self.training
         if not with_aux:
             hs = hs[-1:]
-        if mask_conv is None:
-            # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
-            masks = torch.einsum("lbqc,bchw->lbqhw", self.mask_embed(hs), mask_features)
+        mask_embed = self.mask_embed(hs)  # (L, B, Q, mask_dim)
+        if mask_conv is not None and not self.training:
+            masks = folded_mask_logits(mask_embed, mask_conv, mask_features)
         else:
-            masks = folded_mask_logits(self.mask_embed(hs), mask_conv, mask_features)
+            pixel_embed = mask_features if mask_conv is None else mask_conv(mask_features)
+            # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
+            masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed, pixel_embed)
         logits: Optional[torch.Tensor] = self.class_embed(hs) if self.mask_classification else None
 
         out = {"pred_masks": masks[-1]}
         if logits is not None:
             out["pred_logits"] = logits[-1]
-        if with_aux:
-            out["aux_outputs"] = self._aux_outputs(logits, masks)
+        if self.training:
+            # the mask loss recomputes its few matched masks from these: gradients for those alone
+            factors = {"mask_features": mask_features} if mask_conv is None else {
+                "mask_features": mask_features, "mask_conv": mask_conv}
+            out.update(mask_embed=mask_embed[-1], **factors)
+            if with_aux:
+                out["aux_outputs"] = self._aux_outputs(logits, masks, mask_embed, factors)
         return out
 
     @torch.jit.unused
-    def _aux_outputs(self, logits: Optional[torch.Tensor], masks: torch.Tensor) -> List[Dict]:
-        if logits is None:
-            return [{"pred_masks": m} for m in masks[:-1]]
-        return [{"pred_logits": c, "pred_masks": m} for c, m in zip(logits[:-1], masks[:-1])]
+    def _aux_outputs(self, logits: Optional[torch.Tensor], masks: torch.Tensor, mask_embed: torch.Tensor,
+                     factors: Dict) -> List[Dict]:
+        aux = [{"pred_masks": m, "mask_embed": e, **factors} for m, e in zip(masks[:-1], mask_embed[:-1])]
+        if logits is not None:
+            for layer, c in zip(aux, logits[:-1]):
+                layer["pred_logits"] = c
+        return aux
 
 
 def folded_mask_logits(mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
