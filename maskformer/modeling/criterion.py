@@ -19,6 +19,15 @@ from torch.autograd.function import once_differentiable
 from .transformer.transformer_predictor import folded_mask_logits
 
 
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """
+    log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): several times cheaper than F.softplus on CPU,
+    whose log1p is not vectorised. The absolute error stays within the float rounding of values of
+    order 1 (log(1 + u) drops a u below half an ulp of 1, where the exact result is that small too).
+    """
+    return torch.exp(-x.abs()).add_(1).log_().add_(x.clamp(min=0))
+
+
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """inputs: (M, P) mask logits, targets: (M, P) binary. Sum over masks of 1 - soft dice, / num_masks."""
     inputs = inputs.sigmoid()
@@ -69,7 +78,7 @@ class UpsampledMaskLoss(torch.autograd.Function):
             p = torch.sigmoid(x)
             error = p - t  # its size q = 1 - p_t
             q = error.abs()
-            bce = F.softplus(x).sub_(x * t)  # -log p_t: softplus(x) for t = 0, softplus(-x) for t = 1
+            bce = softplus(x).sub_(x * t)  # -log p_t: softplus(x) for t = 0, softplus(-x) for t = 1
             alpha_t = t * (2 * alpha - 1) + (1 - alpha)
             focal[chunk] = (alpha_t * bce * q**gamma).flatten(1).mean(1)
             intersection, sum_p, sum_t = (p * t).flatten(1).sum(1), p.flatten(1).sum(1), t.flatten(1).sum(1)

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .criterion import softplus
+
 
 def pairwise_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
@@ -25,9 +27,11 @@ def pairwise_sigmoid_focal_cost(inputs: torch.Tensor, targets: torch.Tensor, alp
     inputs: (N, P) mask logits; targets: (M, P) binary masks. Returns (N, M).
     """
     prob = inputs.sigmoid()
-    # per-pixel focal loss if the pixel were foreground / background; BCE(x, 1) = softplus(-x)
-    focal_pos = alpha * (1 - prob) ** gamma * F.softplus(-inputs)
-    focal_neg = (1 - alpha) * prob ** gamma * F.softplus(inputs)
+    # per-pixel focal loss if the pixel were foreground / background: BCE(x, 0) = softplus(x),
+    # BCE(x, 1) = softplus(-x) = softplus(x) - x
+    bce_neg = softplus(inputs)
+    focal_pos = alpha * (1 - prob) ** gamma * (bce_neg - inputs)
+    focal_neg = (1 - alpha) * prob ** gamma * bce_neg
     # focal_pos @ t + focal_neg @ (1 - t), with one product and no (1 - t) copy
     return ((focal_pos - focal_neg) @ targets.T + focal_neg.sum(1, keepdim=True)) / inputs.shape[1]
 
