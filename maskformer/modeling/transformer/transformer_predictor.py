@@ -157,19 +157,21 @@ class TransformerPredictor(nn.Module):
 
 def folded_mask_logits(mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """
-    Mask logits einsum("lbqc,bchw->lbqhw", mask_embed, mask_conv(x)) as one convolution of ``x``
-    whose filters are the mask embeddings applied to ``mask_conv``'s filters: Q instead of mask_dim
-    output channels at the finest resolution, and no per-pixel dot products. Equal up to float
-    rounding; ``mask_conv`` must be a plain convolution (no norm or activation).
+    Mask logits einsum("lbqc,bchw->lbqhw", mask_embed, mask_conv(x)) as one convolution of each
+    image of ``x`` whose filters are its mask embeddings applied to ``mask_conv``'s filters: L*Q
+    instead of mask_dim output channels at the finest resolution, and no per-pixel dot products.
+    Equal up to float rounding; ``mask_conv`` must be a plain convolution (no norm or activation).
 
     mask_embed (L, B, Q, C), x (B, C_in, H, W) -> (L, B, Q, H, W)
     """
     num_layers, batch, num_queries, _ = mask_embed.shape
-    weight = torch.einsum("lbqc,cikj->blqikj", mask_embed, mask_conv.weight).flatten(0, 2)  # (B*L*Q, C_in, k, k)
-    bias = None
+    weights = torch.einsum("lbqc,cikj->blqikj", mask_embed, mask_conv.weight).flatten(1, 2)  # (B, L*Q, C_in, k, k)
+    biases = [None] * batch
     if mask_conv.bias is not None:
-        bias = (mask_embed @ mask_conv.bias).transpose(0, 1).flatten()  # (B*L*Q,)
-    # one group per image, each with its own filters
-    masks = F.conv2d(x.reshape(1, -1, *x.shape[-2:]), weight, bias, mask_conv.stride, mask_conv.padding,
-                     mask_conv.dilation, groups=batch)
-    return masks.view(batch, num_layers, num_queries, *x.shape[-2:]).transpose(0, 1)
+        biases = (mask_embed @ mask_conv.bias).transpose(0, 1).flatten(1).unbind(0)  # B x (L*Q,)
+    # a convolution per image: oneDNN's grouped convolution is several times slower, backward especially
+    masks = [
+        F.conv2d(image[None], weight, bias, mask_conv.stride, mask_conv.padding, mask_conv.dilation)
+        for image, weight, bias in zip(x.unbind(0), weights.unbind(0), biases)
+    ]
+    return torch.cat(masks).view(batch, num_layers, num_queries, *x.shape[-2:]).transpose(0, 1)
