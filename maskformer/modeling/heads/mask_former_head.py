@@ -1,6 +1,7 @@
 """MaskFormer's head: pixel decoder + transformer predictor."""
-from typing import Dict
+from typing import Dict, Optional
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
@@ -15,7 +16,8 @@ from .legacy import LegacyCheckpointMixin
 class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
     """
     forward(features: name -> (B, C, H_i, W_i)) -> the predictor's dict
-    ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), "aux_outputs").
+    ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), and in training the mask factors and
+    "aux_outputs"; see ``TransformerPredictor``).
     The transformer decoder reads either a backbone feature or, with TRANSFORMER_IN_FEATURE
     "transformer_encoder", the output of the pixel decoder's transformer encoder.
 
@@ -59,10 +61,6 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-        if in_feature == "transformer_encoder":
-            predictor_in_channels = cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
-        else:
-            predictor_in_channels = input_shape[in_feature].channels
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
@@ -70,7 +68,9 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "transformer_in_feature": in_feature,
-            "transformer_predictor": TransformerPredictor(cfg, predictor_in_channels, mask_classification=True),
+            "transformer_predictor": TransformerPredictor(
+                cfg, predictor_in_channels(cfg, input_shape), mask_classification=True
+            ),
             "fold_mask_embed": cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED,
         }
 
@@ -81,14 +81,29 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         else:
             pixel_features, encoder_features = self.pixel_decoder.forward_features(features)
             mask_conv = None
-        if self.transformer_in_feature == "transformer_encoder":
-            if encoder_features is None:
-                raise ValueError(
-                    "TRANSFORMER_IN_FEATURE is 'transformer_encoder' but the pixel decoder has no transformer "
-                    "encoder; use PIXEL_DECODER_NAME 'TransformerEncoderPixelDecoder'"
-                )
-            return self.predictor(encoder_features, pixel_features, mask_conv)
-        return self.predictor(features[self.transformer_in_feature], pixel_features, mask_conv)
+        x = transformer_input(features, encoder_features, self.transformer_in_feature)
+        return self.predictor(x, pixel_features, mask_conv)
+
+
+def predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
+    """Channels of the transformer decoder's input (MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE)."""
+    in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
+    if in_feature == "transformer_encoder":
+        return cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
+    return input_shape[in_feature].channels
+
+
+def transformer_input(features: Dict[str, torch.Tensor], encoder_features: Optional[torch.Tensor],
+                      in_feature: str) -> torch.Tensor:
+    """The transformer decoder's input: a backbone feature, or the pixel decoder's encoder output."""
+    if in_feature != "transformer_encoder":
+        return features[in_feature]
+    if encoder_features is None:
+        raise ValueError(
+            "TRANSFORMER_IN_FEATURE is 'transformer_encoder' but the pixel decoder has no transformer "
+            "encoder; use PIXEL_DECODER_NAME 'TransformerEncoderPixelDecoder'"
+        )
+    return encoder_features
 
 
 def _foldable(pixel_decoder: nn.Module) -> bool:

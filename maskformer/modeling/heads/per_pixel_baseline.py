@@ -16,6 +16,7 @@ from torch import nn
 from ..pixel_decoder.fpn import build_pixel_decoder
 from ..transformer.transformer_predictor import TransformerPredictor
 from .legacy import LegacyCheckpointMixin
+from .mask_former_head import predictor_in_channels, transformer_input
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -116,17 +117,12 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
                 f"PerPixelBaselinePlusHead needs one query per class: MODEL.MASK_FORMER.NUM_OBJECT_QUERIES "
                 f"({num_queries}) must equal MODEL.SEM_SEG_HEAD.NUM_CLASSES ({cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})"
             )
-        in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-        in_channels = (
-            cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM if in_feature == "transformer_encoder" else input_shape[in_feature].channels
-        )
-        return TransformerPredictor(cfg, in_channels, mask_classification=False)
+        return TransformerPredictor(cfg, predictor_in_channels(cfg, input_shape), mask_classification=False)
 
     def layers(self, features) -> List[torch.Tensor]:
         mask_features, encoder_features = self.pixel_decoder.forward_features(features)
-        source = encoder_features if self.transformer_in_feature == "transformer_encoder" else features[
-            self.transformer_in_feature]
-        predictions = self.predictor(source, mask_features)
+        x = transformer_input(features, encoder_features, self.transformer_in_feature)
+        predictions = self.predictor(x, mask_features)
         if self.training and self.deep_supervision:
             return [aux["pred_masks"] for aux in predictions["aux_outputs"]] + [predictions["pred_masks"]]
         return [predictions["pred_masks"]]
