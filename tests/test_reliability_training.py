@@ -142,7 +142,8 @@ def nan_loss_training(tmp_path):
     prefix = "reltest_nan"
     register_synthetic_datasets(str(root), NUM_TRAIN, NUM_VAL, prefix=prefix)
     try:
-        opts = tiny_train_args(tmp_path / "out", 6, 2, "MODEL.META_ARCHITECTURE", arch, prefix=prefix)
+        opts = tiny_train_args(tmp_path / "out", 6, 2, "MODEL.META_ARCHITECTURE", arch,
+                               "DATASETS.TEST", f'("{prefix}_sem_seg_val",)', prefix=prefix)
         yield load_config(SEM_SEG_CONFIG, opts)
     finally:
         META_ARCH_REGISTRY._obj_map.pop(arch)
@@ -174,6 +175,8 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_train
     message = str(error.value)
     assert f"iteration={NAN_ITER}" in message
     assert re.search(r"'loss_mask': nan", message) and "'loss_ce'" in message and "'loss_dice'" in message
+    # the failed last iteration is not followed by the end-of-training evaluation
+    assert cfg.DATASETS.TEST and trainer.last_eval_results == {}
 
     # nothing written after the failure: same files, bytes and times as before the failing step
     assert set(snapshot.files) == {"model_0000001.pth", "model_0000003.pth", "last_checkpoint"}

@@ -99,6 +99,17 @@ class Trainer(DefaultTrainer):
             hook_list.insert(len(hook_list) - int(comm.is_main_process()), tta)
         return hook_list
 
+    def after_train(self):
+        # detectron2's EvalHook evaluates after training when iter + 1 >= max_iter, which also holds
+        # when the last iteration failed (a non-finite loss): evaluate only after a completed run
+        # (the train loop leaves iter == max_iter then).
+        if self.iter >= self.max_iter:
+            return super().after_train()
+        self.storage.iter = self.iter
+        for hook in self._hooks:
+            if not isinstance(hook, hooks.EvalHook):
+                hook.after_train()
+
     @property
     def last_eval_results(self) -> dict:
         """Metrics of the last evaluation during training, TTA ones included ({} if none ran)."""
