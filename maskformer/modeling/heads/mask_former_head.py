@@ -7,13 +7,12 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..pixel_decoder.fpn import build_pixel_decoder
 from ..transformer.transformer_predictor import TransformerPredictor
-from .legacy import LegacyCheckpointMixin
+from .base import PixelDecoderHead
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
+class MaskFormerHead(PixelDecoderHead):
     """
     forward(features: name -> (B, C, H_i, W_i)) -> the predictor's dict
     ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), and in training the mask factors and
@@ -41,15 +40,9 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
         transformer_in_feature: str,
         fold_mask_embed: bool = False,
     ):
-        super().__init__()
-        self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
-        self.ignore_value = ignore_value
-        self.common_stride = 4
-        self.loss_weight = loss_weight
-        self.pixel_decoder = pixel_decoder
-        self.predictor = transformer_predictor
+        super().__init__(input_shape, num_classes=num_classes, pixel_decoder=pixel_decoder,
+                         predictor=transformer_predictor, loss_weight=loss_weight, ignore_value=ignore_value)
         self.transformer_in_feature = transformer_in_feature
-        self.num_classes = num_classes
         self.foldable = _foldable(pixel_decoder)
         if fold_mask_embed and not self.foldable:
             raise ValueError(
@@ -62,11 +55,7 @@ class MaskFormerHead(LegacyCheckpointMixin, nn.Module):
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            **cls.head_config(cfg, input_shape),
             "transformer_in_feature": in_feature,
             "transformer_predictor": TransformerPredictor(
                 cfg, predictor_in_channels(cfg, input_shape), mask_classification=True

@@ -13,49 +13,21 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ..pixel_decoder.fpn import build_pixel_decoder
 from ..transformer.transformer_predictor import TransformerPredictor
-from .legacy import LegacyCheckpointMixin
+from .base import PixelDecoderHead
 from .mask_former_head import predictor_in_channels, transformer_input
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
-class PerPixelBaselineHead(LegacyCheckpointMixin, nn.Module):
+class PerPixelBaselineHead(PixelDecoderHead):
     """
     forward(features, targets (B, H, W) or None) -> (None, losses) in training,
     (class logits (B, K, H, W) at input resolution, {}) in inference.
     """
 
-    @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        num_classes: int,
-        pixel_decoder: nn.Module,
-        predictor: nn.Module,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
-    ):
-        super().__init__()
-        self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
-        self.ignore_value = ignore_value
-        self.common_stride = 4
-        self.loss_weight = loss_weight
-        self.num_classes = num_classes
-        self.pixel_decoder = pixel_decoder
-        self.predictor = predictor
-
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
-            "predictor": cls._build_predictor(cfg, input_shape),
-        }
+        return {**cls.head_config(cfg, input_shape), "predictor": cls._build_predictor(cfg, input_shape)}
 
     @classmethod
     def _build_predictor(cls, cfg, input_shape) -> nn.Module:
