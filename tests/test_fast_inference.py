@@ -15,6 +15,7 @@ from maskformer.modeling.inference import (
     _upsample_cells,
     crop_and_resize,
     instance_inference,
+    masks_to_output_size,
     panoptic_inference,
     semantic_inference,
     semantic_inference_at_mask_resolution,
@@ -180,3 +181,13 @@ def test_fast_semantic_on_the_golden_files(name):
         if "panoptic_seg" in expected:
             assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"])
             assert result["panoptic_seg"][1] == expected["segments_info"]
+
+
+def test_pixel_major_masks_are_resized_in_their_layout():
+    """Folded masks of a channels-last model come pixel-major: resized alike, and without a slow transposition."""
+    masks = torch.randn(7, 16, 20) * 10
+    pixel_major = masks.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    expected = masks_to_output_size(masks, (64, 80), (60, 70), (30, 35))
+    result = masks_to_output_size(pixel_major, (64, 80), (60, 70), (30, 35))
+    assert expected.is_contiguous() and result.stride()[0] == 1
+    assert torch.allclose(result, expected, atol=1e-5)

@@ -18,7 +18,15 @@ def upsample_to_padded(masks: torch.Tensor, padded_size: Tuple[int, int]) -> tor
     """(N, h, w) mask logits over the padded batch -> (N, H_pad, W_pad), bilinear."""
     if tuple(masks.shape[-2:]) == tuple(padded_size):
         return masks
-    return F.interpolate(masks[None], size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(_batch_of_one(masks), size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+
+
+def _batch_of_one(maps: torch.Tensor) -> torch.Tensor:
+    """
+    (N, H, W) -> (1, N, H, W) in the layout of ``maps``: a plain unsqueeze gives pixel-major
+    (channels-last) maps a stride that makes interpolate treat them as channels-first, slowly.
+    """
+    return maps.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
 
 
 def crop_and_resize(maps: torch.Tensor, image_size: Tuple[int, int], output_size: Tuple[int, int]) -> torch.Tensor:
@@ -30,10 +38,8 @@ def crop_and_resize(maps: torch.Tensor, image_size: Tuple[int, int], output_size
     cropped = maps[:, : image_size[0], : image_size[1]]
     if tuple(image_size) == tuple(output_size):
         return cropped
-    # as sem_seg_postprocess, with a batch dimension that keeps pixel-major maps pixel-major (the
-    # stride a plain unsqueeze gives it makes interpolate treat them as channels-first, slowly)
-    batch = cropped.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
-    return F.interpolate(batch, size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+    # as sem_seg_postprocess
+    return F.interpolate(_batch_of_one(cropped), size=tuple(output_size), mode="bilinear", align_corners=False)[0]
 
 
 def masks_to_output_size(
