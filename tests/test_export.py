@@ -215,7 +215,7 @@ def test_graph_does_not_fold_and_leaves_the_model_untouched():
     cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = True
     model = build_model(cfg).eval()
     graph = MaskFormerGraph(model)
-    # the folded convolution's groups (one per image) would be frozen by a trace
+    # the folded masks' convolution per image would be unrolled by a trace
     assert graph.sem_seg_head.fold_mask_embed is False
     assert model.sem_seg_head.fold_mask_embed is True
     with torch.no_grad():

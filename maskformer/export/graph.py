@@ -29,7 +29,7 @@ class MaskFormerGraph(nn.Module):
                 f"got {type(model.sem_seg_head).__name__}"
             )
         # Copies, so that switching folding off leaves the caller's model untouched: the folded
-        # convolution has one group per image, which a trace would freeze to the example's batch size.
+        # masks take one convolution per image, which a trace would unroll for the example's batch.
         self.backbone = copy.deepcopy(model.backbone)
         self.sem_seg_head = copy.deepcopy(model.sem_seg_head)
         self.sem_seg_head.fold_mask_embed = False

@@ -1,6 +1,7 @@
 """What the heads have in common: a pixel decoder, a predictor reading it, and detectron2's head fields."""
-from typing import Dict
+from typing import Dict, Optional
 
+import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
@@ -47,3 +48,24 @@ class PixelDecoderHead(LegacyCheckpointMixin, nn.Module):
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
         }
+
+
+def predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
+    """Channels of the transformer decoder's input (MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE)."""
+    in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
+    if in_feature == "transformer_encoder":
+        return cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
+    return input_shape[in_feature].channels
+
+
+def transformer_input(features: Dict[str, torch.Tensor], encoder_features: Optional[torch.Tensor],
+                      in_feature: str) -> torch.Tensor:
+    """The transformer decoder's input: a backbone feature, or the pixel decoder's encoder output."""
+    if in_feature != "transformer_encoder":
+        return features[in_feature]
+    if encoder_features is None:
+        raise ValueError(
+            "TRANSFORMER_IN_FEATURE is 'transformer_encoder' but the pixel decoder has no transformer "
+            "encoder; use PIXEL_DECODER_NAME 'TransformerEncoderPixelDecoder'"
+        )
+    return encoder_features

@@ -1,14 +1,13 @@
 """MaskFormer's head: pixel decoder + transformer predictor."""
-from typing import Dict, Optional
+from typing import Dict
 
-import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..transformer.transformer_predictor import TransformerPredictor
-from .base import PixelDecoderHead
+from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
@@ -72,27 +71,6 @@ class MaskFormerHead(PixelDecoderHead):
             mask_conv = None
         x = transformer_input(features, encoder_features, self.transformer_in_feature)
         return self.predictor(x, pixel_features, mask_conv)
-
-
-def predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
-    """Channels of the transformer decoder's input (MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE)."""
-    in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-    if in_feature == "transformer_encoder":
-        return cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM
-    return input_shape[in_feature].channels
-
-
-def transformer_input(features: Dict[str, torch.Tensor], encoder_features: Optional[torch.Tensor],
-                      in_feature: str) -> torch.Tensor:
-    """The transformer decoder's input: a backbone feature, or the pixel decoder's encoder output."""
-    if in_feature != "transformer_encoder":
-        return features[in_feature]
-    if encoder_features is None:
-        raise ValueError(
-            "TRANSFORMER_IN_FEATURE is 'transformer_encoder' but the pixel decoder has no transformer "
-            "encoder; use PIXEL_DECODER_NAME 'TransformerEncoderPixelDecoder'"
-        )
-    return encoder_features
 
 
 def _foldable(pixel_decoder: nn.Module) -> bool:

@@ -14,8 +14,7 @@ from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
 from ..transformer.transformer_predictor import TransformerPredictor
-from .base import PixelDecoderHead
-from .mask_former_head import predictor_in_channels, transformer_input
+from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
