@@ -46,14 +46,14 @@ def published_loss_masks(self, outputs, targets, indices, num_masks, src_masks):
 
 def without_mask_factors(predictor_forward):
     """
-    The predictor's forward without the "mask_embed" / "mask_features" outputs, so that the mask
-    loss reads the matched masks out of all the predicted ones, as the published code does.
+    The predictor's forward without the "mask_embed" / "mask_features" / "mask_conv" outputs, so
+    that the mask loss reads the matched masks out of all the predicted ones, as the published code does.
     """
     def forward(*args, **kwargs):
         outputs = predictor_forward(*args, **kwargs)
         for layer in (outputs, *outputs.get("aux_outputs", [])):
-            layer.pop("mask_embed", None)
-            layer.pop("mask_features", None)
+            for key in ("mask_embed", "mask_features", "mask_conv"):
+                layer.pop(key, None)
         return outputs
     return forward
 

@@ -138,8 +138,9 @@ class TransformerPredictor(nn.Module):
             out["pred_logits"] = logits[-1]
         if self.training:
             # the mask loss recomputes its few matched masks from these: gradients for those alone
-            factors = {"mask_features": mask_features} if mask_conv is None else {
-                "mask_features": mask_features, "mask_conv": mask_conv}
+            factors = {"mask_features": mask_features}
+            if mask_conv is not None:
+                factors["mask_conv"] = mask_conv
             out.update(mask_embed=mask_embed[-1], **factors)
             if with_aux:
                 out["aux_outputs"] = self._aux_outputs(logits, masks, mask_embed, factors)
