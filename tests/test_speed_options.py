@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from maskformer.modeling.criterion import SetCriterion, UpsampledMaskLoss, dice_loss, sigmoid_focal_loss
+from maskformer.modeling.criterion import (
+    SetCriterion,
+    UpsampledMaskLoss,
+    dice_loss,
+    sigmoid_focal_loss,
+    upsample_bilinear_adjoint,
+)
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
 from maskformer.modeling.matcher import HungarianMatcher
 from maskformer.modeling.transformer.transformer_predictor import folded_mask_logits
@@ -102,14 +108,28 @@ def test_bfloat16_training_autocast_losses():
     sum(losses.values()).backward()
 
 
+@pytest.mark.parametrize("low_size, size", [((6, 7), (24, 28)), ((6, 7), (18, 14)), ((5, 5), (5, 5)),
+                                            ((6, 7), (23, 29))])  # the last through aten
+def test_upsample_bilinear_adjoint_is_the_upsampling_backward(low_size, size):
+    torch.manual_seed(0)
+    x = torch.randn(3, *low_size, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(3, *size, dtype=torch.float64)
+    upsampled = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    expected = torch.autograd.grad(upsampled, x, grad)[0]
+    assert torch.allclose(upsample_bilinear_adjoint(grad, low_size), expected, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("chunk_elements", [64, 1 << 20])
-def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements):
+@pytest.mark.parametrize("size", [(23, 29), (24, 28)])  # aten's upsampling backward, the strided adjoint
+def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements, size):
     monkeypatch.setattr(UpsampledMaskLoss, "CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
-    src = (3 * torch.randn(5, 6, 7, dtype=torch.float64)).requires_grad_()
-    tgt = torch.rand(5, 23, 29) > 0.4
+    src = 3 * torch.randn(5, 6, 7, dtype=torch.float64)
+    src[0, 0, :3] = torch.tensor([-800.0, 800.0, 40.0])  # sigmoid underflows to 0, rounds to 1
+    src.requires_grad_()
+    tgt = torch.rand(5, *size) > 0.4
     focal, dice = UpsampledMaskLoss.apply(src, tgt, 3.0)
-    upsampled = F.interpolate(src[:, None], size=(23, 29), mode="bilinear", align_corners=False).flatten(1)
+    upsampled = F.interpolate(src[:, None], size=size, mode="bilinear", align_corners=False).flatten(1)
     expected_focal = sigmoid_focal_loss(upsampled, tgt.flatten(1).double(), 3.0)
     expected_dice = dice_loss(upsampled, tgt.flatten(1).double(), 3.0)
     assert focal.item() == pytest.approx(expected_focal.item(), rel=1e-12)
