@@ -4,7 +4,9 @@ generated segments): forward, matching, losses, backward and AdamW step, as a ra
 forward + backward in the same run; and peak resident memory, each measured in a fresh process.
 Compares this project's mask loss (chunked, bool targets) with the published computation (all
 matched masks upsampled to the crop as float tensors) and with the point-sampled loss
-(MODEL.MASK_FORMER.TRAIN_NUM_POINTS), also for the losses alone at 1024x1024 crops.
+(MODEL.MASK_FORMER.TRAIN_NUM_POINTS), also for the losses alone at 1024x1024 crops; and the step
+with MODEL.CHANNELS_LAST or with the forward under bfloat16 autocast (SOLVER.AMP, on GPU), still as a
+ratio to the published float32, channels-first backbone.
 
     python -m benchmarks.train_step [--threads 2] [--repeats 3]
 """
@@ -31,9 +33,13 @@ from maskformer.solver import build_optimizer
 
 NUM_CLASSES = 150
 SEGMENTS_PER_IMAGE = (10, 13)
-POINT_LOSS = {"MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 112 * 112}
-VARIANTS = ("backbone", "backbone + pixel decoder", "published loss", "this project", "point-sampled loss")
-LOSSES = VARIANTS[2:]
+VARIANT_SETTINGS = {
+    "point-sampled loss": {"MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 112 * 112},
+    "channels-last": {"MODEL.CHANNELS_LAST": True},
+}
+VARIANTS = ("backbone", "backbone + pixel decoder", "published loss", "this project", "point-sampled loss",
+            "channels-last", "bfloat16 autocast")
+LOSSES = VARIANTS[2:5]
 
 
 def published_loss_masks(self, outputs, targets, indices, num_masks, src_masks):
@@ -59,7 +65,7 @@ def without_mask_factors(predictor_forward):
 
 
 def build_variant(variant: str):
-    model = build_r50_ade20k(POINT_LOSS if variant == "point-sampled loss" else {}).train()
+    model = build_r50_ade20k(VARIANT_SETTINGS.get(variant, {})).train()
     if variant == "published loss":
         model.criterion.loss_masks = types.MethodType(published_loss_masks, model.criterion)
         model.sem_seg_head.predictor.forward = without_mask_factors(model.sem_seg_head.predictor.forward)
@@ -90,9 +96,11 @@ def step_function(model, variant: str, batch):
         return backbone_step
 
     optimizer = build_optimizer(r50_ade20k_cfg(), model)
+    autocast = variant == "bfloat16 autocast"
 
     def train_step():
-        losses = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # the forward, as AMPTrainer does
+            losses = model(batch)
         sum(losses.values()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
