@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from maskformer import MaskFormer
@@ -134,23 +134,29 @@ class _MaskFormerWithNaNLoss(MaskFormer):
 
 
 @pytest.fixture
-def nan_loss_training(tmp_path):
+def in_process_datasets(tmp_path):
+    """The synthetic datasets registered in this process under the prefix "reltest_local"; removed after."""
+    prefix = "reltest_local"
+    register_synthetic_datasets(str(tmp_path / "datasets"), NUM_TRAIN, NUM_VAL, prefix=prefix)
+    yield prefix
+    for task in ("sem_seg", "panoptic"):
+        for split in ("train", "val"):
+            DatasetCatalog.remove(f"{prefix}_{task}_{split}")
+            MetadataCatalog.remove(f"{prefix}_{task}_{split}")
+
+
+@pytest.fixture
+def nan_loss_training(tmp_path, in_process_datasets):
     """Config of a 6-iteration run (checkpoints every 2) whose loss is NaN at iteration 5."""
     arch = "TestMaskFormerWithNaNLoss"
     META_ARCH_REGISTRY._do_register(arch, _MaskFormerWithNaNLoss)
-    root = tmp_path / "datasets"
-    prefix = "reltest_nan"
-    register_synthetic_datasets(str(root), NUM_TRAIN, NUM_VAL, prefix=prefix)
+    prefix = in_process_datasets
     try:
         opts = tiny_train_args(tmp_path / "out", 6, 2, "MODEL.META_ARCHITECTURE", arch,
                                "DATASETS.TEST", f'("{prefix}_sem_seg_val",)', prefix=prefix)
         yield load_config(SEM_SEG_CONFIG, opts)
     finally:
         META_ARCH_REGISTRY._obj_map.pop(arch)
-        for task in ("sem_seg", "panoptic"):
-            for split in ("train", "val"):
-                DatasetCatalog.remove(f"{prefix}_{task}_{split}")
-                MetadataCatalog.remove(f"{prefix}_{task}_{split}")
 
 
 class _SnapshotBefore(HookBase):
@@ -189,6 +195,19 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_train
     extra = checkpointer.resume_or_load("", resume=True)
     assert extra["iteration"] == 3
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_mixed_precision_config_trains_in_float32_on_cpu(tmp_path, in_process_datasets, caplog):
+    """detectron2's AMPTrainer asserts CUDA at its first step; a GPU config must still run on CPU."""
+    opts = tiny_train_args(tmp_path / "out", 2, 100, "SOLVER.AMP.ENABLED", "True", prefix=in_process_datasets)
+    cfg = load_config(SEM_SEG_CONFIG, opts)
+    assert cfg.MODEL.DEVICE == "cpu"
+    with caplog.at_level("WARNING", logger="maskformer.engine.trainer"):
+        trainer = Trainer(cfg)
+    assert "SOLVER.AMP.ENABLED is ignored on CPU" in caplog.text
+    assert type(trainer._trainer) is SimpleTrainer
+    trainer.train()
+    assert trainer.iter == 2 and (tmp_path / "out" / "model_final.pth").is_file()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class Trainer(DefaultTrainer):
     - evaluators by the test datasets' ``evaluator_type`` (:func:`maskformer.evaluation.build_evaluator`),
       plus a test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
     - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
-    - SOLVER.AMP.DTYPE as the mixed-precision type.
+    - SOLVER.AMP.DTYPE as the mixed-precision type; SOLVER.AMP.ENABLED ignored (with a warning) on CPU.
     """
 
     def __init__(self, cfg):
@@ -49,7 +49,11 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
         )
-        if cfg.SOLVER.AMP.ENABLED:
+        if cfg.SOLVER.AMP.ENABLED and not on_gpu:
+            # detectron2's AMPTrainer needs CUDA; configs written for GPUs still train on CPU
+            logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (detectron2's AMPTrainer needs CUDA): "
+                           "training in float32.")
+        if cfg.SOLVER.AMP.ENABLED and on_gpu:
             self._trainer = AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE))
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
