@@ -49,11 +49,13 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(
             model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
         )
-        if cfg.SOLVER.AMP.ENABLED and not on_gpu:
+        amp = cfg.SOLVER.AMP.ENABLED
+        if amp and not on_gpu:
             # detectron2's AMPTrainer needs CUDA; configs written for GPUs still train on CPU
             logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (detectron2's AMPTrainer needs CUDA): "
                            "training in float32.")
-        if cfg.SOLVER.AMP.ENABLED and on_gpu:
+            amp = False
+        if amp:
             self._trainer = AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE))
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
