@@ -122,7 +122,7 @@ def test_upsample_bilinear_adjoint_is_the_upsampling_backward(low_size, size):
 @pytest.mark.parametrize("chunk_elements", [64, 1 << 20])
 @pytest.mark.parametrize("size", [(23, 29), (24, 28)])  # aten's upsampling backward, the strided adjoint
 def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements, size):
-    monkeypatch.setattr(UpsampledMaskLoss, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setitem(UpsampledMaskLoss.CHUNK_ELEMENTS, "cpu", chunk_elements)
     torch.manual_seed(0)
     src = 3 * torch.randn(5, 6, 7, dtype=torch.float64)
     src[0, 0, :3] = torch.tensor([-800.0, 800.0, 40.0])  # sigmoid underflows to 0, rounds to 1
