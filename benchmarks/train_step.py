@@ -118,16 +118,27 @@ def measure_memory(variant: str, crop: int) -> None:
 
 
 def measure_loss_memory(variant: str, crop: int) -> None:
-    """Run in a fresh process: matching + losses + backward alone; print the peak RSS increase in MB."""
+    """
+    Run in a fresh process: matching + losses + backward, from the head's outputs to the gradients of
+    its inputs, alone; print the peak RSS increase in MB.
+    """
     model = build_variant(variant)
     criterion = model.criterion
     generator = torch.Generator().manual_seed(0)
     num_layers = len(criterion.weight_dict) // 3  # final decoder layer + deep-supervision layers
-    mask_size = crop // 4
+    # the predictor's outputs as in training: masks from the embeddings and the pixel decoder's last
+    # convolution, which this project's loss folds its matched embeddings into
+    mask_conv = model.sem_seg_head.pixel_decoder.mask_features
+    features = torch.randn(2, mask_conv.in_channels, crop // 4, crop // 4, generator=generator).requires_grad_()
+    pixel_embed = mask_conv(features)
 
     def layer_outputs():
-        return {"pred_logits": torch.randn(2, 100, NUM_CLASSES + 1, generator=generator).requires_grad_(),
-                "pred_masks": torch.randn(2, 100, mask_size, mask_size, generator=generator).requires_grad_()}
+        embed = (torch.randn(2, 100, mask_conv.out_channels, generator=generator) / 16).requires_grad_()
+        layer = {"pred_logits": torch.randn(2, 100, NUM_CLASSES + 1, generator=generator).requires_grad_(),
+                 "pred_masks": torch.einsum("bqc,bchw->bqhw", embed, pixel_embed)}
+        if variant != "published loss":  # which reads the matched masks out of pred_masks
+            layer.update(mask_embed=embed, mask_features=features, mask_conv=mask_conv)
+        return layer
 
     outputs = layer_outputs()
     outputs["aux_outputs"] = [layer_outputs() for _ in range(num_layers - 1)]
