@@ -136,8 +136,9 @@ class UpsampledMaskLoss(torch.autograd.Function):
             # d focal_pixel / d s = alpha_t q^gamma (q + gamma (1 - q) bce), and d s / d x = sign
             torch.addcmul(q, one_minus_q, bce, value=gamma, out=upsampled[0]).mul_(q_gamma).mul_(alpha_t).mul_(sign)
             # d dice / d x = (numerator - 2 t denominator) / denominator^2 * p (1 - p), where p (1 - p) = q (1 - q)
-            num, den = numerator[:, None, None], denominator[:, None, None]
-            torch.mul(torch.where(t, num / den**2 - 2 / den, num / den**2), q, out=upsampled[1]).mul_(one_minus_q)
+            background = (numerator / denominator**2)[:, None, None]
+            foreground = background - (2 / denominator)[:, None, None]
+            torch.mul(torch.where(t, foreground, background), q, out=upsampled[1]).mul_(one_minus_q)
             low = upsample_bilinear_adjoint(upsampled.flatten(0, 1), src.shape[-2:])
             grads[:, chunk] = low.unflatten(0, (2, -1))
         if grads is not None:
