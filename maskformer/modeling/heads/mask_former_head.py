@@ -31,22 +31,19 @@ class MaskFormerHead(PixelDecoderHead):
         self,
         input_shape: Dict[str, ShapeSpec],
         *,
-        num_classes: int,
-        pixel_decoder: nn.Module,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
         fold_mask_embed: bool = False,
+        **head_fields,
     ):
-        super().__init__(input_shape, num_classes=num_classes, pixel_decoder=pixel_decoder,
-                         predictor=transformer_predictor, loss_weight=loss_weight, ignore_value=ignore_value)
+        """``head_fields``: ``PixelDecoderHead``'s keywords (num_classes, pixel_decoder, loss_weight, ignore_value)."""
+        super().__init__(input_shape, predictor=transformer_predictor, **head_fields)
         self.transformer_in_feature = transformer_in_feature
-        self.foldable = _foldable(pixel_decoder)
+        self.foldable = _foldable(self.pixel_decoder)
         if fold_mask_embed and not self.foldable:
             raise ValueError(
                 f"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder with fpn_features() and a plain "
-                f"mask_features convolution (as BasePixelDecoder); {type(pixel_decoder).__name__} has not"
+                f"mask_features convolution (as BasePixelDecoder); {type(self.pixel_decoder).__name__} has not"
             )
         self.fold_mask_embed = fold_mask_embed
 
