@@ -120,11 +120,33 @@ def test_optimizer_choice():
     assert type(sgd) is torch.optim.SGD and all(g["momentum"] == 0.7 for g in sgd.param_groups)
     adamw = build_optimizer(solver_cfg(OPTIMIZER="ADAMW"), model)
     assert type(adamw) is torch.optim.AdamW
+    assert all(g["fused"] for g in sgd.param_groups + adamw.param_groups)  # CPU parameters
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER='LAMB'"):
         build_optimizer(solver_cfg(OPTIMIZER="LAMB"), model)
     clip = ["CLIP_GRADIENTS.ENABLED", True, "CLIP_GRADIENTS.CLIP_TYPE", "l1"]
     with pytest.raises(ValueError, match="CLIP_TYPE='l1'"):
         build_optimizer(solver_cfg(**dict(zip(clip[::2], clip[1::2]))), model)
+
+
+def test_fused_adamw_steps_like_the_default_implementation():
+    torch.manual_seed(0)
+    model, reference = ToyModel(), ToyModel()
+    reference.load_state_dict(model.state_dict())
+    initial = model.head["linear"].weight.detach().clone()
+    optimizer = build_optimizer(solver_cfg(OPTIMIZER="ADAMW"), model)
+    groups = get_param_groups(reference, base_lr=BASE_LR, weight_decay=WD, weight_decay_norm=WD_NORM,
+                              weight_decay_embed=WD_EMBED, backbone_multiplier=MULT)
+    unfused = torch.optim.AdamW(groups, lr=BASE_LR, fused=False)
+    for _ in range(3):
+        for a, b in zip(model.parameters(), reference.parameters()):
+            if a.requires_grad:
+                a.grad = torch.randn_like(a)
+                b.grad = a.grad.clone()
+        optimizer.step()
+        unfused.step()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
+    assert not torch.allclose(model.head["linear"].weight, initial, atol=1e-3)  # the steps moved it
 
 
 class TwoParams(nn.Module):
