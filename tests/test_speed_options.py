@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from detectron2.modeling import build_model
 
 from maskformer.modeling.criterion import (
+    MatchedMaskLogits,
     SetCriterion,
     UpsampledMaskLoss,
     dice_loss,
@@ -182,6 +183,25 @@ def test_folded_mask_logits_equal_the_mask_features_dot_products():
     conv.bias = None
     assert torch.allclose(folded_mask_logits(mask_embed, conv, x),
                           torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1, bias=bias).double()
+    x = torch.randn(2, 6, 9, 7, dtype=torch.float64, requires_grad=True)
+    embed = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)  # (L, B, S, C)
+    upstream = torch.randn(3, 2, 4, 9, 7, dtype=torch.float64)
+    expected = folded_mask_logits(embed, conv, x)
+    inputs = [embed, x, *conv.parameters()]
+    expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
+    values = expected.detach() + 0.5  # the forward passes the given values through unchanged
+    result = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation))
+    assert torch.equal(result, values)
+    grads = torch.autograd.grad((result * upstream).sum(), inputs)
+    assert len(grads) == (4 if bias else 3)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert torch.allclose(grad, expected_grad, rtol=0, atol=1e-10)
 
 
 def test_fold_mask_embed_in_inference_only():

@@ -16,7 +16,6 @@ from detectron2.utils import comm
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .transformer.transformer_predictor import folded_mask_logits
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
@@ -250,6 +249,52 @@ class SetCriterion(nn.Module):
         return torch.clamp(num / comm.get_world_size(), min=1).item()
 
 
+class MatchedMaskLogits(torch.autograd.Function):
+    """
+    ``folded_mask_logits(embed, mask_conv, x)``, whose values the predictor has already computed
+    (as products with the per-pixel embeddings, for matching): the forward returns them as they
+    are, the backward is the folded convolution's. A convolution of each image of x with L*S filters
+    (the embeddings applied to mask_conv's filters) instead of mask_dim: its backward alone costs
+    what forward and backward of the folded convolution did, less the forward.
+
+    apply(values (L, B, S, h, w), embed (L, B, S, C), weight (C, C_in, k, k), bias (C,) or None,
+          x (B, C_in, h, w), (stride, padding, dilation)) -> values
+    """
+
+    @staticmethod
+    def forward(ctx, values, embed, weight, bias, x, geometry):
+        ctx.save_for_backward(embed, weight, bias, x)
+        ctx.geometry = geometry
+        return values
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        embed, weight, bias, x = ctx.saved_tensors
+        num_layers, batch, slots, channels = embed.shape
+        # in x's dtype, as the convolution ran in it under autocast
+        folded = torch.einsum("lbsc,cikj->blsikj", embed, weight).flatten(1, 2).to(x.dtype)  # (B, L*S, C_in, k, k)
+        grad = grad.transpose(0, 1).flatten(1, 2).to(x.dtype)  # (B, L*S, h, w)
+        with_bias = bias is not None
+        per_image = [
+            torch.ops.aten.convolution_backward(
+                grad[b, None], x[b, None], folded[b], [folded.shape[1]] if with_bias else None, *ctx.geometry,
+                False, [0, 0], 1, [ctx.needs_input_grad[4], True, with_bias],
+            )
+            for b in range(batch)
+        ]
+        grad_x = torch.cat([g[0] for g in per_image]) if ctx.needs_input_grad[4] else None
+        grad_folded = torch.stack([g[1] for g in per_image]).to(weight.dtype).unflatten(1, (num_layers, slots))
+        grad_embed = torch.einsum("blsikj,cikj->lbsc", grad_folded, weight)
+        grad_weight = torch.einsum("lbsc,blsikj->cikj", embed.to(weight.dtype), grad_folded)
+        grad_bias = None
+        if with_bias:
+            grad_folded_bias = torch.stack([g[2] for g in per_image]).to(bias.dtype).view(batch, num_layers, slots)
+            grad_embed += grad_folded_bias.transpose(0, 1)[..., None] * bias
+            grad_bias = torch.einsum("lbsc,bls->c", embed.to(bias.dtype), grad_folded_bias)
+        return None, grad_embed.to(embed.dtype), grad_weight, grad_bias, grad_x, None
+
+
 def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]:
     """
     Per decoder layer, the (M_l, h, w) mask logits of its matched predictions in ``_prediction_index``
@@ -257,8 +302,8 @@ def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]
     (B, C, h, w), all layers' matched masks are recomputed in one product, so that the backward
     pass computes gradients for those few masks only (not for all L x B x Q) and reaches
     mask_features once. With a "mask_conv" whose input mask_features is, the matched embeddings are
-    folded into it (``folded_mask_logits``): the backward pass through that convolution then has a
-    few dozen output channels instead of mask_dim.
+    folded into it (``MatchedMaskLogits``): the backward pass through that convolution then has a
+    few dozen output channels instead of mask_dim, and the forward values are the predicted masks.
     """
     if not all("mask_embed" in layer and "mask_features" in layer for layer in layers):
         return [layer["pred_masks"][_prediction_index(idx)] for layer, idx in zip(layers, indices)]
@@ -272,7 +317,15 @@ def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]
         for layer, idx in zip(layers, indices)
     ])
     if "mask_conv" in layers[0]:
-        masks = folded_mask_logits(embed, layers[0]["mask_conv"], features).flatten(0, 2)
+        with torch.no_grad():  # (L, B, slots, h, w): the values, as the matcher saw them
+            values = torch.stack([
+                torch.stack([F.pad(layer["pred_masks"][b, queries], (0, 0, 0, 0, 0, slots - len(queries)))
+                             for b, (queries, _) in enumerate(idx)])
+                for layer, idx in zip(layers, indices)
+            ])
+        conv = layers[0]["mask_conv"]
+        masks = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, features,
+                                        (conv.stride, conv.padding, conv.dilation)).flatten(0, 2)
     else:
         masks = torch.einsum("lbnc,bchw->lbnhw", embed, features).flatten(0, 2)
     # one gather for all layers (its backward is one scatter), then split per layer
