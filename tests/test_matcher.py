@@ -29,6 +29,21 @@ def test_pairwise_costs_by_hand():
         assert dice[i, j].item() == pytest.approx(expected_dice.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.float64, 1e-14)])
+def test_focal_cost_is_accurate_over_the_whole_logit_range(dtype, tolerance):
+    x = torch.cat([torch.linspace(-60, 60, 100001, dtype=dtype), torch.tensor([-1e4, 1e4, 0.0], dtype=dtype)])
+    exact = x.double()
+    bce_neg = exact.clamp(min=0) + torch.log1p(torch.exp(-exact.abs()))  # F.softplus returns x above 20
+    prob = torch.sigmoid(exact)
+    # one-pixel predictions against a foreground and a background pixel
+    expected = torch.stack([0.25 * (1 - prob) ** 2 * (bce_neg - exact), 0.75 * prob**2 * bce_neg], 1)
+    result = pairwise_sigmoid_focal_cost(x[:, None], torch.tensor([[1.0], [0.0]], dtype=dtype))
+    assert result.dtype == dtype and torch.isfinite(result).all()
+    assert ((result.double() - expected).abs() / expected.clamp(min=1)).max() < tolerance
+    assert result[-3:-1].tolist() == [[1e4 * 0.25, 0.0], [0.0, 1e4 * 0.75]]  # logits -1e4, 1e4
+    assert result[-1].tolist() == pytest.approx([0.25 / 4 * math.log(2), 0.75 / 4 * math.log(2)], rel=1e-6)
+
+
 def _brute_force(cost: torch.Tensor):
     num_queries, num_targets = cost.shape
     best, best_perm = None, None

@@ -18,15 +18,6 @@ from torch.autograd.function import once_differentiable
 
 
 
-def softplus(x: torch.Tensor) -> torch.Tensor:
-    """
-    log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): several times cheaper than F.softplus on CPU,
-    whose log1p is not vectorised. The absolute error stays within the float rounding of values of
-    order 1 (log(1 + u) drops a u below half an ulp of 1, where the exact result is that small too).
-    """
-    return torch.exp(-x.abs()).add_(1).log_().add_(x.clamp(min=0))
-
-
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """inputs: (M, P) mask logits, targets: (M, P) binary. Sum over masks of 1 - soft dice, / num_masks."""
     inputs = inputs.sigmoid()
