@@ -189,10 +189,10 @@ def test_folded_mask_logits_equal_the_mask_features_dot_products():
 def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1, bias=bias).double()
-    x = torch.randn(2, 6, 9, 7, dtype=torch.float64, requires_grad=True)
-    embed = torch.randn(3, 2, 4, 5, dtype=torch.float64, requires_grad=True)  # (L, B, S, C)
-    upstream = torch.randn(3, 2, 4, 9, 7, dtype=torch.float64)
-    expected = folded_mask_logits(embed, conv, x)
+    x = torch.randn(6, 9, 7, dtype=torch.float64, requires_grad=True)
+    embed = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)  # (N, C)
+    upstream = torch.randn(4, 9, 7, dtype=torch.float64)
+    expected = folded_mask_logits(embed[None, None], conv, x[None])[0, 0]
     inputs = [embed, x, *conv.parameters()]
     expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
     values = expected.detach() + 0.5  # the forward passes the given values through unchanged

@@ -242,14 +242,14 @@ class SetCriterion(nn.Module):
 
 class MatchedMaskLogits(torch.autograd.Function):
     """
-    ``folded_mask_logits(embed, mask_conv, x)``, whose values the predictor has already computed
-    (as products with the per-pixel embeddings, for matching): the forward returns them as they
-    are, the backward is the folded convolution's. A convolution of each image of x with L*S filters
-    (the embeddings applied to mask_conv's filters) instead of mask_dim: its backward alone costs
-    what forward and backward of the folded convolution did, less the forward.
+    The mask logits of one image's N matched embeddings folded into ``mask_conv`` (a convolution of
+    x with N filters, each an embedding applied to mask_conv's filters), whose values the predictor
+    has already computed as products with the per-pixel embeddings, for matching: the forward
+    returns those values, the backward is the folded convolution's. So the gradients pass through a
+    convolution with N (a few dozen) output channels instead of mask_dim, and its forward never runs.
 
-    apply(values (L, B, S, h, w), embed (L, B, S, C), weight (C, C_in, k, k), bias (C,) or None,
-          x (B, C_in, h, w), (stride, padding, dilation)) -> values
+    apply(values (N, h, w), embed (N, C), weight (C, C_in, k, k), bias (C,) or None,
+          x (C_in, h, w), (stride, padding, dilation)) -> values
     """
 
     @staticmethod
@@ -262,27 +262,24 @@ class MatchedMaskLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         embed, weight, bias, x = ctx.saved_tensors
-        num_layers, batch, slots, channels = embed.shape
-        # in x's dtype, as the convolution ran in it under autocast
-        folded = torch.einsum("lbsc,cikj->blsikj", embed, weight).flatten(1, 2).to(x.dtype)  # (B, L*S, C_in, k, k)
-        grad = grad.transpose(0, 1).flatten(1, 2).to(x.dtype)  # (B, L*S, h, w)
+        if len(embed) == 0:  # no matched masks in this image: no gradients (and no filters to convolve with)
+            return None, None, None, None, None, None
         with_bias = bias is not None
-        per_image = [
-            torch.ops.aten.convolution_backward(
-                grad[b, None], x[b, None], folded[b], [folded.shape[1]] if with_bias else None, *ctx.geometry,
-                False, [0, 0], 1, [ctx.needs_input_grad[4], True, with_bias],
-            )
-            for b in range(batch)
-        ]
-        grad_x = torch.cat([g[0] for g in per_image]) if ctx.needs_input_grad[4] else None
-        grad_folded = torch.stack([g[1] for g in per_image]).to(weight.dtype).unflatten(1, (num_layers, slots))
-        grad_embed = torch.einsum("blsikj,cikj->lbsc", grad_folded, weight)
-        grad_weight = torch.einsum("lbsc,blsikj->cikj", embed.to(weight.dtype), grad_folded)
+        # in x's dtype, as the convolution ran in it under autocast
+        folded = torch.einsum("nc,cikj->nikj", embed, weight).to(x.dtype)
+        grad_x, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
+            grad[None].to(x.dtype), x[None], folded, [len(folded)] if with_bias else None, *ctx.geometry,
+            False, [0, 0], 1, [ctx.needs_input_grad[4], True, with_bias],
+        )
+        grad_folded = grad_folded.to(weight.dtype)
+        grad_embed = torch.einsum("nikj,cikj->nc", grad_folded, weight)
+        grad_weight = torch.einsum("nc,nikj->cikj", embed.to(weight.dtype), grad_folded)
         grad_bias = None
         if with_bias:
-            grad_folded_bias = torch.stack([g[2] for g in per_image]).to(bias.dtype).view(batch, num_layers, slots)
-            grad_embed += grad_folded_bias.transpose(0, 1)[..., None] * bias
-            grad_bias = torch.einsum("lbsc,bls->c", embed.to(bias.dtype), grad_folded_bias)
+            grad_folded_bias = grad_folded_bias.to(bias.dtype)
+            grad_embed += grad_folded_bias[:, None] * bias
+            grad_bias = embed.to(bias.dtype).T @ grad_folded_bias
+        grad_x = grad_x[0] if grad_x is not None else None
         return None, grad_embed.to(embed.dtype), grad_weight, grad_bias, grad_x, None
 
 
@@ -290,38 +287,28 @@ def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]
     """
     Per decoder layer, the (M_l, h, w) mask logits of its matched predictions in ``_prediction_index``
     order. With the predictor's "mask_embed" (B, Q, C) per layer and their shared "mask_features"
-    (B, C, h, w), all layers' matched masks are recomputed in one product, so that the backward
-    pass computes gradients for those few masks only (not for all L x B x Q) and reaches
-    mask_features once. With a "mask_conv" whose input mask_features is, the matched embeddings are
-    folded into it (``MatchedMaskLogits``): the backward pass through that convolution then has a
-    few dozen output channels instead of mask_dim, and the forward values are the predicted masks.
+    (B, C, h, w), each image's matched masks of all layers are recomputed in one product, so that
+    the backward pass computes gradients for those few masks only (not for all L x B x Q) and reaches
+    mask_features once per image. With a "mask_conv" whose input mask_features is, the matched
+    embeddings are folded into it (``MatchedMaskLogits``).
     """
     if not all("mask_embed" in layer and "mask_features" in layer for layer in layers):
         return [layer["pred_masks"][_prediction_index(idx)] for layer, idx in zip(layers, indices)]
     features = layers[0]["mask_features"]
-    counts = torch.tensor([[len(queries) for queries, _ in idx] for idx in indices])  # (L, B)
-    slots = max(int(counts.max()), 1)
-    # (L, B, slots, C): each image's matched embeddings first, zero rows after
-    embed = torch.stack([
-        torch.stack([F.pad(layer["mask_embed"][b, queries], (0, 0, 0, slots - len(queries)))
-                     for b, (queries, _) in enumerate(idx)])
-        for layer, idx in zip(layers, indices)
-    ])
-    if "mask_conv" in layers[0]:
-        with torch.no_grad():  # (L, B, slots, h, w): the values, as the matcher saw them
-            values = torch.stack([
-                torch.stack([F.pad(layer["pred_masks"][b, queries], (0, 0, 0, 0, 0, slots - len(queries)))
-                             for b, (queries, _) in enumerate(idx)])
-                for layer, idx in zip(layers, indices)
-            ])
-        conv = layers[0]["mask_conv"]
-        masks = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, features,
-                                        (conv.stride, conv.padding, conv.dilation)).flatten(0, 2)
-    else:
-        masks = torch.einsum("lbnc,bchw->lbnhw", embed, features).flatten(0, 2)
-    # one gather for all layers (its backward is one scatter), then split per layer
-    used = (torch.arange(slots) < counts[..., None]).flatten()
-    return list(masks[used.to(masks.device)].split(counts.sum(1).tolist()))
+    conv = layers[0].get("mask_conv")
+    per_image = []  # per image, its matched masks split by layer
+    for b, x in enumerate(features):
+        queries = [idx[b][0] for idx in indices]  # per layer
+        embed = torch.cat([layer["mask_embed"][b, q] for layer, q in zip(layers, queries)])  # (N, C)
+        if conv is None:
+            masks = torch.einsum("nc,chw->nhw", embed, x)
+        else:
+            with torch.no_grad():  # the values, as the matcher saw them
+                values = torch.cat([layer["pred_masks"][b, q] for layer, q in zip(layers, queries)])
+            masks = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x,
+                                            (conv.stride, conv.padding, conv.dilation))
+        per_image.append(masks.split([len(q) for q in queries]))
+    return [torch.cat(layer_masks) for layer_masks in zip(*per_image)]
 
 
 def _prediction_index(indices) -> Tuple[torch.Tensor, torch.Tensor]:
