@@ -17,7 +17,6 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 
-
 def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> torch.Tensor:
     """inputs: (M, P) mask logits, targets: (M, P) binary. Sum over masks of 1 - soft dice, / num_masks."""
     inputs = inputs.sigmoid()

@@ -30,8 +30,8 @@ def pairwise_sigmoid_focal_cost(inputs: torch.Tensor, targets: torch.Tensor, alp
     # a few vectorised passes (F.softplus calls a scalar log1p on CPU); absolute error within the
     # float rounding of values of order 1. If it were foreground: softplus(-x) = softplus(x) - x
     bce_neg = inputs.clamp(min=0).sub_(torch.maximum(prob, one_minus_prob).log_())
-    focal_neg = prob.pow_(gamma).mul_(bce_neg)  # / (1 - alpha)
-    focal_pos = one_minus_prob.pow_(gamma).mul_(bce_neg.sub_(inputs))  # / alpha
+    focal_neg = prob.pow_(gamma).mul_(bce_neg)  # background term, without its weight 1 - alpha
+    focal_pos = one_minus_prob.pow_(gamma).mul_(bce_neg.sub_(inputs))  # foreground term, without alpha
     # focal_pos @ t + focal_neg @ (1 - t), with one product and no (1 - t) copy
     difference = focal_pos.mul_(alpha).sub_(focal_neg, alpha=1 - alpha)
     return (difference @ targets.T + (1 - alpha) * focal_neg.sum(1, keepdim=True)) / inputs.shape[1]
