@@ -204,6 +204,27 @@ def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
         assert torch.allclose(grad, expected_grad, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("embed_dtype, x_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+def test_matched_mask_logits_backward_with_autocast_dtypes(embed_dtype, x_dtype):
+    """Autocast leaves half-precision embeddings (and maybe features) next to float32 weights."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1)
+    x = torch.randn(6, 9, 7).to(x_dtype).requires_grad_()
+    embed = torch.randn(4, 5).to(embed_dtype).requires_grad_()
+    upstream = torch.randn(4, 9, 7)
+    inputs = [embed, x, *conv.parameters()]
+    values = folded_mask_logits(embed.detach().float()[None, None], conv, x.detach().float()[None])[0, 0]
+    result = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation))
+    grads = torch.autograd.grad((result * upstream).sum(), inputs)  # outside autocast, as backward runs
+    exact = [t.detach().double().requires_grad_() for t in inputs]
+    embed64, x64, weight64, bias64 = exact
+    folded = F.conv2d(x64[None], torch.einsum("nc,cikj->nikj", embed64, weight64), embed64 @ bias64, padding=1)[0]
+    expected = torch.autograd.grad((folded * upstream.double()).sum(), exact)
+    for grad, expected_grad, tensor in zip(grads, expected, inputs):
+        assert grad.dtype == tensor.dtype
+        assert torch.allclose(grad.double(), expected_grad, rtol=0.05, atol=0.05 * expected_grad.abs().max())
+
+
 def test_fold_mask_embed_in_inference_only():
     default, folded = _pair(**{"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True})
     assert folded.sem_seg_head.fold_mask_embed

@@ -264,20 +264,22 @@ class MatchedMaskLogits(torch.autograd.Function):
         if len(embed) == 0:  # no matched masks in this image: no gradients (and no filters to convolve with)
             return None, None, None, None, None, None
         with_bias = bias is not None
-        # in x's dtype, as the convolution ran in it under autocast
-        folded = torch.einsum("nc,cikj->nikj", embed, weight).to(x.dtype)
+        # autocast may have left the embeddings (and x) in half precision and the weights in float32;
+        # backward runs outside autocast, so the dtypes are matched by hand, x's for the convolution
+        embed_in_weight_dtype = embed.to(weight.dtype)
+        folded = torch.einsum("nc,cikj->nikj", embed_in_weight_dtype, weight).to(x.dtype)
         grad_x, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
             grad[None].to(x.dtype), x[None], folded, [len(folded)] if with_bias else None, *ctx.geometry,
             False, [0, 0], 1, [ctx.needs_input_grad[4], True, with_bias],
         )
         grad_folded = grad_folded.to(weight.dtype)
         grad_embed = torch.einsum("nikj,cikj->nc", grad_folded, weight)
-        grad_weight = torch.einsum("nc,nikj->cikj", embed.to(weight.dtype), grad_folded)
+        grad_weight = torch.einsum("nc,nikj->cikj", embed_in_weight_dtype, grad_folded)
         grad_bias = None
         if with_bias:
             grad_folded_bias = grad_folded_bias.to(bias.dtype)
             grad_embed += grad_folded_bias[:, None] * bias
-            grad_bias = embed.to(bias.dtype).T @ grad_folded_bias
+            grad_bias = embed_in_weight_dtype.T.to(bias.dtype) @ grad_folded_bias
         grad_x = grad_x[0] if grad_x is not None else None
         return None, grad_embed.to(embed.dtype), grad_weight, grad_bias, grad_x, None
 
