@@ -288,10 +288,11 @@ def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]
     """
     Per decoder layer, the (M_l, h, w) mask logits of its matched predictions in ``_prediction_index``
     order. With the predictor's "mask_embed" (B, Q, C) per layer and their shared "mask_features"
-    (B, C, h, w), each image's matched masks of all layers are recomputed in one product, so that
-    the backward pass computes gradients for those few masks only (not for all L x B x Q) and reaches
-    mask_features once per image. With a "mask_conv" whose input mask_features is, the matched
-    embeddings are folded into it (``MatchedMaskLogits``).
+    (B, C, h, w), each image's matched masks of all layers form one product, so that the backward
+    pass computes gradients for those few masks only (not for all L x B x Q) and reaches
+    mask_features once per image. With a "mask_conv" whose input mask_features is, the values are
+    the predicted masks and the backward goes through the matched embeddings folded into the
+    convolution (``MatchedMaskLogits``); without, the product is recomputed (it is cheap).
     """
     if not all("mask_embed" in layer and "mask_features" in layer for layer in layers):
         return [layer["pred_masks"][_prediction_index(idx)] for layer, idx in zip(layers, indices)]

@@ -137,7 +137,7 @@ class TransformerPredictor(nn.Module):
         if logits is not None:
             out["pred_logits"] = logits[-1]
         if self.training:
-            # the mask loss recomputes its few matched masks from these: gradients for those alone
+            # the mask loss back-propagates its few matched masks through these: gradients for those alone
             factors = {"mask_features": mask_features}
             if mask_conv is not None:
                 factors["mask_conv"] = mask_conv
