@@ -116,27 +116,6 @@ def semantic_inference_at_mask_resolution(
         scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
     return crop_and_resize(scores, image_size, output_size)
 
-    probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-    sigmoid = mask_pred.sigmoid()
-    stacked = torch.stack(
-        [sigmoid, _window_extreme(sigmoid, torch.maximum), _window_extreme(sigmoid, torch.minimum)], dim=1
-    )  # (Q, 3, h, w)
-    # class scores, and their upper and lower bounds over each 3x3 neighbourhood: (K, h, w) each
-    marginals = probs.T @ stacked.view(num_queries, -1)
-    coarse, upper, lower = marginals.view(-1, 3, height, width).unbind(1)
-    winner = coarse.argmax(0, keepdim=True)
-    runner_up = upper.scatter(0, winner, float("-inf")).amax(0)
-    # a small margin covers the different rounding of the two computations
-    ys, xs = (lower.gather(0, winner)[0] <= runner_up + 1e-5).nonzero(as_tuple=True)
-    scores = upsample_to_padded(coarse, padded_size)
-    if len(ys):
-        exact = probs.T @ _upsample_cells(mask_pred, ys, xs, stride).sigmoid()  # (K, N * s * s)
-        within_cell = torch.arange(stride, device=ys.device)
-        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
-        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
-        scores.view(scores.shape[0], -1).index_copy_(1, (rows * width * stride + columns).flatten(), exact)
-    return crop_and_resize(scores, image_size, output_size)
-
 
 def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
     """Elementwise ``extreme`` (torch.maximum / torch.minimum) over each 3x3 neighbourhood of (N, h, w) maps."""
