@@ -15,6 +15,7 @@ from detectron2.modeling.backbone import build_resnet_backbone
 from torch import nn
 
 from maskformer.config import add_maskformer_config
+from maskformer.engine.checkpoint import CheckpointError
 from maskformer.modeling.backbone.swin import D2SwinTransformer, SwinTransformer
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
@@ -136,3 +137,26 @@ def test_swin(layout, tmp_path, monkeypatch):
     with torch.no_grad():
         for got, expected in zip(backbone(image).values(), source(image)):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("script", ["convert-torchvision-to-d2.py", "convert-pretrained-swin-model-to-d2.py"])
+def test_unreadable_source_names_the_file_and_keeps_an_existing_output(script, tmp_path, monkeypatch):
+    (tmp_path / "source.pth").write_bytes(b"not a checkpoint\n")
+    (tmp_path / "out.pkl").write_bytes(b"previous conversion")
+    with pytest.raises(CheckpointError, match=rf"Cannot read checkpoint {tmp_path / 'source.pth'}"):
+        run_tool(script, tmp_path, "source.pth", "out.pkl", monkeypatch)
+    assert (tmp_path / "out.pkl").read_bytes() == b"previous conversion"
+
+
+def test_failed_write_keeps_an_existing_output(tmp_path, monkeypatch):
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "resnet.pth")
+    (tmp_path / "out.pkl").write_bytes(b"previous conversion")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pickle, "dump", fail)
+    with pytest.raises(OSError, match="disk full"):
+        run_tool("convert-torchvision-to-d2.py", tmp_path, "resnet.pth", "out.pkl", monkeypatch)
+    assert (tmp_path / "out.pkl").read_bytes() == b"previous conversion"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pkl", "resnet.pth"]  # no temporary left

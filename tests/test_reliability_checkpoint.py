@@ -141,10 +141,13 @@ def test_process_killed_while_saving_leaves_a_loadable_last_checkpoint(tmp_path,
     assert_same_weights(model, expected)
 
 
-def test_truncated_checkpoint_gives_a_clear_error(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "random bytes"])
+def test_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
     MaskFormerCheckpointer(small_model(), str(tmp_path), save_to_disk=True).save("model_final")
     path = tmp_path / "model_final.pth"
-    path.write_bytes(path.read_bytes()[:100])
+    damaged = {"truncated": path.read_bytes()[:100], "empty": b"", "text": b"hello world\n",
+               "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8))}
+    path.write_bytes(damaged[damage])
     with pytest.raises(CheckpointError, match=rf"Cannot read checkpoint {path} \(truncated or corrupted\?\)"):
         MaskFormerCheckpointer(small_model()).load(str(path))
 

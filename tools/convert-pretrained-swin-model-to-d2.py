@@ -16,11 +16,9 @@ checkpoint" warning is harmless, as is the one for the per-stage output norms `n
 which the dense model adds.
 """
 import argparse
-import pickle
 import re
 
-import torch
-from detectron2.utils.file_io import PathManager
+from maskformer.engine.checkpoint import load_torch_checkpoint, save_converted_weights
 
 _DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
 
@@ -51,19 +49,10 @@ def main():
     parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
     args = parser.parse_args()
 
-    with PathManager.open(args.source, "rb") as f:
-        checkpoint = torch.load(f, map_location="cpu")
+    checkpoint = load_torch_checkpoint(args.source)
     state_dict = checkpoint.get("model", checkpoint)
     model, layout = convert(state_dict)
-    # the names lack the "backbone." prefix of the full model: detectron2's checkpointer maps
-    # them onto it by suffix matching, which this flag turns on
-    result = {
-        "model": model,
-        "__author__": f"Swin Transformer ({layout} layout)",
-        "matching_heuristics": True,
-    }
-    with PathManager.open(args.output, "wb") as f:
-        pickle.dump(result, f)
+    save_converted_weights(args.output, model, f"Swin Transformer ({layout} layout)")
     print(f"{layout} layout: kept {len(model)} of {len(state_dict)} tensors, wrote {args.output}")
 
 

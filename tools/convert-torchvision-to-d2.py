@@ -14,11 +14,9 @@ before its normalisation, so use it with:
   INPUT.FORMAT: "RGB"
 """
 import argparse
-import pickle
 import re
 
-import torch
-from detectron2.utils.file_io import PathManager
+from maskformer.engine.checkpoint import load_torch_checkpoint, save_converted_weights
 
 # torchvision name pattern -> detectron2 ResNet name, applied in order
 _RENAMES = [
@@ -55,14 +53,9 @@ def main():
     parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
     args = parser.parse_args()
 
-    with PathManager.open(args.source, "rb") as f:
-        state_dict = torch.load(f, map_location="cpu")
+    state_dict = load_torch_checkpoint(args.source)
     model = convert(state_dict)
-    # the names lack the prefix of the full model ("backbone." or "backbone.bottom_up."):
-    # detectron2's checkpointer maps them onto it by suffix matching, which this flag turns on
-    result = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
-    with PathManager.open(args.output, "wb") as f:
-        pickle.dump(result, f)
+    save_converted_weights(args.output, model, "torchvision")
     print(f"kept {len(model)} of {len(state_dict)} tensors, wrote {args.output}")
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "MaskFormerCheckpointer",
     "atomic_open",
     "load_numpy_pickle",
+    "load_torch_checkpoint",
+    "save_converted_weights",
 ]
 
 # What detectron2 / Caffe2 model-zoo pickles need: numpy arrays and scalars (pickle protocols 2-5),
@@ -122,6 +124,37 @@ def load_numpy_pickle(filename: str):
             raise CheckpointError(f"Cannot read {filename} as a pickled checkpoint: {e}") from e
 
 
+def load_torch_checkpoint(filename: str):
+    """``torch.load(weights_only=True)`` of ``filename`` to CPU, with errors that name the file."""
+    try:
+        with PathManager.open(filename, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # the part of torch's long message that matters
+        if refused is None:
+            raise CheckpointError(f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}") from e
+        raise UnsafeCheckpointError(
+            f"Refusing to load {filename}: it contains the pickled global {refused.group(1)}, and "
+            f"checkpoints are read with torch.load(weights_only=True), which only rebuilds tensors and "
+            f"plain containers. Do not use this file unless you trust its source."
+        ) from e
+    # e.g. "PytorchStreamReader failed reading zip archive"; an empty file or text end the unpickler early
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:
+        raise CheckpointError(
+            f"Cannot read checkpoint {filename} (truncated or corrupted?): {type(e).__name__} {e}"
+        ) from e
+
+
+def save_converted_weights(path: str, weights: dict, author: str) -> None:
+    """
+    Write backbone weights converted from another library's checkpoint as a detectron2 ``.pkl``,
+    atomically. Their names lack the full model's prefix ("backbone." or "backbone.bottom_up."):
+    the ``matching_heuristics`` flag makes detectron2's checkpointer map them by suffix matching.
+    """
+    with atomic_open(path, "wb") as f:
+        pickle.dump({"model": weights, "__author__": author, "matching_heuristics": True}, f)
+
+
 def _as_detectron2_checkpoint(data: dict) -> dict:
     """A loaded ``.pkl`` in the form detectron2 loads: its model zoo format as is, Caffe2 blobs converted."""
     if "model" in data and "__author__" in data:
@@ -150,16 +183,4 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         return super()._load_file(filename)
 
     def _torch_load(self, filename):
-        try:
-            return torch.load(filename, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            # torch's message is long; its "Unsupported global: GLOBAL x.y" part is what matters
-            refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-            what = f"the pickled global {refused.group(1)}" if refused else "pickled objects other than tensors"
-            raise UnsafeCheckpointError(
-                f"Refusing to load {filename}: it contains {what}, and checkpoints are read with "
-                f"torch.load(weights_only=True), which only rebuilds tensors and plain containers. "
-                f"Do not use this file unless you trust its source."
-            ) from e
-        except RuntimeError as e:  # e.g. "PytorchStreamReader failed reading zip archive"
-            raise CheckpointError(f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}") from e
+        return load_torch_checkpoint(filename)
