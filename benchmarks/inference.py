@@ -4,9 +4,10 @@ ratio to its backbone-only forward, with the split into backbone, pixel decoder,
 predictor and post-processing; for the published settings (this implementation's default: outputs
 identical to the published code, whose own post-processing is timed too), this project's fast
 settings, and those with bfloat16 autocast. Also the agreement of the fast semantic output with the
-exact one, and of the fast outputs with the published release's golden files.
+exact one, and of the fast outputs with the published release's golden files. ``--compile`` adds
+the fast settings with MODEL.COMPILE (needs a C++ compiler on CPU).
 
-    python -m benchmarks.inference [--threads 2] [--repeats 7]
+    python -m benchmarks.inference [--threads 2] [--repeats 7] [--compile]
 """
 import argparse
 import os
@@ -160,6 +161,8 @@ def main(args):
     inputs = [{"image": random_image(IMAGE_SIZE, IMAGE_SIZE)}]
     models = {"published": build_r50_ade20k().eval(), "fast": build_r50_ade20k(FAST_INFERENCE).eval(),
               "fast + bfloat16 autocast": build_r50_ade20k({**FAST_INFERENCE, **BFLOAT16_INFERENCE}).eval()}
+    if args.compile:
+        models["fast + torch.compile"] = build_r50_ade20k({**FAST_INFERENCE, "MODEL.COMPILE": True}).eval()
     with torch.inference_mode():
         fns = {}
         for name, model in models.items():
@@ -209,4 +212,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--compile", action="store_true", help="also time the fast settings with MODEL.COMPILE")
     main(parser.parse_args())

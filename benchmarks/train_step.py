@@ -5,10 +5,11 @@ forward + backward in the same run; and peak resident memory, each measured in a
 Compares this project's mask loss (chunked, bool targets) with the published computation (all
 matched masks upsampled to the crop as float tensors) and with the point-sampled loss
 (MODEL.MASK_FORMER.TRAIN_NUM_POINTS), also for the losses alone at 1024x1024 crops; and the step
-with MODEL.CHANNELS_LAST or with the forward under bfloat16 autocast (SOLVER.AMP, on GPU), still as a
-ratio to the published float32, channels-first backbone.
+with MODEL.CHANNELS_LAST, with the forward under bfloat16 autocast (SOLVER.AMP, on GPU) or, with
+``--compile``, with MODEL.COMPILE (needs a C++ compiler on CPU), still as a ratio to the published
+float32, channels-first, uncompiled backbone.
 
-    python -m benchmarks.train_step [--threads 2] [--repeats 3]
+    python -m benchmarks.train_step [--threads 2] [--repeats 3] [--compile]
 """
 import argparse
 import subprocess
@@ -36,9 +37,11 @@ SEGMENTS_PER_IMAGE = (10, 13)
 VARIANT_SETTINGS = {
     "point-sampled loss": {"MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 112 * 112},
     "channels-last": {"MODEL.CHANNELS_LAST": True},
+    "torch.compile": {"MODEL.COMPILE": True},
 }
 VARIANTS = ("backbone", "backbone + pixel decoder", "published loss", "this project", "point-sampled loss",
             "channels-last", "bfloat16 autocast")
+COMPILED = "torch.compile"  # with --compile only: its first steps compile for tens of seconds
 LOSSES = VARIANTS[2:5]
 
 
@@ -163,8 +166,9 @@ def main(args):
     set_threads(args.threads)
     torch.manual_seed(0)
     batch = make_batch(args.crop)
-    models = {variant: build_variant(variant) for variant in VARIANTS}
-    fns = {variant: step_function(models[variant], variant, batch) for variant in VARIANTS}
+    variants = VARIANTS + (COMPILED,) * args.compile
+    models = {variant: build_variant(variant) for variant in variants}
+    fns = {variant: step_function(models[variant], variant, batch) for variant in variants}
     times = interleaved_timings(fns, repeats=args.repeats, warmup=1)
     del models, fns
 
@@ -172,7 +176,7 @@ def main(args):
           f"{SEGMENTS_PER_IMAGE} segments, {args.threads} threads, median of {args.repeats} interleaved runs")
     base = times["backbone"]
     print(f"{'':42s}{'wall s':>9s}{'ratio':>8s}{'cpu s':>9s}{'ratio':>8s}{'peak RSS MB':>13s}")
-    for variant in VARIANTS:
+    for variant in variants:
         t = times[variant]
         rss = in_fresh_process("--memory", variant, args.crop, args.threads)
         name = f"{variant} forward+backward" if variant in VARIANTS[:2] else f"step, {variant}"
@@ -189,7 +193,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crop", type=int, default=512)
-    parser.add_argument("--memory", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also time the step with MODEL.COMPILE")
+    parser.add_argument("--memory", choices=VARIANTS + (COMPILED,), help=argparse.SUPPRESS)
     parser.add_argument("--loss-memory", choices=LOSSES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
