@@ -130,7 +130,8 @@ def load_torch_checkpoint(filename: str):
         with PathManager.open(filename, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))  # the part of torch's long message that matters
+        # torch's message is long; its "Unsupported global: GLOBAL x.y" part is what matters
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if refused is None:
             raise CheckpointError(f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}") from e
         raise UnsafeCheckpointError(
