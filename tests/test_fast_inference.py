@@ -21,6 +21,8 @@ from maskformer.modeling.inference import (
     semantic_inference_at_mask_resolution,
 )
 from tests.conftest import require_reference
+from tests.decision_margins import assert_argmax_agrees
+from tests.test_golden import assert_inference_agrees
 from tests.test_model import NUM_CLASSES, _image, tiny_cfg
 
 
@@ -118,7 +120,8 @@ def test_fast_semantic_argmax_is_the_published_one(seed):
     fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (90, 120))
     assert fast.shape == (7, 90, 120)
     assert fast.stride()[0] == 1  # pixel-major: the K scores of a pixel are contiguous
-    assert torch.equal(fast.argmax(0), exact[:, :90, :120].argmax(0))
+    # recomputed pixels round differently from interpolate: exact agreement away from float-error ties
+    assert_argmax_agrees(fast, exact[:, :90, :120], tolerance=2e-6)
     # away from borders the scores are upsampled, not recomputed: they differ a little
     difference = (fast - exact[:, :90, :120]).abs().max()
     assert 1e-4 < difference < 1.0
@@ -176,11 +179,10 @@ def test_fast_semantic_on_the_golden_files(name):
     inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]]
     with torch.no_grad():
         results = model(inputs)
-    for result, expected in zip(results, data["inference_results"]):
-        assert torch.equal(result["sem_seg"].argmax(0), expected["sem_seg"].argmax(0))
-        if "panoptic_seg" in expected:
-            assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"])
-            assert result["panoptic_seg"][1] == expected["segments_info"]
+        head_outputs = model.sem_seg_head(model.backbone(model.preprocess_image(inputs).tensor))
+    # the fast path's scores differ from the published ones by the sigmoid's curvature; its argmax
+    # and the panoptic output are the published ones, up to float error near ties
+    assert_inference_agrees(model, data, results, head_outputs, semantic_values=False)
 
 
 def test_pixel_major_masks_are_resized_in_their_layout():
