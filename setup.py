@@ -8,5 +8,13 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["maskformer", "maskformer.*"]),
     # torch, torchvision and detectron2 are installed by scripts/setup_env.sh (see README).
-    install_requires=["fvcore", "iopath", "pycocotools", "panopticapi-lite", "scipy", "numpy<2", "opencv-python-headless"],
+    install_requires=[
+        "fvcore",
+        "iopath",
+        "pycocotools",
+        "panopticapi-lite",
+        "scipy",
+        "numpy<2",
+        "opencv-python-headless",
+    ],
 )

@@ -5,6 +5,7 @@ OpenMP threads that wait for work sleep instead of spinning (unless the caller c
 on a machine whose cores are shared, spinning threads slow each other down and make timings
 meaningless. The setting must be made before torch loads OpenMP, hence here.
 """
+
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

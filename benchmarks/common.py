@@ -1,4 +1,5 @@
 """Shared pieces of the benchmarks: the benchmarked model, interleaved timing, synthetic inputs."""
+
 import os
 import statistics
 import time
@@ -83,7 +84,9 @@ class Timing:
     cpu: float
 
 
-def interleaved_timings(fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> Dict[str, Timing]:
+def interleaved_timings(
+    fns: Dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> Dict[str, Timing]:
     """
     Timing of each function. The functions run round-robin, ``warmup`` rounds untimed then
     ``repeats`` timed, so a load that comes and goes on the machine hits all of them alike.
@@ -97,20 +100,28 @@ def interleaved_timings(fns: Dict[str, Callable[[], object]], repeats: int, warm
             if round_index >= warmup:
                 wall[name].append(time.perf_counter() - start_wall)
                 cpu[name].append(time.process_time() - start_cpu)
-    return {name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns}
+    return {
+        name: Timing(statistics.median(wall[name]), statistics.median(cpu[name])) for name in fns
+    }
 
 
 def random_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """(3, H, W) uint8."""
-    return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (3, height, width), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
-def voronoi_labels(num_segments: int, size: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+def voronoi_labels(
+    num_segments: int, size: Sequence[int], generator: torch.Generator
+) -> torch.Tensor:
     """(H, W) int64 map of ``num_segments`` Voronoi cells around random centres: segment-like regions."""
     height, width = size
     centres = torch.rand(num_segments, 2, generator=generator) * torch.tensor([height, width])
     yy, xx = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
-    distance = (yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2
+    distance = (yy[None] - centres[:, 0, None, None]) ** 2 + (
+        xx[None] - centres[:, 1, None, None]
+    ) ** 2
     return distance.argmin(0)
 
 
@@ -124,8 +135,9 @@ def random_instances(size: Sequence[int], num_classes: int, num_masks: int, seed
     return instances
 
 
-def high_contrast_outputs(num_queries: int, num_classes: int, num_segments: int, padded_size: Sequence[int],
-                          seed: int = 0):
+def high_contrast_outputs(
+    num_queries: int, num_classes: int, num_segments: int, padded_size: Sequence[int], seed: int = 0
+):
     """
     Trained-like head outputs for one image: ``num_segments`` queries own Voronoi segments with mask
     logits about +-8 (their stride-4 coverage, so borders fall inside mask pixels) and a confident
@@ -138,11 +150,15 @@ def high_contrast_outputs(num_queries: int, num_classes: int, num_segments: int,
     coverage = F.avg_pool2d(one_hot[None], 4)[0]
     mask_size = coverage.shape[-2:]
     mask_pred = torch.randn(num_queries, *mask_size, generator=generator) - 6
-    mask_pred[:num_segments] = 8 * (2 * coverage - 1) + 0.5 * torch.randn(num_segments, *mask_size, generator=generator)
+    mask_pred[:num_segments] = 8 * (2 * coverage - 1) + 0.5 * torch.randn(
+        num_segments, *mask_size, generator=generator
+    )
     mask_cls = torch.randn(num_queries, num_classes + 1, generator=generator)
     mask_cls[num_segments:, num_classes] += 8
     classes = torch.randperm(num_classes, generator=generator)[:num_segments]
-    mask_cls[torch.arange(num_segments), classes] += 3 + 3 * torch.rand(num_segments, generator=generator)
+    mask_cls[torch.arange(num_segments), classes] += 3 + 3 * torch.rand(
+        num_segments, generator=generator
+    )
     return mask_cls, mask_pred
 
 
@@ -160,11 +176,17 @@ def golden_model(path: Path, overrides: Dict = None):
     dataset = data["metadata_dataset"]
     metadata = MetadataCatalog.get(dataset)
     if not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):  # as in tests/test_golden.py
-        metadata.set(thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
-                     stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)})
-    cfg.merge_from_list(_flatten({"DATASETS.TRAIN": (dataset,), "MODEL.DEVICE": "cpu", **(overrides or {})}))
+        metadata.set(
+            thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
+            stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)},
+        )
+    cfg.merge_from_list(
+        _flatten({"DATASETS.TRAIN": (dataset,), "MODEL.DEVICE": "cpu", **(overrides or {})})
+    )
     model = build_model(cfg)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()}
+    )
     return model.eval(), data
 
 

@@ -6,6 +6,7 @@ point-sampled loss; peak memory of losses + backward, each in a fresh process.
 
     python -m benchmarks.matching_loss [--threads 2] [--repeats 20]
 """
+
 import argparse
 import subprocess
 import sys
@@ -13,7 +14,13 @@ import types
 
 import torch
 
-from benchmarks.common import interleaved_timings, peak_rss_mb, random_instances, reset_peak_rss, set_threads
+from benchmarks.common import (
+    interleaved_timings,
+    peak_rss_mb,
+    random_instances,
+    reset_peak_rss,
+    set_threads,
+)
 from benchmarks.train_step import published_loss_masks
 from maskformer.modeling.criterion import SetCriterion
 from maskformer.modeling.matcher import HungarianMatcher
@@ -27,8 +34,12 @@ def make_inputs(seed: int = 0):
     """Single-layer head outputs (leaves requiring grad) and one image's targets."""
     generator = torch.Generator().manual_seed(seed)
     outputs = {
-        "pred_logits": torch.randn(1, NUM_QUERIES, NUM_CLASSES + 1, generator=generator).requires_grad_(),
-        "pred_masks": (3 * torch.randn(1, NUM_QUERIES, MASK_SIZE, MASK_SIZE, generator=generator)).requires_grad_(),
+        "pred_logits": torch.randn(
+            1, NUM_QUERIES, NUM_CLASSES + 1, generator=generator
+        ).requires_grad_(),
+        "pred_masks": (
+            3 * torch.randn(1, NUM_QUERIES, MASK_SIZE, MASK_SIZE, generator=generator)
+        ).requires_grad_(),
     }
     instances = random_instances((IMAGE_SIZE, IMAGE_SIZE), NUM_CLASSES, NUM_TARGETS, seed)
     return outputs, [{"labels": instances.gt_classes, "masks": instances.gt_masks}]
@@ -37,8 +48,13 @@ def make_inputs(seed: int = 0):
 def build_criterion(variant: str) -> SetCriterion:
     matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
     weights = {"loss_ce": 1.0, "loss_mask": 20.0, "loss_dice": 1.0}
-    criterion = SetCriterion(NUM_CLASSES, matcher, weights, eos_coef=0.1,
-                             num_points=112 * 112 if variant == "point-sampled loss" else 0)
+    criterion = SetCriterion(
+        NUM_CLASSES,
+        matcher,
+        weights,
+        eos_coef=0.1,
+        num_points=112 * 112 if variant == "point-sampled loss" else 0,
+    )
     if variant == "published loss":
         criterion.loss_masks = types.MethodType(published_loss_masks, criterion)
     return criterion
@@ -70,21 +86,38 @@ def main(args):
         fns[variant] = lambda c=criterion: loss_and_backward(c, outputs, targets)
     times = interleaved_timings(fns, repeats=args.repeats, warmup=2)
 
-    print(f"{NUM_QUERIES} queries x {NUM_TARGETS} targets, masks {MASK_SIZE}x{MASK_SIZE}, targets "
-          f"{IMAGE_SIZE}x{IMAGE_SIZE}, {args.threads} threads, median of {args.repeats} interleaved calls")
-    print(f"  Hungarian matching (costs + linear_sum_assignment): {times['matching'].wall * 1e3:.1f} ms wall, "
-          f"{times['matching'].cpu * 1e3:.1f} ms cpu")
+    print(
+        f"{NUM_QUERIES} queries x {NUM_TARGETS} targets, masks {MASK_SIZE}x{MASK_SIZE}, targets "
+        f"{IMAGE_SIZE}x{IMAGE_SIZE}, {args.threads} threads, median of {args.repeats} interleaved calls"
+    )
+    print(
+        f"  Hungarian matching (costs + linear_sum_assignment): {times['matching'].wall * 1e3:.1f} ms wall, "
+        f"{times['matching'].cpu * 1e3:.1f} ms cpu"
+    )
     for variant in LOSSES:
-        command = [sys.executable, "-m", "benchmarks.matching_loss", "--memory", variant,
-                   "--threads", str(args.threads)]
-        memory = float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1])
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.matching_loss",
+            "--memory",
+            variant,
+            "--threads",
+            str(args.threads),
+        ]
+        memory = float(
+            subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()[-1]
+        )
         t = times[variant]
-        print(f"  matching + losses + backward, {variant:18s}: {t.wall * 1e3:7.1f} ms wall, {t.cpu * 1e3:7.1f} ms cpu, "
-              f"peak memory +{memory:.0f} MB")
+        print(
+            f"  matching + losses + backward, {variant:18s}: {t.wall * 1e3:7.1f} ms wall, {t.cpu * 1e3:7.1f} ms cpu, "
+            f"peak memory +{memory:.0f} MB"
+        )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--memory", choices=LOSSES, help=argparse.SUPPRESS)

@@ -11,6 +11,7 @@ float32, channels-first, uncompiled backbone.
 
     python -m benchmarks.train_step [--threads 2] [--repeats 3] [--compile]
 """
+
 import argparse
 import subprocess
 import sys
@@ -24,9 +25,9 @@ from benchmarks.common import (
     interleaved_timings,
     peak_rss_mb,
     r50_ade20k_cfg,
-    reset_peak_rss,
     random_image,
     random_instances,
+    reset_peak_rss,
     set_threads,
 )
 from maskformer.modeling.criterion import dice_loss, sigmoid_focal_loss
@@ -39,8 +40,15 @@ VARIANT_SETTINGS = {
     "channels-last": {"MODEL.CHANNELS_LAST": True},
     "torch.compile": {"MODEL.COMPILE": True},
 }
-VARIANTS = ("backbone", "backbone + pixel decoder", "published loss", "this project", "point-sampled loss",
-            "channels-last", "bfloat16 autocast")
+VARIANTS = (
+    "backbone",
+    "backbone + pixel decoder",
+    "published loss",
+    "this project",
+    "point-sampled loss",
+    "channels-last",
+    "bfloat16 autocast",
+)
 COMPILED = "torch.compile"  # with --compile only: its first steps compile for tens of seconds
 LOSSES = VARIANTS[2:5]
 
@@ -48,9 +56,14 @@ LOSSES = VARIANTS[2:5]
 def published_loss_masks(self, outputs, targets, indices, num_masks, src_masks):
     """The published mask losses, as the baseline: float targets, all masks upsampled at once."""
     tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks)
-    src = F.interpolate(src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False)
+    src = F.interpolate(
+        src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False
+    )
     src, tgt = src.flatten(1), tgt_masks.flatten(1)
-    return {"loss_mask": sigmoid_focal_loss(src, tgt, num_masks), "loss_dice": dice_loss(src, tgt, num_masks)}
+    return {
+        "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
+        "loss_dice": dice_loss(src, tgt, num_masks),
+    }
 
 
 def without_mask_factors(predictor_forward):
@@ -58,12 +71,14 @@ def without_mask_factors(predictor_forward):
     The predictor's forward without the "mask_embed" / "mask_features" / "mask_conv" outputs, so
     that the mask loss reads the matched masks out of all the predicted ones, as the published code does.
     """
+
     def forward(*args, **kwargs):
         outputs = predictor_forward(*args, **kwargs)
         for layer in (outputs, *outputs.get("aux_outputs", [])):
             for key in ("mask_embed", "mask_features", "mask_conv"):
                 layer.pop(key, None)
         return outputs
+
     return forward
 
 
@@ -71,13 +86,18 @@ def build_variant(variant: str):
     model = build_r50_ade20k(VARIANT_SETTINGS.get(variant, {})).train()
     if variant == "published loss":
         model.criterion.loss_masks = types.MethodType(published_loss_masks, model.criterion)
-        model.sem_seg_head.predictor.forward = without_mask_factors(model.sem_seg_head.predictor.forward)
+        model.sem_seg_head.predictor.forward = without_mask_factors(
+            model.sem_seg_head.predictor.forward
+        )
     return model
 
 
 def make_batch(crop: int):
     return [
-        {"image": random_image(crop, crop, seed), "instances": random_instances((crop, crop), NUM_CLASSES, n, seed)}
+        {
+            "image": random_image(crop, crop, seed),
+            "instances": random_instances((crop, crop), NUM_CLASSES, n, seed),
+        }
         for seed, n in enumerate(SEGMENTS_PER_IMAGE)
     ]
 
@@ -93,7 +113,10 @@ def step_function(model, variant: str, batch):
                 sum(f.mean() for f in features.values()).backward()
             else:  # the part of the network with most of the compute: a floor for the whole step
                 mask_features, _ = model.sem_seg_head.pixel_decoder.forward_features(features)
-                (mask_features.mean() + features[model.sem_seg_head.transformer_in_feature].mean()).backward()
+                (
+                    mask_features.mean()
+                    + features[model.sem_seg_head.transformer_in_feature].mean()
+                ).backward()
             model.zero_grad(set_to_none=True)
 
         return backbone_step
@@ -102,7 +125,9 @@ def step_function(model, variant: str, batch):
     autocast = variant == "bfloat16 autocast"
 
     def train_step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # the forward, as AMPTrainer does
+        with torch.autocast(
+            "cpu", dtype=torch.bfloat16, enabled=autocast
+        ):  # the forward, as AMPTrainer does
             losses = model(batch)
         sum(losses.values()).backward()
         optimizer.step()
@@ -132,13 +157,21 @@ def measure_loss_memory(variant: str, crop: int) -> None:
     # the predictor's outputs as in training: masks from the embeddings and the pixel decoder's last
     # convolution, which this project's loss folds its matched embeddings into
     mask_conv = model.sem_seg_head.pixel_decoder.mask_features
-    features = torch.randn(2, mask_conv.in_channels, crop // 4, crop // 4, generator=generator).requires_grad_()
+    features = torch.randn(
+        2, mask_conv.in_channels, crop // 4, crop // 4, generator=generator
+    ).requires_grad_()
     pixel_embed = mask_conv(features)
 
     def layer_outputs():
-        embed = (torch.randn(2, 100, mask_conv.out_channels, generator=generator) / 16).requires_grad_()
-        layer = {"pred_logits": torch.randn(2, 100, NUM_CLASSES + 1, generator=generator).requires_grad_(),
-                 "pred_masks": torch.einsum("bqc,bchw->bqhw", embed, pixel_embed)}
+        embed = (
+            torch.randn(2, 100, mask_conv.out_channels, generator=generator) / 16
+        ).requires_grad_()
+        layer = {
+            "pred_logits": torch.randn(
+                2, 100, NUM_CLASSES + 1, generator=generator
+            ).requires_grad_(),
+            "pred_masks": torch.einsum("bqc,bchw->bqhw", embed, pixel_embed),
+        }
         if variant != "published loss":  # which reads the matched masks out of pred_masks
             layer.update(mask_embed=embed, mask_features=features, mask_conv=mask_conv)
         return layer
@@ -156,8 +189,17 @@ def measure_loss_memory(variant: str, crop: int) -> None:
 
 
 def in_fresh_process(flag: str, variant: str, crop: int, threads: int) -> float:
-    command = [sys.executable, "-m", "benchmarks.train_step", flag, variant, "--crop", str(crop),
-               "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_step",
+        flag,
+        variant,
+        "--crop",
+        str(crop),
+        "--threads",
+        str(threads),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -172,28 +214,38 @@ def main(args):
     times = interleaved_timings(fns, repeats=args.repeats, warmup=1)
     del models, fns
 
-    print(f"R50 ADE20K-150 MaskFormer training step, batch 2 x {args.crop}x{args.crop}, "
-          f"{SEGMENTS_PER_IMAGE} segments, {args.threads} threads, median of {args.repeats} interleaved runs")
+    print(
+        f"R50 ADE20K-150 MaskFormer training step, batch 2 x {args.crop}x{args.crop}, "
+        f"{SEGMENTS_PER_IMAGE} segments, {args.threads} threads, median of {args.repeats} interleaved runs"
+    )
     base = times["backbone"]
     print(f"{'':42s}{'wall s':>9s}{'ratio':>8s}{'cpu s':>9s}{'ratio':>8s}{'peak RSS MB':>13s}")
     for variant in variants:
         t = times[variant]
         rss = in_fresh_process("--memory", variant, args.crop, args.threads)
         name = f"{variant} forward+backward" if variant in VARIANTS[:2] else f"step, {variant}"
-        print(f"{name:42s}{t.wall:9.3f}{t.wall / base.wall:8.2f}{t.cpu:9.3f}{t.cpu / base.cpu:8.2f}{rss:13.0f}")
+        print(
+            f"{name:42s}{t.wall:9.3f}{t.wall / base.wall:8.2f}{t.cpu:9.3f}{t.cpu / base.cpu:8.2f}{rss:13.0f}"
+        )
 
-    print("\nmatching + losses + backward alone (6 decoder layers of outputs), peak RSS increase in MB:")
+    print(
+        "\nmatching + losses + backward alone (6 decoder layers of outputs), peak RSS increase in MB:"
+    )
     for crop in (512, 1024):
         row = {v: in_fresh_process("--loss-memory", v, crop, args.threads) for v in LOSSES}
         print(f"  crop {crop}: " + ", ".join(f"{v} {mb:.0f}" for v, mb in row.items()))
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crop", type=int, default=512)
-    parser.add_argument("--compile", action="store_true", help="also time the step with MODEL.COMPILE")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the step with MODEL.COMPILE"
+    )
     parser.add_argument("--memory", choices=VARIANTS + (COMPILED,), help=argparse.SUPPRESS)
     parser.add_argument("--loss-memory", choices=LOSSES, help=argparse.SUPPRESS)
     args = parser.parse_args()

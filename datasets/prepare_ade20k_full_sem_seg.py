@@ -20,7 +20,6 @@ import shutil
 
 import numpy as np
 from PIL import Image
-
 from prepare_utils import atomic_output_dir, atomic_write_json, parse_root
 
 SPLITS = ("training", "validation")

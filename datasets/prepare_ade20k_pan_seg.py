@@ -23,7 +23,6 @@ import os
 import numpy as np
 from panopticapi.utils import id2rgb
 from PIL import Image
-
 from prepare_ade20k_sem_seg import SPLITS
 from prepare_ade20k_sem_seg import convert_split as convert_sem_seg_split
 from prepare_utils import atomic_output_dir, atomic_write_json, list_files, parse_root

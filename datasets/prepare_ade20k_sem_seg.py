@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 from PIL import Image
-
 from prepare_utils import atomic_output_dir, list_files, parse_root
 
 SPLITS = ("training", "validation")

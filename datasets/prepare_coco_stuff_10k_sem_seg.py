@@ -19,7 +19,6 @@ import shutil
 import numpy as np
 import scipy.io
 from PIL import Image
-
 from prepare_utils import atomic_output_dir, parse_root
 
 # after prepare_utils, which makes the repository importable

@@ -2,6 +2,7 @@
 Helpers of the ``prepare_*.py`` scripts: the dataset root argument and writes that never leave
 a half-written output in place of a complete one (write beside, then rename).
 """
+
 import argparse
 import contextlib
 import json

@@ -29,12 +29,12 @@ import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from predictor import VisualizationDemo  # noqa: E402
 
 import maskformer  # noqa: E402,F401  (registers the model components and datasets)
 from maskformer import add_maskformer_config  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
-from predictor import VisualizationDemo  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
 
@@ -45,19 +45,29 @@ VIDEO_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".mov": "mp4v"}
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="MaskFormer demo")
-    parser.add_argument("--config-file", metavar="FILE", help="model config (optional with --exported)")
-    parser.add_argument("--exported", metavar="MODEL_FILE", help="a .ts/.pt/.onnx model from tools/export_model.py")
+    parser.add_argument(
+        "--config-file", metavar="FILE", help="model config (optional with --exported)"
+    )
+    parser.add_argument(
+        "--exported", metavar="MODEL_FILE", help="a .ts/.pt/.onnx model from tools/export_model.py"
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) and folders")
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="camera 0")
-    parser.add_argument("--output", help="output file (one input) or folder; omit to show results in a window")
     parser.add_argument(
-        "--confidence-threshold", type=float, default=None,
+        "--output", help="output file (one input) or folder; omit to show results in a window"
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
         help="minimum score of panoptic segments (replaces MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) "
         "and of drawn instances (default 0.5)",
     )
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
     return parser
 
 
@@ -87,9 +97,15 @@ def expand_inputs(patterns: List[str]) -> List[str]:
         elif os.path.isfile(pattern):
             paths.append(pattern)
         else:
-            matches = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+            matches = sorted(
+                p
+                for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                if os.path.isfile(p)
+            )
             if not matches:
-                raise FileNotFoundError(f"--input {pattern}: no such file or folder, and no file matches it as a glob")
+                raise FileNotFoundError(
+                    f"--input {pattern}: no such file or folder, and no file matches it as a glob"
+                )
             paths += matches
     return list(dict.fromkeys(paths))
 
@@ -103,7 +119,9 @@ def image_output_paths(inputs: List[str], output: str) -> List[str]:
     names = [os.path.basename(p) for p in inputs]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
-        raise ValueError(f"Several inputs are named {clashes}: their drawings would overwrite each other in {output}")
+        raise ValueError(
+            f"Several inputs are named {clashes}: their drawings would overwrite each other in {output}"
+        )
     os.makedirs(output, exist_ok=True)
     return [os.path.join(output, n) for n in names]
 
@@ -143,21 +161,29 @@ def run_on_images(demo: VisualizationDemo, inputs: List[str], output: Optional[s
 def video_output_path(source_name: str, output: str) -> str:
     path = output if os.path.splitext(output)[1] else os.path.join(output, source_name)
     if os.path.splitext(path)[1].lower() not in VIDEO_CODECS:
-        raise ValueError(f"--output {path}: unsupported video extension; use one of {sorted(VIDEO_CODECS)}")
+        raise ValueError(
+            f"--output {path}: unsupported video extension; use one of {sorted(VIDEO_CODECS)}"
+        )
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     return path
 
 
-def run_on_stream(demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str]) -> int:
+def run_on_stream(
+    demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str]
+) -> int:
     """Draws every frame of ``video`` into ``output_path`` (or a window); returns the frame count."""
-    width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(
+        video.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    )
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer, partial = None, None
     if output_path:
         root, ext = os.path.splitext(output_path)
         partial = f"{root}.partial{ext}"
-        writer = cv2.VideoWriter(partial, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps, (width, height))
+        writer = cv2.VideoWriter(
+            partial, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps, (width, height)
+        )
         if not writer.isOpened():
             raise OSError(f"{output_path}: OpenCV cannot write this video format here")
     frames = 0
@@ -190,7 +216,9 @@ def show(image_bgr):
         cv2.namedWindow(WINDOW_NAME, cv2.WINDOW_NORMAL)
         cv2.imshow(WINDOW_NAME, image_bgr)
     except cv2.error as e:
-        raise RuntimeError("Cannot open a window (headless OpenCV?); pass --output to write files instead") from e
+        raise RuntimeError(
+            "Cannot open a window (headless OpenCV?); pass --output to write files instead"
+        ) from e
 
 
 def open_video(source, name: str) -> cv2.VideoCapture:
@@ -207,7 +235,9 @@ def main(argv=None) -> int:
     setup_logger(name="maskformer")
     logger.info(f"Arguments: {args}")
     cfg = setup_cfg(args)
-    demo = VisualizationDemo(cfg, exported=args.exported, confidence_threshold=args.confidence_threshold)
+    demo = VisualizationDemo(
+        cfg, exported=args.exported, confidence_threshold=args.confidence_threshold
+    )
 
     if args.input:
         inputs = expand_inputs(args.input)
@@ -219,7 +249,11 @@ def main(argv=None) -> int:
         if not os.path.isfile(args.video_input):
             raise FileNotFoundError(f"--video-input {args.video_input}: no such file")
         video = open_video(args.video_input, args.video_input)
-        output = video_output_path(os.path.basename(args.video_input), args.output) if args.output else None
+        output = (
+            video_output_path(os.path.basename(args.video_input), args.output)
+            if args.output
+            else None
+        )
     else:
         video = open_video(0, "webcam 0")
         output = video_output_path("webcam.avi", args.output) if args.output else None

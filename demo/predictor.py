@@ -1,4 +1,5 @@
 """Running a MaskFormer (eager or exported) on images and video frames and drawing its results."""
+
 from typing import Dict, Iterator, Tuple
 
 import cv2
@@ -37,7 +38,9 @@ class ExportedPredictor(DefaultPredictor):
         self.cfg = cfg.clone()
         self.model = ExportedMaskFormer(model_file, cfg.MODEL.DEVICE, object_mask_threshold)
         self.metadata = self.model.metadata
-        self.aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.aug = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
         self.input_format = self.model.input_format
 
 
@@ -49,20 +52,29 @@ class VisualizationDemo:
     with the class names and colours of DATASETS.TEST[0] (of the export's JSON with ``exported``).
     """
 
-    def __init__(self, cfg, exported: str = None, confidence_threshold: float = None,
-                 instance_mode=ColorMode.IMAGE):
+    def __init__(
+        self,
+        cfg,
+        exported: str = None,
+        confidence_threshold: float = None,
+        instance_mode=ColorMode.IMAGE,
+    ):
         if exported:
             self.predictor = ExportedPredictor(cfg, exported, confidence_threshold)
         else:
             if not len(cfg.DATASETS.TEST):
-                raise ValueError("DATASETS.TEST is empty: the demo draws with the class names of DATASETS.TEST[0]")
+                raise ValueError(
+                    "DATASETS.TEST is empty: the demo draws with the class names of DATASETS.TEST[0]"
+                )
             if confidence_threshold is not None:
                 cfg = cfg.clone()
                 cfg.defrost()
                 cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = confidence_threshold
             self.predictor = SafePredictor(cfg)
         self.metadata = self.predictor.metadata
-        self.instance_threshold = DEFAULT_INSTANCE_THRESHOLD if confidence_threshold is None else confidence_threshold
+        self.instance_threshold = (
+            DEFAULT_INSTANCE_THRESHOLD if confidence_threshold is None else confidence_threshold
+        )
         self.instance_mode = instance_mode
 
     def run_on_image(self, image: np.ndarray) -> Tuple[Dict, VisImage]:
@@ -84,7 +96,9 @@ class VisualizationDemo:
             return visualizer.draw_panoptic_seg(panoptic_seg.cpu(), segments_info)
         if "instances" in predictions:
             instances = predictions["instances"].to("cpu")
-            return visualizer.draw_instance_predictions(instances[instances.scores >= self.instance_threshold])
+            return visualizer.draw_instance_predictions(
+                instances[instances.scores >= self.instance_threshold]
+            )
         return visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).cpu())
 
     @staticmethod

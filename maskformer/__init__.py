@@ -1,4 +1,5 @@
 """MaskFormer for detectron2. Importing this package registers every component."""
+
 from . import data  # noqa: F401  (datasets and dataset mappers)
 from . import modeling  # noqa: F401  (backbones, heads, pixel decoders)
 from .config import add_maskformer_config

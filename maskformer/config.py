@@ -1,4 +1,5 @@
 """Config keys of MaskFormer, added on top of detectron2's defaults and the DeepLab keys."""
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 

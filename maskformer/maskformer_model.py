@@ -1,4 +1,5 @@
 """The MaskFormer meta-architecture: backbone + MaskFormer head, set-prediction loss, and inference."""
+
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -70,7 +71,9 @@ class MaskFormer(nn.Module):
         self.object_mask_threshold = object_mask_threshold
         self.overlap_threshold = overlap_threshold
         self.metadata = metadata
-        self.size_divisibility = size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        self.size_divisibility = (
+            size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
+        )
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
@@ -93,7 +96,9 @@ class MaskFormer(nn.Module):
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(cost_class=1.0, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT)
+        matcher = HungarianMatcher(
+            cost_class=1.0, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT
+        )
         layer_weights = {"loss_ce": 1.0, "loss_mask": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
         weight_dict = dict(layer_weights)
         if mf.DEEP_SUPERVISION:
@@ -120,7 +125,9 @@ class MaskFormer(nn.Module):
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             # panoptic and instance outputs are computed at the output resolution
             "sem_seg_postprocess_before_inference": (
-                mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or mf.TEST.PANOPTIC_ON or mf.TEST.INSTANCE_ON
+                mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
+                or mf.TEST.PANOPTIC_ON
+                or mf.TEST.INSTANCE_ON
             ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -139,14 +146,22 @@ class MaskFormer(nn.Module):
 
     @property
     def thing_ids(self) -> set:
-        mapping = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None) if self.metadata else None
+        mapping = (
+            getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
+            if self.metadata
+            else None
+        )
         return set(mapping.values()) if mapping else set()
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         images = ImageList.from_tensors(images, self.size_divisibility)
         if self.channels_last:
-            images = ImageList(images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes)
+            images = ImageList(
+                images.tensor.contiguous(memory_format=torch.channels_last), images.image_sizes
+            )
         return images
 
     def forward(self, batched_inputs: List[Dict]):
@@ -165,14 +180,22 @@ class MaskFormer(nn.Module):
 
         padded_size = tuple(images.tensor.shape[-2:])
         return [
-            self.inference_single(mask_cls.float(), mask_pred.float(), x, image_size, padded_size, self.sem_seg_fast)
+            self.inference_single(
+                mask_cls.float(), mask_pred.float(), x, image_size, padded_size, self.sem_seg_fast
+            )
             for mask_cls, mask_pred, x, image_size in zip(
                 outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
             )
         ]
 
     def inference_single(
-        self, mask_cls, mask_pred, inputs: Dict, image_size, padded_size=None, sem_seg_fast: bool = False
+        self,
+        mask_cls,
+        mask_pred,
+        inputs: Dict,
+        image_size,
+        padded_size=None,
+        sem_seg_fast: bool = False,
     ) -> Dict:
         """
         mask_cls (Q, K+1) and mask_pred (Q, h, w) logits of one image -> its outputs. mask_pred covers
@@ -182,9 +205,13 @@ class MaskFormer(nn.Module):
         """
         output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
         padded_size = tuple(padded_size or mask_pred.shape[-2:])
-        output_masks = None  # all masks at the output size, when the semantic output needs them anyway
+        output_masks = (
+            None  # all masks at the output size, when the semantic output needs them anyway
+        )
         if sem_seg_fast:
-            sem_seg = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size, image_size, output_size)
+            sem_seg = semantic_inference_at_mask_resolution(
+                mask_cls, mask_pred, padded_size, image_size, output_size
+            )
         elif self.sem_seg_postprocess_before_inference:
             output_masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
             sem_seg = semantic_inference(mask_cls, output_masks)
@@ -201,7 +228,10 @@ class MaskFormer(nn.Module):
         if self.panoptic_on:
             keep = panoptic_queries(mask_cls, self.object_mask_threshold)
             result["panoptic_seg"] = panoptic_inference(
-                mask_cls[keep], masks_at_output_size(keep), self.thing_ids, self.object_mask_threshold,
+                mask_cls[keep],
+                masks_at_output_size(keep),
+                self.thing_ids,
+                self.object_mask_threshold,
                 self.overlap_threshold,
             )
         if self.instance_on:
@@ -209,7 +239,9 @@ class MaskFormer(nn.Module):
                 mask_cls, self.test_topk_per_image, self.thing_ids if self.panoptic_on else None
             )
             unique_queries, position = queries.unique(return_inverse=True)
-            result["instances"] = instances_from_masks(scores, labels, masks_at_output_size(unique_queries)[position])
+            result["instances"] = instances_from_masks(
+                scores, labels, masks_at_output_size(unique_queries)[position]
+            )
         return result
 
     def prepare_targets(self, instances, images: ImageList) -> List[Dict[str, torch.Tensor]]:
@@ -220,5 +252,7 @@ class MaskFormer(nn.Module):
             masks = inst.gt_masks.tensor if isinstance(inst.gt_masks, BitMasks) else inst.gt_masks
             padded = masks.new_zeros((masks.shape[0], h_pad, w_pad))
             padded[:, : masks.shape[1], : masks.shape[2]] = masks
-            targets.append({"labels": inst.gt_classes.to(self.device), "masks": padded.to(self.device)})
+            targets.append(
+                {"labels": inst.gt_classes.to(self.device), "masks": padded.to(self.device)}
+            )
         return targets

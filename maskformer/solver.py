@@ -3,6 +3,7 @@ MaskFormer's optimizer: AdamW or SGD over parameter groups (backbone learning-ra
 separate weight decay for normalization and embedding parameters), with optional gradient
 clipping over the whole model at once.
 """
+
 import logging
 from typing import Any, Dict, List, Type
 
@@ -105,7 +106,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     elif name == "SGD":
         optimizer_class, kwargs = torch.optim.SGD, {"momentum": solver.MOMENTUM}
     else:
-        raise ValueError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported; use 'ADAMW' or 'SGD'.")
+        raise ValueError(
+            f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is not supported; use 'ADAMW' or 'SGD'."
+        )
 
     # On CPU torch's default implementation loops over the parameters; its fused kernel takes a
     # third of the time. Not on GPUs: GradScaler leaves a fused optimizer's gradients scaled until
@@ -118,7 +121,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
             f"use one of {', '.join(map(repr, CLIP_TYPES))}."
         )
     if clip.ENABLED and clip.CLIP_TYPE == "full_model":
-        optimizer_class = with_full_model_gradient_clipping(optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE)
+        optimizer_class = with_full_model_gradient_clipping(
+            optimizer_class, clip.CLIP_VALUE, clip.NORM_TYPE
+        )
     else:
         optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
     logger.info(f"Optimizer {optimizer_class.__name__} with {len(params)} parameter groups")

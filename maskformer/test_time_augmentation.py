@@ -1,4 +1,5 @@
 """Test-time augmentation for semantic segmentation: multi-scale + flip, averaged probabilities."""
+
 from typing import Dict, List
 
 import torch

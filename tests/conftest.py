@@ -1,4 +1,5 @@
 """Shared test fixtures: the published-release reference data and a quiet, single-threaded torch."""
+
 import os
 from pathlib import Path
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(os.environ.get("MASKFORMER_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+REFERENCE_DIR = Path(
+    os.environ.get("MASKFORMER_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference")
+)
 
 torch.set_num_threads(int(os.environ.get("MASKFORMER_TEST_THREADS", "2")))
 

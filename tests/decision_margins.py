@@ -11,6 +11,7 @@ nearer to a tie they must agree on >= 99.9% of all pixels. The margins are compu
 the reference's own inputs to the decision (for the golden files, the published code's logits and
 masks), so they do not depend on the CPU running the test.
 """
+
 import math
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Sequence, Tuple
@@ -41,16 +42,24 @@ def assert_argmax_agrees(actual: torch.Tensor, expected: torch.Tensor, tolerance
     assert actual.shape == expected.shape
     same = actual.argmax(0) == expected.argmax(0)
     decided = top_two_gap(expected.double()) > 2 * tolerance
-    assert same[decided].all(), f"{int((~same & decided).sum())} pixels away from a tie changed class"
-    assert same.double().mean() >= MIN_AGREEMENT, f"only {same.double().mean():.5f} of the pixels agree"
+    assert same[
+        decided
+    ].all(), f"{int((~same & decided).sum())} pixels away from a tie changed class"
+    assert (
+        same.double().mean() >= MIN_AGREEMENT
+    ), f"only {same.double().mean():.5f} of the pixels agree"
 
 
 @dataclass
 class PanopticDecisions:
     """What the reference's panoptic inference decided, with which decisions float error cannot move."""
 
-    decided_pixels: torch.Tensor  # (H, W) bool: the owner leads by more than the error, its segment is decided
-    decided_kept: List[Tuple[int, bool]]  # (category_id, isthing) of the queries surely kept as segments
+    decided_pixels: (
+        torch.Tensor
+    )  # (H, W) bool: the owner leads by more than the error, its segment is decided
+    decided_kept: List[
+        Tuple[int, bool]
+    ]  # (category_id, isthing) of the queries surely kept as segments
     undecided: List[str]  # the decisions near their thresholds
 
     @property
@@ -86,7 +95,9 @@ def panoptic_decisions(
     log_threshold = math.log(object_mask_threshold) if object_mask_threshold > 0 else -math.inf
     query_decided = (log_scores - log_threshold).abs() > 2 * class_error
     query_decided &= top_two_gap(mask_cls, dim=1) > 2 * class_error
-    undecided = [f"query {q}: score or class near a tie" for q in (~query_decided).nonzero()[:, 0].tolist()]
+    undecided = [
+        f"query {q}: score or class near a tie" for q in (~query_decided).nonzero()[:, 0].tolist()
+    ]
     keep = classes.ne(mask_cls.shape[-1] - 1) & (log_scores > log_threshold)
     logits = mask_pred[keep]
     if len(logits) == 0:
@@ -113,7 +124,9 @@ def panoptic_decisions(
             decided_kept.append((int(category), int(category) in thing_ids))
         if not (surely_kept or surely_dropped):
             segment_decided[k] = False
-            undecided.append(f"query {q}: area ratio in [{low:.4f}, {high:.4f}] vs {overlap_threshold}")
+            undecided.append(
+                f"query {q}: area ratio in [{low:.4f}, {high:.4f}] vs {overlap_threshold}"
+            )
     # a pixel whose owner's segment is undecided may be void in one result and not in the other
     decided_pixels &= segment_decided[owner]
     return PanopticDecisions(decided_pixels, decided_kept, undecided)
@@ -128,7 +141,9 @@ def _category_map(panoptic_seg: torch.Tensor, segments_info: List[Dict]) -> torc
 
 
 def assert_panoptic_agrees(
-    actual: Tuple[torch.Tensor, List[Dict]], expected: Tuple[torch.Tensor, List[Dict]], decisions: PanopticDecisions
+    actual: Tuple[torch.Tensor, List[Dict]],
+    expected: Tuple[torch.Tensor, List[Dict]],
+    decisions: PanopticDecisions,
 ) -> None:
     """
     Segments the reference surely kept are in both results; where every segment decision is away
@@ -146,10 +161,14 @@ def assert_panoptic_agrees(
         assert actual_segments == expected_segments
         same = actual_ids == expected_ids
     else:
-        same = _category_map(actual_ids, actual_segments) == _category_map(expected_ids, expected_segments)
+        same = _category_map(actual_ids, actual_segments) == _category_map(
+            expected_ids, expected_segments
+        )
     changed = int((~same & decisions.decided_pixels).sum())
     assert changed == 0, f"{changed} pixels away from a tie changed segment"
-    assert same.double().mean() >= MIN_AGREEMENT, f"only {same.double().mean():.5f} of the pixels agree"
+    assert (
+        same.double().mean() >= MIN_AGREEMENT
+    ), f"only {same.double().mean():.5f} of the pixels agree"
 
 
 def assignment_gap(cost: np.ndarray) -> Tuple[Tuple[np.ndarray, np.ndarray], float, float]:
@@ -184,7 +203,9 @@ def assert_matches_agree(
     second-best assignment exceeds twice that, the matches must be the reference's exactly;
     otherwise ours must be an optimal assignment of the reference's costs within that error.
     """
-    for (q, t), (q_ref, t_ref), cost_ref, cost in zip(indices, expected, reference_costs, actual_costs):
+    for (q, t), (q_ref, t_ref), cost_ref, cost in zip(
+        indices, expected, reference_costs, actual_costs
+    ):
         if cost_ref.numel() == 0:
             assert len(q) == len(q_ref) == 0
             continue
@@ -194,7 +215,12 @@ def assert_matches_agree(
         bound = 2 * len(rows) * error
         if gap > bound:
             assert (rows.tolist(), cols.tolist()) == (list(q_ref), list(t_ref))
-            assert (q.tolist(), t.tolist()) == (list(q_ref), list(t_ref)), f"gap {gap:.2e} > {bound:.2e}"
+            assert (q.tolist(), t.tolist()) == (
+                list(q_ref),
+                list(t_ref),
+            ), f"gap {gap:.2e} > {bound:.2e}"
         else:
             ours = cost_ref[q.numpy(), t.numpy()].sum()
-            assert ours <= best + bound, f"assignment cost {ours} vs optimal {best} (near tie, gap {gap:.2e})"
+            assert (
+                ours <= best + bound
+            ), f"assignment cost {ours} vs optimal {best} (near tie, gap {gap:.2e})"

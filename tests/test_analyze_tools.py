@@ -2,6 +2,7 @@
 tools/analyze_model.py (parameters and FLOPs against hand-computed and published numbers) and
 tools/evaluate_pq_for_semantic_segmentation.py (PQ-stuff against a hand-computed example).
 """
+
 import importlib.util
 import json
 
@@ -59,10 +60,14 @@ def tiny_dataset(tmp_path, request):
         image = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
         Image.fromarray(image).save(tmp_path / f"{stem}.jpg")
         write_png(tmp_path / f"{stem}_gt.png", gt)
-        dicts.append({
-            "file_name": str(tmp_path / f"{stem}.jpg"), "sem_seg_file_name": str(tmp_path / f"{stem}_gt.png"),
-            "height": 4, "width": 5,
-        })
+        dicts.append(
+            {
+                "file_name": str(tmp_path / f"{stem}.jpg"),
+                "sem_seg_file_name": str(tmp_path / f"{stem}_gt.png"),
+                "height": 4,
+                "width": 5,
+            }
+        )
     DatasetCatalog.register(name, lambda: dicts)
     MetadataCatalog.get(name).set(stuff_classes=["a", "b", "c"], ignore_label=255)
     yield name, dicts
@@ -101,7 +106,9 @@ def test_pq_tool_reads_pngs_and_writes_results(tiny_dataset, tmp_path):
     write_png(predictions / "img_a.png", PRED_A)
     write_png(predictions / "img_b.png", PRED_B)
     output = tmp_path / "pq.json"
-    result = pq_tool.main(["--dataset-name", name, "--predictions", str(predictions), "--output", str(output)])
+    result = pq_tool.main(
+        ["--dataset-name", name, "--predictions", str(predictions), "--output", str(output)]
+    )
     for key, value in EXPECTED.items():
         assert result[key] == pytest.approx(value), key
     written = json.loads(output.read_text())
@@ -116,9 +123,13 @@ def sem_seg_json_entries(file_name, label_map, contiguous_to_dataset_id):
     for label in np.unique(label_map):
         rle = mask_util.encode(np.asfortranarray((label_map == label).astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("utf-8")
-        entries.append({
-            "file_name": file_name, "category_id": contiguous_to_dataset_id[int(label)], "segmentation": rle,
-        })
+        entries.append(
+            {
+                "file_name": file_name,
+                "category_id": contiguous_to_dataset_id[int(label)],
+                "segmentation": rle,
+            }
+        )
     return entries
 
 
@@ -145,7 +156,9 @@ def test_pq_tool_errors_name_the_file(tiny_dataset, tmp_path):
         pq_tool.evaluate_pq_stuff(name, str(predictions))
 
     write_png(predictions / "img_b.png", np.zeros((4, 4)))
-    with pytest.raises(ValueError, match=r"img_b\.jpg is 4x4 but its ground truth .*img_b_gt\.png is 4x5"):
+    with pytest.raises(
+        ValueError, match=r"img_b\.jpg is 4x4 but its ground truth .*img_b_gt\.png is 4x5"
+    ):
         pq_tool.evaluate_pq_stuff(name, str(predictions))
 
     write_png(predictions / "img_b.png", PRED_B)
@@ -164,12 +177,23 @@ def test_pq_tool_keeps_existing_output_on_failure(tiny_dataset, tmp_path):
     output = tmp_path / "pq.json"
     output.write_text('{"PQ": 0.5}')
     with pytest.raises(FileNotFoundError, match="missing does not exist"):
-        pq_tool.main(["--dataset-name", name, "--predictions", str(tmp_path / "missing"), "--output", str(output)])
+        pq_tool.main(
+            [
+                "--dataset-name",
+                name,
+                "--predictions",
+                str(tmp_path / "missing"),
+                "--output",
+                str(output),
+            ]
+        )
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     write_png(predictions / "img_a.png", PRED_A)  # fails at the second image
     with pytest.raises(FileNotFoundError, match="img_b"):
-        pq_tool.main(["--dataset-name", name, "--predictions", str(predictions), "--output", str(output)])
+        pq_tool.main(
+            ["--dataset-name", name, "--predictions", str(predictions), "--output", str(output)]
+        )
     assert output.read_text() == '{"PQ": 0.5}'
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("pq")] == ["pq.json"]
 
@@ -186,7 +210,18 @@ def einsum_flops(height, width, queries=100, mask_dim=256, classes=150, layers=1
 
 def test_analyze_model_counts_parameters_and_flops():
     results = analyze_model.main(
-        ["--config-file", ADE_R50, "--tasks", "parameter", "flop", "--input-size", "256", "256", "MODEL.DEVICE", "cpu"]
+        [
+            "--config-file",
+            ADE_R50,
+            "--tasks",
+            "parameter",
+            "flop",
+            "--input-size",
+            "256",
+            "256",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
     )
     # 41.25M in the reference release's table, "41M" in the paper's Table 1
     assert results["parameter"] == pytest.approx(41.25e6, rel=0.005)
@@ -202,7 +237,17 @@ def test_analyze_model_counts_parameters_and_flops():
 @pytest.mark.slow
 def test_analyze_model_flops_at_paper_crop_size():
     flops = analyze_model.main(
-        ["--config-file", ADE_R50, "--tasks", "flop", "--input-size", "512", "512", "MODEL.DEVICE", "cpu"]
+        [
+            "--config-file",
+            ADE_R50,
+            "--tasks",
+            "flop",
+            "--input-size",
+            "512",
+            "512",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
     )["flop"]
     # Paper Table 1: 53G at 512x512, rounded to 1G (ours: 52.76G). The published code also computes
     # the 5 earlier decoder layers' masks at inference (2.10G more); this model does not.
@@ -212,10 +257,24 @@ def test_analyze_model_flops_at_paper_crop_size():
 
 def test_analyze_model_averages_dataset_images(tiny_dataset):
     name, _ = tiny_dataset
-    results = analyze_model.main([
-        "--config-file", ADE_R50, "--tasks", "flop", "--num-inputs", "2", "MODEL.DEVICE", "cpu",
-        "DATASETS.TEST", f"('{name}',)", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "80",
-    ])
+    results = analyze_model.main(
+        [
+            "--config-file",
+            ADE_R50,
+            "--tasks",
+            "flop",
+            "--num-inputs",
+            "2",
+            "MODEL.DEVICE",
+            "cpu",
+            "DATASETS.TEST",
+            f"('{name}',)",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "80",
+        ]
+    )
     totals = results["flop"]["totals"]
     # both 4x5 images are resized to 64x80, which the model pads to 64x96 (multiple of 32)
     assert len(totals) == 2 and totals[0] == totals[1]

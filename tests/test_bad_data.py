@@ -1,4 +1,5 @@
 """Bad and unusual data: every failure names the file and the problem; odd formats still work."""
+
 import logging
 
 import cv2

@@ -1,5 +1,6 @@
 """Checkpoint converters in tools/: converted weights load into the detectron2 model and give
 the same features as the source model."""
+
 import pickle
 import runpy
 import sys
@@ -139,8 +140,12 @@ def test_swin(layout, tmp_path, monkeypatch):
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("script", ["convert-torchvision-to-d2.py", "convert-pretrained-swin-model-to-d2.py"])
-def test_unreadable_source_names_the_file_and_keeps_an_existing_output(script, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "script", ["convert-torchvision-to-d2.py", "convert-pretrained-swin-model-to-d2.py"]
+)
+def test_unreadable_source_names_the_file_and_keeps_an_existing_output(
+    script, tmp_path, monkeypatch
+):
     (tmp_path / "source.pth").write_bytes(b"not a checkpoint\n")
     (tmp_path / "out.pkl").write_bytes(b"previous conversion")
     with pytest.raises(CheckpointError, match=rf"Cannot read checkpoint {tmp_path / 'source.pth'}"):
@@ -159,4 +164,7 @@ def test_failed_write_keeps_an_existing_output(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         run_tool("convert-torchvision-to-d2.py", tmp_path, "resnet.pth", "out.pkl", monkeypatch)
     assert (tmp_path / "out.pkl").read_bytes() == b"previous conversion"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.pkl", "resnet.pth"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.pkl",
+        "resnet.pth",
+    ]  # no temporary left

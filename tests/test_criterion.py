@@ -1,4 +1,5 @@
 """Set criterion: CE with the no-object weight, focal and dice mask losses, normalisation, aux losses."""
+
 import math
 
 import pytest
@@ -24,15 +25,22 @@ def test_dice_and_focal_by_hand():
     s = torch.sigmoid(logits)
     dice0 = 1 - (2 * (s[0] * targets[0]).sum() + 1) / (s[0].sum() + 2 + 1)
     dice1 = 1 - (2 * (s[1] * targets[1]).sum() + 1) / (s[1].sum() + 1 + 1)
-    assert dice_loss(logits, targets, num_masks=2.0).item() == pytest.approx(((dice0 + dice1) / 2).item(), rel=1e-6)
+    assert dice_loss(logits, targets, num_masks=2.0).item() == pytest.approx(
+        ((dice0 + dice1) / 2).item(), rel=1e-6
+    )
 
     def focal(x, t):
         p = 1 / (1 + math.exp(-x))
         p_t = p if t else 1 - p
         return (0.25 if t else 0.75) * -math.log(p_t) * (1 - p_t) ** 2
 
-    per_mask = [sum(focal(x, t) for x, t in zip(row, trow)) / 2 for row, trow in zip(logits.tolist(), targets.tolist())]
-    assert sigmoid_focal_loss(logits, targets, num_masks=4.0).item() == pytest.approx(sum(per_mask) / 4, rel=1e-5)
+    per_mask = [
+        sum(focal(x, t) for x, t in zip(row, trow)) / 2
+        for row, trow in zip(logits.tolist(), targets.tolist())
+    ]
+    assert sigmoid_focal_loss(logits, targets, num_masks=4.0).item() == pytest.approx(
+        sum(per_mask) / 4, rel=1e-5
+    )
 
 
 def _criterion(indices, num_classes=3, **kwargs):
@@ -59,30 +67,59 @@ def test_mask_losses_upsample_predictions_to_target_resolution():
     target_masks = torch.rand(1, 8, 8) > 0.5
     targets = [{"labels": torch.tensor([0]), "masks": target_masks}]
     losses = _criterion([(torch.tensor([1]), torch.tensor([0]))])(outputs, targets)
-    upsampled = F.interpolate(masks[:, 1:2], size=(8, 8), mode="bilinear", align_corners=False)[0].flatten(1)
+    upsampled = F.interpolate(masks[:, 1:2], size=(8, 8), mode="bilinear", align_corners=False)[
+        0
+    ].flatten(1)
     flat_targets = target_masks.float().flatten(1)
-    assert losses["loss_mask"].item() == pytest.approx(sigmoid_focal_loss(upsampled, flat_targets, 1).item(), rel=1e-6)
-    assert losses["loss_dice"].item() == pytest.approx(dice_loss(upsampled, flat_targets, 1).item(), rel=1e-6)
+    assert losses["loss_mask"].item() == pytest.approx(
+        sigmoid_focal_loss(upsampled, flat_targets, 1).item(), rel=1e-6
+    )
+    assert losses["loss_dice"].item() == pytest.approx(
+        dice_loss(upsampled, flat_targets, 1).item(), rel=1e-6
+    )
 
 
 def test_losses_normalised_by_number_of_masks_and_aux_suffixes():
     torch.manual_seed(0)
-    outputs = {"pred_logits": torch.randn(2, 5, 4), "pred_masks": torch.randn(2, 5, 4, 4),
-               "aux_outputs": [{"pred_logits": torch.randn(2, 5, 4), "pred_masks": torch.randn(2, 5, 4, 4)}]}
-    targets = [{"labels": torch.tensor([0, 1]), "masks": torch.rand(2, 16, 16) > 0.5},
-               {"labels": torch.tensor([2]), "masks": torch.rand(1, 16, 16) > 0.5}]
+    outputs = {
+        "pred_logits": torch.randn(2, 5, 4),
+        "pred_masks": torch.randn(2, 5, 4, 4),
+        "aux_outputs": [
+            {"pred_logits": torch.randn(2, 5, 4), "pred_masks": torch.randn(2, 5, 4, 4)}
+        ],
+    }
+    targets = [
+        {"labels": torch.tensor([0, 1]), "masks": torch.rand(2, 16, 16) > 0.5},
+        {"labels": torch.tensor([2]), "masks": torch.rand(1, 16, 16) > 0.5},
+    ]
     criterion = SetCriterion(3, HungarianMatcher(1, 20, 1), weight_dict={}, eos_coef=0.1)
     losses = criterion(outputs, targets)
-    assert set(losses) == {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_mask_0", "loss_dice_0"}
+    assert set(losses) == {
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_ce_0",
+        "loss_mask_0",
+        "loss_dice_0",
+    }
     # dice of each mask is in [0, 1]; the sum over 3 masks is divided by 3
     assert 0 < losses["loss_dice"].item() < 1
 
 
 def test_empty_targets_give_zero_mask_loss_and_no_object_ce():
-    outputs = {"pred_logits": torch.randn(1, 3, 4, requires_grad=True),
-               "pred_masks": torch.randn(1, 3, 4, 4, requires_grad=True)}
-    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 16, 16, dtype=torch.bool)}]
-    losses = SetCriterion(3, HungarianMatcher(1, 20, 1), weight_dict={}, eos_coef=0.1)(outputs, targets)
+    outputs = {
+        "pred_logits": torch.randn(1, 3, 4, requires_grad=True),
+        "pred_masks": torch.randn(1, 3, 4, 4, requires_grad=True),
+    }
+    targets = [
+        {
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, 16, 16, dtype=torch.bool),
+        }
+    ]
+    losses = SetCriterion(3, HungarianMatcher(1, 20, 1), weight_dict={}, eos_coef=0.1)(
+        outputs, targets
+    )
     assert losses["loss_mask"].item() == 0 and losses["loss_dice"].item() == 0
     expected_ce = F.cross_entropy(outputs["pred_logits"][0], torch.full((3,), 3))
     assert losses["loss_ce"].item() == pytest.approx(expected_ce.item(), rel=1e-6)
@@ -111,8 +148,10 @@ def test_matched_masks_from_embeddings_give_the_same_losses_and_gradients(num_po
     embed = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
     features = torch.randn(2, 6, 4, 4, dtype=torch.float64, requires_grad=True)
     logits = torch.randn(2, 5, 4, dtype=torch.float64)
-    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 16, 16) > 0.5},
-               {"labels": torch.tensor([1]), "masks": torch.rand(1, 16, 16) > 0.5}]
+    targets = [
+        {"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 16, 16) > 0.5},
+        {"labels": torch.tensor([1]), "masks": torch.rand(1, 16, 16) > 0.5},
+    ]
     indices = [(torch.tensor([3, 0]), torch.tensor([1, 0])), (torch.tensor([4]), torch.tensor([0]))]
     criterion = _criterion(indices, num_points=num_points)
     results = []

@@ -1,9 +1,9 @@
 """Dataset registration: every dataset name of the published configs exists, with metadata."""
+
 import json
 import os
 
 import pytest
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import maskformer.data  # noqa: F401  (registers the datasets)

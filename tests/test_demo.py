@@ -1,4 +1,5 @@
 """demo/demo.py on image folders and globs, a real photo, and a video, with tiny random-weight models."""
+
 import os
 
 import cv2
@@ -9,7 +10,9 @@ import torch
 
 from tests.test_export import block_images, build_spread_model, load_script, tiny_cfg
 
-CHELSEA = os.path.join(os.path.dirname(skimage.__file__), "data", "chelsea.png")  # shipped in the wheel
+CHELSEA = os.path.join(
+    os.path.dirname(skimage.__file__), "data", "chelsea.png"
+)  # shipped in the wheel
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,15 @@ def test_folder_and_glob_inputs_give_one_drawing_each(demo, config_files, tmp_pa
     }
     (tmp_path / "a" / "notes.txt").write_text("not an image: folders contribute image files only")
     out = tmp_path / "out"
-    args = ["--config-file", config_files["semantic"], "--input", str(tmp_path / "a"), str(tmp_path / "b" / "*.png"),
-            "--output", str(out)]
+    args = [
+        "--config-file",
+        config_files["semantic"],
+        "--input",
+        str(tmp_path / "a"),
+        str(tmp_path / "b" / "*.png"),
+        "--output",
+        str(out),
+    ]
     assert demo.main(args) == 0
     assert sorted(os.listdir(out)) == ["first.png", "second.jpg", "third.png"]
     for name, image in inputs.items():
@@ -64,25 +74,41 @@ def test_real_photo_and_confidence_threshold(demo, config_files, task, tmp_path)
     photo = cv2.imread(CHELSEA)
     assert photo is not None and photo.shape == (300, 451, 3)
     base = ["--config-file", config_files[task], "--input", CHELSEA]
-    assert demo.main(base + ["--output", str(tmp_path / "cat.jpg"), "--confidence-threshold", "0.0"]) == 0
+    assert (
+        demo.main(base + ["--output", str(tmp_path / "cat.jpg"), "--confidence-threshold", "0.0"])
+        == 0
+    )
     drawn = cv2.imread(str(tmp_path / "cat.jpg"))
     assert drawn.shape == photo.shape
     assert np.abs(drawn.astype(int) - photo.astype(int)).mean() > 1
 
     if task == "panoptic":  # no segment scores above 1: nothing is drawn
-        assert demo.main(base + ["--output", str(tmp_path / "none.png"), "--confidence-threshold", "1.0"]) == 0
+        assert (
+            demo.main(
+                base + ["--output", str(tmp_path / "none.png"), "--confidence-threshold", "1.0"]
+            )
+            == 0
+        )
         assert np.array_equal(cv2.imread(str(tmp_path / "none.png")), photo)
 
 
 def test_video_gives_the_same_frames(demo, config_files, tmp_path):
     height, width, count = 48, 64, 4
-    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height))
+    writer = cv2.VideoWriter(
+        str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height)
+    )
     for image in block_images(seed=3, sizes=[(height, width)] * count):
         writer.write(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
     writer.release()
 
-    args = ["--config-file", config_files["semantic"], "--video-input", str(tmp_path / "clip.avi"),
-            "--output", str(tmp_path / "out")]
+    args = [
+        "--config-file",
+        config_files["semantic"],
+        "--video-input",
+        str(tmp_path / "clip.avi"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert demo.main(args) == 0
     video = cv2.VideoCapture(str(tmp_path / "out" / "clip.avi"))
     frames = []
@@ -103,15 +129,31 @@ def test_bad_inputs(demo, config_files, tmp_path):
     (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG truncated")
     out = tmp_path / "out"
     # the unreadable file is reported and skipped, the others are still drawn
-    assert demo.main(["--config-file", config_file, "--input", str(tmp_path / "in"), "--output", str(out)]) == 1
+    assert (
+        demo.main(
+            ["--config-file", config_file, "--input", str(tmp_path / "in"), "--output", str(out)]
+        )
+        == 1
+    )
     assert os.listdir(out) == ["good.png"]
 
     with pytest.raises(FileNotFoundError, match="missing/\\*.jpg: no such file or folder"):
-        demo.main(["--config-file", config_file, "--input", str(tmp_path / "missing" / "*.jpg"), "--output", str(out)])
+        demo.main(
+            [
+                "--config-file",
+                config_file,
+                "--input",
+                str(tmp_path / "missing" / "*.jpg"),
+                "--output",
+                str(out),
+            ]
+        )
     other = tmp_path / "other" / "good.png"
     other.parent.mkdir()
     other.write_bytes(good.read_bytes())
     with pytest.raises(ValueError, match="Several inputs are named \\['good.png'\\]"):
-        demo.main(["--config-file", config_file, "--input", str(good), str(other), "--output", str(out)])
+        demo.main(
+            ["--config-file", config_file, "--input", str(good), str(other), "--output", str(out)]
+        )
     with pytest.raises(ValueError, match="--config-file is required unless --exported"):
         demo.main(["--input", str(good), "--output", str(out)])

@@ -3,14 +3,22 @@ Distributed runs on CPU (gloo): 2 processes on one machine and "2 machines x 1 p
 loopback, each checked against a single-process evaluation of the same weights; and the Slurm
 launcher's arguments and job specification (no cluster needed).
 """
+
 import importlib.util
 import socket
 
 import pytest
 import submitit
 from submitit.slurm.slurm import SlurmJobEnvironment
-
-from test_train_net import REPO, SEM_CFG, TINY, datasets_root, read_results, run_train_net, same_metrics  # noqa: F401
+from test_train_net import (  # noqa: F401
+    REPO,
+    SEM_CFG,
+    TINY,
+    datasets_root,
+    read_results,
+    run_train_net,
+    same_metrics,
+)
 
 
 def free_port() -> int:
@@ -24,14 +32,33 @@ def ddp_run(datasets_root, tmp_path_factory):
     """A 2-process training run, and the single-process evaluation of its final weights."""
     out = tmp_path_factory.mktemp("ddp")
     run_train_net(
-        ["--config-file", SEM_CFG, "--num-gpus", "2", "--dist-url", "auto", *TINY,
-         "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", str(out)],
+        [
+            "--config-file",
+            SEM_CFG,
+            "--num-gpus",
+            "2",
+            "--dist-url",
+            "auto",
+            *TINY,
+            "SOLVER.MAX_ITER",
+            "3",
+            "OUTPUT_DIR",
+            str(out),
+        ],
         datasets_root,
     )
     reference = tmp_path_factory.mktemp("reference")
     run_train_net(
-        ["--config-file", SEM_CFG, "--eval-only", *TINY, "MODEL.WEIGHTS", str(out / "model_final.pth"),
-         "OUTPUT_DIR", str(reference)],
+        [
+            "--config-file",
+            SEM_CFG,
+            "--eval-only",
+            *TINY,
+            "MODEL.WEIGHTS",
+            str(out / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(reference),
+        ],
         datasets_root,
     )
     return out, read_results(reference)
@@ -59,8 +86,17 @@ def test_two_machines_on_loopback(ddp_run, datasets_root, tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     # training from the 2-process weights with a zero learning rate keeps them: same metrics expected
     flags = ["--config-file", SEM_CFG, "--num-gpus", "1", "--num-machines", "2", "--dist-url", url]
-    opts = [*TINY, "MODEL.WEIGHTS", str(ddp_dir / "model_final.pth"), "SOLVER.BASE_LR", "0.0", "SOLVER.MAX_ITER", "2",
-            "OUTPUT_DIR", str(out)]
+    opts = [
+        *TINY,
+        "MODEL.WEIGHTS",
+        str(ddp_dir / "model_final.pth"),
+        "SOLVER.BASE_LR",
+        "0.0",
+        "SOLVER.MAX_ITER",
+        "2",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     run_train_net(
         None,
         datasets_root,
@@ -73,8 +109,11 @@ def test_two_machines_on_loopback(ddp_run, datasets_root, tmp_path):
 
 # ---- Slurm launcher ----
 
+
 def load_slurm_launcher():
-    spec = importlib.util.spec_from_file_location("train_net_slurm", REPO / "tools" / "train_net_slurm.py")
+    spec = importlib.util.spec_from_file_location(
+        "train_net_slurm", REPO / "tools" / "train_net_slurm.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -82,19 +121,41 @@ def load_slurm_launcher():
 
 def test_slurm_arguments_and_job_spec(tmp_path, capsys):
     slurm = load_slurm_launcher()
-    argv = ["--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu", "--timeout", "90",
-            "--job-dir", str(tmp_path / "%j"), "--config-file", SEM_CFG, "SOLVER.MAX_ITER", "10"]
+    argv = [
+        "--nodes",
+        "4",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "gpu",
+        "--timeout",
+        "90",
+        "--job-dir",
+        str(tmp_path / "%j"),
+        "--config-file",
+        SEM_CFG,
+        "SOLVER.MAX_ITER",
+        "10",
+    ]
     args = slurm.parse_args(argv)
     assert (args.nodes, args.gpus_per_node, args.partition, args.timeout) == (4, 8, "gpu", 90)
     assert args.config_file == SEM_CFG and args.opts == ["SOLVER.MAX_ITER", "10"]
     spec = slurm.job_spec(args)
     assert spec["nodes"] == 4 and spec["tasks_per_node"] == 1 and spec["gpus_per_node"] == 8
-    assert spec["cpus_per_task"] == 80 and spec["timeout_min"] == 90 and spec["slurm_partition"] == "gpu"
+    assert (
+        spec["cpus_per_task"] == 80
+        and spec["timeout_min"] == 90
+        and spec["slurm_partition"] == "gpu"
+    )
     # submitit knows every parameter name (checked without a cluster by the debug executor, which
     # validates "slurm_*" names against Slurm's but runs one node only)
-    submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(**{**spec, "nodes": 1})
+    submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(
+        **{**spec, "nodes": 1}
+    )
     with pytest.raises(NameError):
-        submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(slurm_partitions="gpu")
+        submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="debug").update_parameters(
+            slurm_partitions="gpu"
+        )
 
     assert slurm.main(["--dry-run", *argv]) is None
     assert '"slurm_partition": "gpu"' in capsys.readouterr().out

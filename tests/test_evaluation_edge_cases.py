@@ -3,6 +3,7 @@ Evaluation on images without ground-truth segments or without predicted segments
 match hand computation and nothing crashes. Evaluators come from the project's build_evaluator
 (detectron2's SemSegEvaluator and this project's panopticapi-equivalent PQ evaluator); 4x4 images on disk.
 """
+
 import json
 import math
 
@@ -54,7 +55,9 @@ def evaluate(dataset_name, inputs, outputs, output_dir, panoptic=False):
 
 def one_hot_scores(labels, num_classes=3):
     """(K, H, W) scores whose argmax is ``labels``."""
-    return torch.nn.functional.one_hot(torch.as_tensor(labels), num_classes).permute(2, 0, 1).float()
+    return (
+        torch.nn.functional.one_hot(torch.as_tensor(labels), num_classes).permute(2, 0, 1).float()
+    )
 
 
 @pytest.fixture
@@ -64,7 +67,9 @@ def sem_seg_dataset(tmp_path, register):
     records = []
     for name, labels in gt.items():
         Image.fromarray(labels).save(tmp_path / f"{name}.png")
-        records.append({"file_name": f"{name}.jpg", "sem_seg_file_name": str(tmp_path / f"{name}.png")})
+        records.append(
+            {"file_name": f"{name}.jpg", "sem_seg_file_name": str(tmp_path / f"{name}.png")}
+        )
     meta = dict(stuff_classes=["c0", "c1", "c2"], ignore_label=255, evaluator_type="sem_seg")
 
     def _dataset(*names):
@@ -117,14 +122,25 @@ def write_panoptic_gt(tmp_path, images):
                 "image_id": image_id,
                 "file_name": f"{name}.png",
                 "segments_info": [
-                    {"id": i, "category_id": c, "iscrowd": 0, "area": int((ids == i).sum()), "bbox": [0, 0, 4, 4]}
+                    {
+                        "id": i,
+                        "category_id": c,
+                        "iscrowd": 0,
+                        "area": int((ids == i).sum()),
+                        "bbox": [0, 0, 4, 4],
+                    }
                     for i, c in segments
                 ],
             }
         )
-    categories = [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}]
+    categories = [
+        {"id": 1, "name": "thing", "isthing": 1},
+        {"id": 2, "name": "stuff", "isthing": 0},
+    ]
     path = tmp_path / "panoptic_gt.json"
-    path.write_text(json.dumps({"images": image_infos, "annotations": annotations, "categories": categories}))
+    path.write_text(
+        json.dumps({"images": image_infos, "annotations": annotations, "categories": categories})
+    )
     return str(root), str(path)
 
 
@@ -142,14 +158,19 @@ def panoptic_dataset(tmp_path, register):
     stuff_top[:2] = 10
     stuff_top[2:, :2] = 20
     images = {
-        "both": (stuff_top, [(10, 2), (20, 1)]),  # stuff on top, a thing bottom-left, void bottom-right
+        "both": (
+            stuff_top,
+            [(10, 2), (20, 1)],
+        ),  # stuff on top, a thing bottom-left, void bottom-right
         "empty": (np.zeros((4, 4), np.int32), []),  # no ground-truth segment at all
         "stuff": (np.full((4, 4), 30, np.int32), [(30, 2)]),  # one stuff segment
     }
 
     def _dataset(*names):
         name = f"edge_panoptic_{'_'.join(names)}"
-        panoptic_root, panoptic_json = write_panoptic_gt(tmp_path / name, {n: images[n] for n in names})
+        panoptic_root, panoptic_json = write_panoptic_gt(
+            tmp_path / name, {n: images[n] for n in names}
+        )
         return register(
             name,
             [],
@@ -167,7 +188,9 @@ def inputs_of(*names):
     return [{"file_name": f"{name}.jpg", "image_id": i} for i, name in enumerate(names, start=1)]
 
 
-def test_pq_with_an_image_without_ground_truth_and_one_without_predictions(panoptic_dataset, tmp_path):
+def test_pq_with_an_image_without_ground_truth_and_one_without_predictions(
+    panoptic_dataset, tmp_path
+):
     both = torch.zeros(4, 4, dtype=torch.int32)
     both[:2] = 1
     both[0, 0] = 0  # one stuff pixel left void
@@ -183,7 +206,9 @@ def test_pq_with_an_image_without_ground_truth_and_one_without_predictions(panop
     ]
     assert outputs[2]["panoptic_seg"][1] == [] and not outputs[2]["panoptic_seg"][0].any()
     names = ("both", "empty", "stuff")
-    res = evaluate(panoptic_dataset(*names), inputs_of(*names), outputs, tmp_path / "eval", panoptic=True)
+    res = evaluate(
+        panoptic_dataset(*names), inputs_of(*names), outputs, tmp_path / "eval", panoptic=True
+    )
     res = res["panoptic_seg"]
 
     # stuff: "both" matched with IoU 7/8; "stuff" missed (FN). thing: "both" IoU 4 / (5 + 4 - 4 - 1 void) = 1.
@@ -201,7 +226,9 @@ def test_pq_with_an_image_without_ground_truth_and_one_without_predictions(panop
 def test_pq_with_no_predictions_at_all_is_zero(panoptic_dataset, tmp_path):
     names = ("both", "empty", "stuff")
     outputs = [{"panoptic_seg": no_segments_prediction()} for _ in names]
-    res = evaluate(panoptic_dataset(*names), inputs_of(*names), outputs, tmp_path / "eval", panoptic=True)
+    res = evaluate(
+        panoptic_dataset(*names), inputs_of(*names), outputs, tmp_path / "eval", panoptic=True
+    )
     res = res["panoptic_seg"]
     # every ground-truth segment is a false negative: PQ = SQ = RQ = 0 for things and stuff
     assert [res[k] for k in ("PQ", "SQ", "RQ", "PQ_th", "PQ_st")] == [0, 0, 0, 0, 0]
@@ -210,7 +237,9 @@ def test_pq_with_no_predictions_at_all_is_zero(panoptic_dataset, tmp_path):
 def test_pq_when_no_image_has_a_thing(panoptic_dataset, tmp_path):
     stuff = torch.ones(4, 4, dtype=torch.int32)
     outputs = [{"panoptic_seg": (stuff, [{"id": 1, "isthing": False, "category_id": STUFF}])}]
-    res = evaluate(panoptic_dataset("stuff"), inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True)
+    res = evaluate(
+        panoptic_dataset("stuff"), inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True
+    )
     res = res["panoptic_seg"]
     # panopticapi would divide by zero here (no thing category has any segment); the things mean is 0
     assert res["PQ_st"] == pytest.approx(100) and res["PQ_th"] == 0

@@ -3,6 +3,7 @@ Export: TorchScript and ONNX graphs of small random-weight models reproduce the 
 outputs, then sem_seg / panoptic_seg / instances after post-processing), the metadata JSON says how
 to feed them, and demo.py runs them.
 """
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -32,8 +33,12 @@ from tests.decision_margins import assert_argmax_agrees, assert_panoptic_agrees,
 
 # torch's own deprecation notices for the TorchScript tracer/loader and the legacy ONNX exporter used here
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:`torch.jit.(trace|trace_method|load)` is deprecated:FutureWarning"),
-    pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:`torch.jit.(trace|trace_method|load)` is deprecated:FutureWarning"
+    ),
+    pytest.mark.filterwarnings(
+        "ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning"
+    ),
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
 ]
 
@@ -169,22 +174,35 @@ def panoptic_decisions_of(model, batch, runner):
     for i, (image_size, x) in enumerate(zip(images.image_sizes, batch)):
         sizes = (tuple(images.tensor.shape[-2:]), image_size, (x["height"], x["width"]))
         eager_masks = masks_to_output_size(eager["pred_masks"][i].double(), *sizes)
-        mask_error = (masks_to_output_size(pred_masks[i].double(), *sizes) - eager_masks).abs().max().item()
+        mask_error = (
+            (masks_to_output_size(pred_masks[i].double(), *sizes) - eager_masks).abs().max().item()
+        )
         class_error = (pred_logits[i] - eager["pred_logits"][i]).abs().max().item()
-        decisions.append(panoptic_decisions(
-            eager["pred_logits"][i], eager_masks, model.thing_ids, model.object_mask_threshold,
-            model.overlap_threshold, class_error, mask_error + 2e-5,  # + the float32 resizing's rounding
-        ))
+        decisions.append(
+            panoptic_decisions(
+                eager["pred_logits"][i],
+                eager_masks,
+                model.thing_ids,
+                model.object_mask_threshold,
+                model.overlap_threshold,
+                class_error,
+                mask_error + 2e-5,  # + the float32 resizing's rounding
+            )
+        )
     return decisions
 
 
 def assert_same_results(actual, expected, decisions=None):
     """Float outputs to 1e-4; argmax and panoptic segments exactly away from near-ties (decision_margins)."""
-    assert sum(len(x["sem_seg"].argmax(0).unique()) for x in expected) > len(expected)  # not one class everywhere
+    assert sum(len(x["sem_seg"].argmax(0).unique()) for x in expected) > len(
+        expected
+    )  # not one class everywhere
     for i, (got, want) in enumerate(zip(actual, expected)):
         assert got.keys() == want.keys()
         torch.testing.assert_close(got["sem_seg"], want["sem_seg"], rtol=1e-4, atol=1e-4)
-        assert_argmax_agrees(got["sem_seg"], want["sem_seg"], 1e-4 + 1e-4 * want["sem_seg"].abs().max().item())
+        assert_argmax_agrees(
+            got["sem_seg"], want["sem_seg"], 1e-4 + 1e-4 * want["sem_seg"].abs().max().item()
+        )
         if decisions is not None:
             assert len(want["panoptic_seg"][1]) > 0
             assert_panoptic_agrees(got["panoptic_seg"], want["panoptic_seg"], decisions[i])
@@ -192,7 +210,9 @@ def assert_same_results(actual, expected, decisions=None):
             flipped = (got["instances"].pred_masks != want["instances"].pred_masks).sum().item()
             assert flipped <= 1e-4 * want["instances"].pred_masks.numel()
             assert torch.equal(got["instances"].pred_classes, want["instances"].pred_classes)
-            torch.testing.assert_close(got["instances"].scores, want["instances"].scores, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                got["instances"].scores, want["instances"].scores, rtol=1e-4, atol=1e-4
+            )
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
@@ -210,10 +230,17 @@ def test_exported_graph_matches_eager_model(exported, fmt):
     torch.testing.assert_close(pred_masks, eager["pred_masks"], rtol=1e-4, atol=1e-4)
 
     # end to end: images of two sizes (padded into one batch), results at twice their height
-    batch = [{"image": image, "height": 2 * image.shape[1], "width": image.shape[2]} for image in block_images()]
+    batch = [
+        {"image": image, "height": 2 * image.shape[1], "width": image.shape[2]}
+        for image in block_images()
+    ]
     with torch.no_grad():
         expected = model(batch)
-    decisions = panoptic_decisions_of(model, batch, runner) if cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON else None
+    decisions = (
+        panoptic_decisions_of(model, batch, runner)
+        if cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON
+        else None
+    )
     assert_same_results(runner(batch), expected, decisions)
 
 
@@ -226,8 +253,12 @@ def test_postprocess_of_eager_head_equals_forward():
         images = model.preprocess_image(batch)
         head = model.sem_seg_head(model.backbone(images.tensor))
     results = postprocess(
-        head["pred_logits"], head["pred_masks"], images.tensor.shape[-2:], images.image_sizes,
-        images.image_sizes, InferenceSettings.from_model(model),
+        head["pred_logits"],
+        head["pred_masks"],
+        images.tensor.shape[-2:],
+        images.image_sizes,
+        images.image_sizes,
+        InferenceSettings.from_model(model),
     )
     for got, want in zip(results, expected):
         assert torch.equal(got["sem_seg"], want["sem_seg"])
@@ -314,7 +345,9 @@ def test_failed_or_wrong_export_keeps_the_previous_one(exported, tmp_path, monke
     with pytest.raises(RuntimeError, match="exporter crashed"):
         export_model(cfg, model, "onnx", tmp_path, TRACE_SIZE)
     monkeypatch.setitem(exporters._SAVERS, "onnx", wrong_exporter)
-    with pytest.raises(ValueError, match=r"model.onnx.partial: exported pred_logits differs from the model's by 1"):
+    with pytest.raises(
+        ValueError, match=r"model.onnx.partial: exported pred_logits differs from the model's by 1"
+    ):
         export_model(cfg, model, "onnx", tmp_path, TRACE_SIZE)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -334,7 +367,9 @@ def test_swin_model_exports(fmt, tmp_path):
     cfg = tiny_cfg(panoptic=False)
     cfg.merge_from_list([x for kv in SWIN.items() for x in kv])
     model = build_spread_model(cfg, seed=0)
-    runner = ExportedMaskFormer(export_model(cfg, model, fmt, tmp_path, TRACE_SIZE))  # verified at two sizes
+    runner = ExportedMaskFormer(
+        export_model(cfg, model, fmt, tmp_path, TRACE_SIZE)
+    )  # verified at two sizes
     batch = [{"image": image} for image in block_images(sizes=((75, 100), (60, 90)))]
     with torch.no_grad():
         expected = model(batch)
@@ -349,24 +384,47 @@ def test_export_tool_writes_what_the_demo_runs(tmp_path):
     cv2.imwrite(str(image_file), image)
     export_tool, demo = load_script("tools/export_model.py"), load_script("demo/demo.py")
     model_file = export_tool.main(
-        ["--config-file", str(config_file), "--format", "torchscript", "--output", str(tmp_path / "export"),
-         "--input-size", "64", "80"]
+        [
+            "--config-file",
+            str(config_file),
+            "--format",
+            "torchscript",
+            "--output",
+            str(tmp_path / "export"),
+            "--input-size",
+            "64",
+            "80",
+        ]
     )
     assert model_file == tmp_path / "export" / "model.ts"
     assert load_export_metadata(model_file)["input"]["example_size"] == [64, 96]
     output = tmp_path / "drawn.png"
     # no --config-file: the demo uses the config saved with the export
-    assert demo.main(["--exported", str(model_file), "--input", str(image_file), "--output", str(output)]) == 0
+    assert (
+        demo.main(
+            ["--exported", str(model_file), "--input", str(image_file), "--output", str(output)]
+        )
+        == 0
+    )
     drawn = cv2.imread(str(output))
     assert drawn.shape == image.shape and not np.array_equal(drawn, image)
 
 
 def test_demo_draws_exported_onnx_model(exported, tmp_path):
     cfg, model, files = exported
-    image = block_images(sizes=((80, 110),))[0].permute(1, 2, 0).numpy()[:, :, ::-1]  # BGR for OpenCV
+    image = (
+        block_images(sizes=((80, 110),))[0].permute(1, 2, 0).numpy()[:, :, ::-1]
+    )  # BGR for OpenCV
     cv2.imwrite(str(tmp_path / "input.png"), image)
     demo = load_script("demo/demo.py")
-    args = ["--exported", str(files["onnx"]), "--input", str(tmp_path / "input.png"), "--output", str(tmp_path / "out")]
+    args = [
+        "--exported",
+        str(files["onnx"]),
+        "--input",
+        str(tmp_path / "input.png"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     assert demo.main(args) == 0
     drawn = cv2.imread(str(tmp_path / "out" / "input.png"))
     assert drawn.shape == image.shape and not np.array_equal(drawn, image)

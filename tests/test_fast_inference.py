@@ -2,6 +2,7 @@
 Fast post-processing: resizing only the masks a task keeps gives the published outputs exactly;
 the fast semantic path (MODEL.MASK_FORMER.TEST.SEM_SEG_FAST) gives the published argmax.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -28,19 +29,32 @@ from tests.test_model import NUM_CLASSES, _image, tiny_cfg
 
 def published_inference(model, mask_cls, mask_pred, padded_size, image_size, output_size):
     """The published post-processing of one image: every mask upsampled to the padded size first."""
-    mask_pred = F.interpolate(mask_pred[None], size=padded_size, mode="bilinear", align_corners=False)[0]
+    mask_pred = F.interpolate(
+        mask_pred[None], size=padded_size, mode="bilinear", align_corners=False
+    )[0]
     if model.sem_seg_postprocess_before_inference:
         mask_pred = sem_seg_postprocess(mask_pred, image_size, *output_size)
         sem_seg = semantic_inference(mask_cls, mask_pred)
     else:
-        sem_seg = sem_seg_postprocess(semantic_inference(mask_cls, mask_pred), image_size, *output_size)
+        sem_seg = sem_seg_postprocess(
+            semantic_inference(mask_cls, mask_pred), image_size, *output_size
+        )
     result = {"sem_seg": sem_seg}
     if model.panoptic_on:
-        result["panoptic_seg"] = panoptic_inference(mask_cls, mask_pred, model.thing_ids, model.object_mask_threshold,
-                                                    model.overlap_threshold)
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls,
+            mask_pred,
+            model.thing_ids,
+            model.object_mask_threshold,
+            model.overlap_threshold,
+        )
     if model.instance_on:
-        result["instances"] = instance_inference(mask_cls, mask_pred, model.test_topk_per_image,
-                                                 model.thing_ids if model.panoptic_on else None)
+        result["instances"] = instance_inference(
+            mask_cls,
+            mask_pred,
+            model.test_topk_per_image,
+            model.thing_ids if model.panoptic_on else None,
+        )
     return result
 
 
@@ -48,7 +62,11 @@ def segment_outputs(num_queries, num_classes, mask_size, seed=0, contrast=8.0):
     """Head outputs of trained-like shape: a few queries own blocky segments with sharp logits."""
     g = torch.Generator().manual_seed(seed)
     h, w = mask_size
-    owner = torch.randint(0, 4, (h // 4 + 1, w // 4 + 1), generator=g).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    owner = (
+        torch.randint(0, 4, (h // 4 + 1, w // 4 + 1), generator=g)
+        .repeat_interleave(4, 0)
+        .repeat_interleave(4, 1)
+    )
     owner = owner[:h, :w]
     mask_pred = torch.randn(num_queries, h, w, generator=g) - contrast
     for q in range(4):
@@ -59,15 +77,24 @@ def segment_outputs(num_queries, num_classes, mask_size, seed=0, contrast=8.0):
     return mask_cls, mask_pred
 
 
-@pytest.mark.parametrize("settings", [
-    {},
-    {"MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": True},
-    {"MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True, "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
-     "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2, "DATASETS.TRAIN": ("test_fast_inference_meta",)},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": True},
+        {
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+            "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2,
+            "DATASETS.TRAIN": ("test_fast_inference_meta",),
+        },
+    ],
+)
 def test_default_post_processing_equals_the_published_computation(settings):
     MetadataCatalog.get("test_fast_inference_meta").set(
-        thing_dataset_id_to_contiguous_id={1: 0, 2: 1}, stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4})
+        thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
+        stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4},
+    )
     model = build_model(tiny_cfg(**settings)).eval()
     mask_cls, mask_pred = segment_outputs(8, NUM_CLASSES, (16, 24))
     mask_cls[:3] = mask_cls[:3] * 3  # confident queries, so that panoptic keeps some
@@ -77,7 +104,9 @@ def test_default_post_processing_equals_the_published_computation(settings):
     assert torch.allclose(result["sem_seg"], expected["sem_seg"], atol=1e-6)
     if model.panoptic_on:
         assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"][0])
-        assert result["panoptic_seg"][1] == expected["panoptic_seg"][1] and result["panoptic_seg"][1]
+        assert (
+            result["panoptic_seg"][1] == expected["panoptic_seg"][1] and result["panoptic_seg"][1]
+        )
     if model.instance_on:
         got, want = result["instances"], expected["instances"]
         order_got, order_want = got.scores.argsort(), want.scores.argsort()
@@ -99,24 +128,32 @@ def test_inference_single_accepts_masks_already_at_padded_size():
 
 def test_crop_and_resize_skips_only_a_no_op_resize():
     maps = torch.randn(3, 32, 40)
-    assert torch.equal(crop_and_resize(maps, (30, 35), (30, 35)), sem_seg_postprocess(maps, (30, 35), 30, 35))
-    assert torch.equal(crop_and_resize(maps, (30, 35), (20, 50)), sem_seg_postprocess(maps, (30, 35), 20, 50))
+    assert torch.equal(
+        crop_and_resize(maps, (30, 35), (30, 35)), sem_seg_postprocess(maps, (30, 35), 30, 35)
+    )
+    assert torch.equal(
+        crop_and_resize(maps, (30, 35), (20, 50)), sem_seg_postprocess(maps, (30, 35), 20, 50)
+    )
 
 
 def test_upsampled_cells_match_interpolate_including_the_edges():
     logits = torch.randn(3, 5, 6)
     full = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
     ys, xs = torch.tensor([0, 4, 2, 0]), torch.tensor([0, 5, 3, 5])
-    cells = _upsample_cells(logits, ys, xs, 4).view(3, len(ys), 4, 4)  # (Q, N * 4 * 4), (pixel, row, column)
+    cells = _upsample_cells(logits, ys, xs, 4).view(
+        3, len(ys), 4, 4
+    )  # (Q, N * 4 * 4), (pixel, row, column)
     for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
-        assert torch.allclose(cells[:, n], full[:, 4 * y: 4 * y + 4, 4 * x: 4 * x + 4], atol=1e-6)
+        assert torch.allclose(cells[:, n], full[:, 4 * y : 4 * y + 4, 4 * x : 4 * x + 4], atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_fast_semantic_argmax_is_the_published_one(seed):
     mask_cls, mask_pred = segment_outputs(10, 7, (24, 32), seed)
     padded = (96, 128)
-    exact = semantic_inference(mask_cls, F.interpolate(mask_pred[None], size=padded, mode="bilinear")[0])
+    exact = semantic_inference(
+        mask_cls, F.interpolate(mask_pred[None], size=padded, mode="bilinear")[0]
+    )
     fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (90, 120))
     assert fast.shape == (7, 90, 120)
     assert fast.stride()[0] == 1  # pixel-major: the K scores of a pixel are contiguous
@@ -127,7 +164,9 @@ def test_fast_semantic_argmax_is_the_published_one(seed):
     assert 1e-4 < difference < 1.0
     # resized to another output size, the kinds of pixels mix: nearly all still agree
     exact_resized = sem_seg_postprocess(exact, (90, 120), 60, 75)
-    fast_resized = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (60, 75))
+    fast_resized = semantic_inference_at_mask_resolution(
+        mask_cls, mask_pred, padded, (90, 120), (60, 75)
+    )
     agreement = (exact_resized.argmax(0) == fast_resized.argmax(0)).float().mean().item()
     assert agreement >= 0.999
     assert fast_resized.stride()[0] == 1  # the resize keeps the layout
@@ -137,15 +176,23 @@ def test_fast_semantic_is_exact_where_every_cell_is_recomputed():
     """Two classes almost tied everywhere: no cell is safe, so every score is computed exactly."""
     mask_pred = torch.randn(2, 8, 8)
     mask_cls = torch.tensor([[3.0, 3.0, 0.0], [3.0, 3.0001, 0.0]])
-    exact = semantic_inference(mask_cls, F.interpolate(mask_pred[None], size=(32, 32), mode="bilinear")[0])
+    exact = semantic_inference(
+        mask_cls, F.interpolate(mask_pred[None], size=(32, 32), mode="bilinear")[0]
+    )
     fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (32, 32), (32, 32), (32, 32))
     assert torch.allclose(fast, exact, atol=1e-6)
 
 
 def test_fast_semantic_falls_back_when_the_padded_size_is_not_a_multiple():
     mask_cls, mask_pred = segment_outputs(6, 3, (10, 10))
-    exact = sem_seg_postprocess(semantic_inference(mask_cls, F.interpolate(mask_pred[None], size=(37, 41),
-                                                                           mode="bilinear")[0]), (37, 41), 37, 41)
+    exact = sem_seg_postprocess(
+        semantic_inference(
+            mask_cls, F.interpolate(mask_pred[None], size=(37, 41), mode="bilinear")[0]
+        ),
+        (37, 41),
+        37,
+        41,
+    )
     fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (37, 41), (37, 41), (37, 41))
     assert torch.allclose(fast, exact, atol=1e-6)
 
@@ -162,21 +209,39 @@ def test_fast_semantic_model_option():
     assert (a.argmax(0) == b.argmax(0)).float().mean() >= 0.999
 
 
-@pytest.mark.parametrize("name", ["tiny_r18_panoptic", "tiny_r18_panoptic_enc", "tiny_swin_semantic"])
+@pytest.mark.parametrize(
+    "name", ["tiny_r18_panoptic", "tiny_r18_panoptic_enc", "tiny_swin_semantic"]
+)
 def test_fast_semantic_on_the_golden_files(name):
     data = torch.load(require_reference("golden", f"{name}.pt"), weights_only=False)
     cfg = get_cfg()
     add_maskformer_config(cfg)
     cfg.merge_from_list([x for kv in data["config_overrides"].items() for x in kv])
     metadata = MetadataCatalog.get(data["metadata_dataset"])
-    if not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):  # as tests/test_golden.py sets it
-        metadata.set(thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
-                     stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)})
-    cfg.merge_from_list(["DATASETS.TRAIN", (data["metadata_dataset"],), "MODEL.DEVICE", "cpu",
-                         "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST", True])
+    if not hasattr(
+        metadata, "thing_dataset_id_to_contiguous_id"
+    ):  # as tests/test_golden.py sets it
+        metadata.set(
+            thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
+            stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)},
+        )
+    cfg.merge_from_list(
+        [
+            "DATASETS.TRAIN",
+            (data["metadata_dataset"],),
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST",
+            True,
+        ]
+    )
     model = build_model(cfg).eval()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()})
-    inputs = [{"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]]
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()}
+    )
+    inputs = [
+        {"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]
+    ]
     with torch.no_grad():
         results = model(inputs)
         head_outputs = model.sem_seg_head(model.backbone(model.preprocess_image(inputs).tensor))

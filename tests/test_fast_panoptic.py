@@ -1,4 +1,5 @@
 """Fast panoptic quality: hand-computed statistics, and panopticapi's numbers on generated data."""
+
 import contextlib
 import io
 import json
@@ -13,25 +14,54 @@ from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from benchmarks.pq_eval import STUFF_IDS, THING_IDS, synthetic_panoptic_pairs, write_synthetic_panoptic
-from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator, image_pq_stats, pq_compute
+from benchmarks.pq_eval import (
+    STUFF_IDS,
+    THING_IDS,
+    synthetic_panoptic_pairs,
+    write_synthetic_panoptic,
+)
+from maskformer.evaluation.fast_panoptic import (
+    FastCOCOPanopticEvaluator,
+    image_pq_stats,
+    pq_compute,
+)
 
 CATEGORIES = {1: {"id": 1, "isthing": 1}, 2: {"id": 2, "isthing": 1}, 10: {"id": 10, "isthing": 0}}
 # ground truth: 11, 12 (category 1), 13 (stuff 10), 14 (crowd of category 2), 99 (not in the JSON), 0 void
-GT = np.array([[11, 11, 11, 12, 12, 0],
-               [11, 11, 11, 12, 12, 0],
-               [13, 13, 13, 13, 99, 99],
-               [14, 14, 14, 14, 14, 14]], dtype=np.uint32)
-GT_ANN = {"image_id": 5, "file_name": "a.png", "segments_info": [
-    {"id": 11, "category_id": 1, "area": 6, "iscrowd": 0}, {"id": 12, "category_id": 1, "area": 4, "iscrowd": 0},
-    {"id": 13, "category_id": 10, "area": 4, "iscrowd": 0}, {"id": 14, "category_id": 2, "area": 6, "iscrowd": 1}]}
-PRED = np.array([[1, 1, 1, 1, 2, 2],
-                 [1, 1, 1, 1, 2, 2],
-                 [3, 3, 3, 3, 3, 3],
-                 [4, 4, 4, 4, 5, 0]], dtype=np.uint32)
-PRED_ANN = {"image_id": 5, "file_name": "a.png", "segments_info": [
-    {"id": 1, "category_id": 1}, {"id": 2, "category_id": 1}, {"id": 3, "category_id": 10},
-    {"id": 4, "category_id": 2}, {"id": 5, "category_id": 1}]}
+GT = np.array(
+    [
+        [11, 11, 11, 12, 12, 0],
+        [11, 11, 11, 12, 12, 0],
+        [13, 13, 13, 13, 99, 99],
+        [14, 14, 14, 14, 14, 14],
+    ],
+    dtype=np.uint32,
+)
+GT_ANN = {
+    "image_id": 5,
+    "file_name": "a.png",
+    "segments_info": [
+        {"id": 11, "category_id": 1, "area": 6, "iscrowd": 0},
+        {"id": 12, "category_id": 1, "area": 4, "iscrowd": 0},
+        {"id": 13, "category_id": 10, "area": 4, "iscrowd": 0},
+        {"id": 14, "category_id": 2, "area": 6, "iscrowd": 1},
+    ],
+}
+PRED = np.array(
+    [[1, 1, 1, 1, 2, 2], [1, 1, 1, 1, 2, 2], [3, 3, 3, 3, 3, 3], [4, 4, 4, 4, 5, 0]],
+    dtype=np.uint32,
+)
+PRED_ANN = {
+    "image_id": 5,
+    "file_name": "a.png",
+    "segments_info": [
+        {"id": 1, "category_id": 1},
+        {"id": 2, "category_id": 1},
+        {"id": 3, "category_id": 10},
+        {"id": 4, "category_id": 2},
+        {"id": 5, "category_id": 1},
+    ],
+}
 
 
 def _stats_of(stats, category):
@@ -56,8 +86,12 @@ def _write_pair(root, gt, gt_ann, pred, pred_ann, categories):
         Image.fromarray(id2rgb(ids)).save(os.path.join(root, name, ann["file_name"]))
         with open(os.path.join(root, f"{name}.json"), "w") as f:
             json.dump({"annotations": [ann], "categories": list(categories.values())}, f)
-    return {"gt_json_file": os.path.join(root, "gt.json"), "pred_json_file": os.path.join(root, "pred.json"),
-            "gt_folder": os.path.join(root, "gt"), "pred_folder": os.path.join(root, "pred")}
+    return {
+        "gt_json_file": os.path.join(root, "gt.json"),
+        "pred_json_file": os.path.join(root, "pred.json"),
+        "gt_folder": os.path.join(root, "gt"),
+        "pred_folder": os.path.join(root, "pred"),
+    }
 
 
 def _assert_same_results(result, expected):
@@ -67,7 +101,10 @@ def _assert_same_results(result, expected):
     assert result["per_class"].keys() == expected["per_class"].keys()
     for category, metrics in expected["per_class"].items():
         for key, value in metrics.items():
-            assert result["per_class"][category][key] == pytest.approx(value, abs=1e-9), (category, key)
+            assert result["per_class"][category][key] == pytest.approx(value, abs=1e-9), (
+                category,
+                key,
+            )
 
 
 def test_hand_example_results_equal_panopticapi(tmp_path):
@@ -84,8 +121,12 @@ def test_hand_example_results_equal_panopticapi(tmp_path):
 def generated(tmp_path_factory):
     """12 generated 40x56 images: crowd, void, merged and spurious segments, empty gt and predictions."""
     paths = write_synthetic_panoptic(str(tmp_path_factory.mktemp("pq")), 12, (40, 56), seed=3)
-    return {"gt_json_file": paths["gt_json"], "pred_json_file": paths["pred_json"],
-            "gt_folder": paths["gt_folder"], "pred_folder": paths["pred_folder"]}
+    return {
+        "gt_json_file": paths["gt_json"],
+        "pred_json_file": paths["pred_json"],
+        "gt_folder": paths["gt_folder"],
+        "pred_folder": paths["pred_folder"],
+    }
 
 
 def test_generated_data_equals_panopticapi_with_and_without_workers(generated):
@@ -109,12 +150,17 @@ def _rewrite_prediction_json(paths, tmp_path, edit):
     return {**paths, "pred_json_file": str(path)}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda ann: ann["segments_info"].pop(), "presented in PNG and not presented in JSON"),
-    (lambda ann: ann["segments_info"].append({"id": 7, "category_id": 1}),
-     "presented in JSON and not presented in PNG"),
-    (lambda ann: ann["segments_info"][0].update(category_id=999), "unknown category_id 999"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda ann: ann["segments_info"].pop(), "presented in PNG and not presented in JSON"),
+        (
+            lambda ann: ann["segments_info"].append({"id": 7, "category_id": 1}),
+            "presented in JSON and not presented in PNG",
+        ),
+        (lambda ann: ann["segments_info"][0].update(category_id=999), "unknown category_id 999"),
+    ],
+)
 def test_inconsistent_predictions_are_rejected(generated, tmp_path, edit, message):
     with pytest.raises(KeyError, match=message):
         pq_compute(**_rewrite_prediction_json(generated, tmp_path, edit))
@@ -146,21 +192,41 @@ def test_evaluator_equals_detectron2s(generated, tmp_path):
     name = "test_fast_panoptic_generated"
     if name not in MetadataCatalog.list():
         MetadataCatalog.get(name).set(
-            panoptic_json=generated["gt_json_file"], panoptic_root=generated["gt_folder"],
+            panoptic_json=generated["gt_json_file"],
+            panoptic_root=generated["gt_folder"],
             thing_dataset_id_to_contiguous_id={c: contiguous[c] for c in THING_IDS},
-            stuff_dataset_id_to_contiguous_id={c: contiguous[c] for c in STUFF_IDS})
+            stuff_dataset_id_to_contiguous_id={c: contiguous[c] for c in STUFF_IDS},
+        )
     inputs, outputs = [], []
     for _, gt_ann, pred_map, pred_ann in synthetic_panoptic_pairs(12, (40, 56), seed=3):
-        inputs.append({"file_name": gt_ann["file_name"].replace(".png", ".jpg"), "image_id": gt_ann["image_id"]})
-        segments = [{"id": s["id"], "category_id": contiguous[s["category_id"]],
-                     "isthing": s["category_id"] in THING_IDS} for s in pred_ann["segments_info"]]
+        inputs.append(
+            {
+                "file_name": gt_ann["file_name"].replace(".png", ".jpg"),
+                "image_id": gt_ann["image_id"],
+            }
+        )
+        segments = [
+            {
+                "id": s["id"],
+                "category_id": contiguous[s["category_id"]],
+                "isthing": s["category_id"] in THING_IDS,
+            }
+            for s in pred_ann["segments_info"]
+        ]
         outputs.append({"panoptic_seg": (torch.from_numpy(pred_map.astype(np.int32)), segments)})
     results = []
-    for evaluator in (FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
-                      COCOPanopticEvaluator(name, str(tmp_path / "d2"))):
+    for evaluator in (
+        FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
+        COCOPanopticEvaluator(name, str(tmp_path / "d2")),
+    ):
         evaluator.reset()
-        evaluator.process(inputs, [{"panoptic_seg": (o["panoptic_seg"][0], [dict(s) for s in o["panoptic_seg"][1]])}
-                                   for o in outputs])
+        evaluator.process(
+            inputs,
+            [
+                {"panoptic_seg": (o["panoptic_seg"][0], [dict(s) for s in o["panoptic_seg"][1]])}
+                for o in outputs
+            ],
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             results.append(evaluator.evaluate()["panoptic_seg"])
     assert results[0].keys() == results[1].keys()

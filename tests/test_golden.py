@@ -6,6 +6,7 @@ Float values are compared to RTOL. Discrete outputs (argmax, panoptic segments, 
 exactly where the published logits and masks decide them by more than that error can move, and on
 >= 99.9% of pixels elsewhere (tests/decision_margins.py): other CPU kernels round differently.
 """
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -48,7 +49,9 @@ def golden(request):
     cfg.DATASETS.TEST = (dataset,)
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()}
+    state_dict = {
+        k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()
+    }
     incompatible = model.load_state_dict(state_dict, strict=True)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     model.eval()
@@ -56,7 +59,9 @@ def golden(request):
 
 
 def _eval_inputs(data):
-    return [{"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]]
+    return [
+        {"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]
+    ]
 
 
 #: rounding of logits by the post-processing's float32 resizing (|logits| <= ~60 here: a few ulps)
@@ -68,15 +73,22 @@ def _masks_at_output_size(data, i: int, head_outputs=None) -> torch.Tensor:
     image = data["inputs"][i]
     masks = (head_outputs or data["head_outputs"])["pred_masks"][i]
     return masks_to_output_size(
-        masks.double(), tuple(data["padded_input_shape"][-2:]), tuple(image["image"].shape[-2:]),
+        masks.double(),
+        tuple(data["padded_input_shape"][-2:]),
+        tuple(image["image"].shape[-2:]),
         (image["height"], image["width"]),
     )
 
 
 def _golden_panoptic_decisions(model, data, i: int, class_error: float, mask_error: float):
     return panoptic_decisions(
-        data["head_outputs"]["pred_logits"][i], _masks_at_output_size(data, i), model.thing_ids,
-        model.object_mask_threshold, model.overlap_threshold, class_error, mask_error,
+        data["head_outputs"]["pred_logits"][i],
+        _masks_at_output_size(data, i),
+        model.thing_ids,
+        model.object_mask_threshold,
+        model.overlap_threshold,
+        class_error,
+        mask_error,
     )
 
 
@@ -93,15 +105,29 @@ def assert_inference_agrees(model, data, results, head_outputs, semantic_values:
         assert result["sem_seg"].shape == expected["sem_seg"].shape
         if semantic_values:
             assert _relative_error(result["sem_seg"], expected["sem_seg"]) < RTOL
-        assert_argmax_agrees(result["sem_seg"], expected["sem_seg"], RTOL * expected["sem_seg"].abs().max().item())
+        assert_argmax_agrees(
+            result["sem_seg"], expected["sem_seg"], RTOL * expected["sem_seg"].abs().max().item()
+        )
         assert ("panoptic_seg" in result) == ("panoptic_seg" in expected)
         if "panoptic_seg" in expected:
             assert result["panoptic_seg"][0].dtype == torch.int32
-            class_error = (head_outputs["pred_logits"][i] - published["pred_logits"][i]).abs().max().item()
-            mask_error = (_masks_at_output_size(data, i, head_outputs) - _masks_at_output_size(data, i)).abs().max().item()
-            decisions = _golden_panoptic_decisions(model, data, i, class_error, mask_error + RESIZE_ROUNDING)
-            assert_panoptic_agrees(result["panoptic_seg"], (expected["panoptic_seg"], expected["segments_info"]),
-                                   decisions)
+            class_error = (
+                (head_outputs["pred_logits"][i] - published["pred_logits"][i]).abs().max().item()
+            )
+            mask_error = (
+                (_masks_at_output_size(data, i, head_outputs) - _masks_at_output_size(data, i))
+                .abs()
+                .max()
+                .item()
+            )
+            decisions = _golden_panoptic_decisions(
+                model, data, i, class_error, mask_error + RESIZE_ROUNDING
+            )
+            assert_panoptic_agrees(
+                result["panoptic_seg"],
+                (expected["panoptic_seg"], expected["segments_info"]),
+                decisions,
+            )
 
 
 def _train_inputs(data):
@@ -158,7 +184,9 @@ def test_folded_mask_embed_keeps_the_outputs(golden):
     finally:
         model.sem_seg_head.fold_mask_embed = False
     assert _relative_error(folded["pred_masks"], outputs["pred_masks"]) < 1e-5
-    assert torch.equal(folded["pred_logits"], outputs["pred_logits"])  # the class head is not folded
+    assert torch.equal(
+        folded["pred_logits"], outputs["pred_logits"]
+    )  # the class head is not folded
     assert_inference_agrees(model, data, results, folded)
 
 
@@ -179,16 +207,28 @@ def test_post_processing_of_the_published_head_outputs(golden):
     head = data["head_outputs"]
     padded_size = tuple(data["padded_input_shape"][-2:])
     for i, (image, expected) in enumerate(zip(data["inputs"], data["inference_results"])):
-        result = model.inference_single(head["pred_logits"][i], head["pred_masks"][i], image,
-                                        tuple(image["image"].shape[-2:]), padded_size)
+        result = model.inference_single(
+            head["pred_logits"][i],
+            head["pred_masks"][i],
+            image,
+            tuple(image["image"].shape[-2:]),
+            padded_size,
+        )
         assert _relative_error(result["sem_seg"], expected["sem_seg"]) < 1e-6
         assert_argmax_agrees(result["sem_seg"], expected["sem_seg"], 1e-6)
         if "panoptic_seg" in expected:
-            decisions = _golden_panoptic_decisions(model, data, i, class_error=0.0, mask_error=RESIZE_ROUNDING)
+            decisions = _golden_panoptic_decisions(
+                model, data, i, class_error=0.0, mask_error=RESIZE_ROUNDING
+            )
             assert decisions.segments_decided, decisions.undecided
-            assert decisions.decided_pixels.double().mean() > 0.99  # the exact check covers almost every pixel
-            assert_panoptic_agrees(result["panoptic_seg"], (expected["panoptic_seg"], expected["segments_info"]),
-                                   decisions)
+            assert (
+                decisions.decided_pixels.double().mean() > 0.99
+            )  # the exact check covers almost every pixel
+            assert_panoptic_agrees(
+                result["panoptic_seg"],
+                (expected["panoptic_seg"], expected["segments_info"]),
+                decisions,
+            )
 
 
 def test_matcher_indices(golden):
@@ -206,7 +246,9 @@ def test_matcher_indices(golden):
         ]
         reference_costs = [
             model.criterion.matcher.cost_matrix(logits.double(), masks.double(), target)
-            for logits, masks, target in zip(expected["pred_logits"], expected["pred_masks"], targets)
+            for logits, masks, target in zip(
+                expected["pred_logits"], expected["pred_masks"], targets
+            )
         ]
     assert_matches_agree(indices, data["matcher_indices"], reference_costs, costs)
 

@@ -1,4 +1,5 @@
 """Semantic, panoptic and instance inference on constructed (class, mask) pairs."""
+
 import pytest
 import torch
 
@@ -32,33 +33,47 @@ def test_semantic_inference_is_marginalisation():
 def test_panoptic_two_things_and_merged_stuff():
     h, w = 4, 6
     masks = torch.full((5, h, w), -BIG)
-    masks[0, :, :2] = BIG   # thing class 0 on the left
+    masks[0, :, :2] = BIG  # thing class 0 on the left
     masks[1, :, 2:3] = BIG  # thing class 0 again: a second instance
     masks[2, :, 3:5] = BIG  # stuff class 2
-    masks[3, :, 5:] = BIG   # stuff class 2 again: merged into the previous segment
-    masks[4] = BIG          # "no object" query covering everything is dropped
-    seg, info = panoptic_inference(_logits([0, 0, 2, 2, 3]), masks, thing_ids={0, 1}, object_mask_threshold=0.5,
-                                   overlap_threshold=0.8)
-    assert info == [{"id": 1, "isthing": True, "category_id": 0}, {"id": 2, "isthing": True, "category_id": 0},
-                    {"id": 3, "isthing": False, "category_id": 2}]
+    masks[3, :, 5:] = BIG  # stuff class 2 again: merged into the previous segment
+    masks[4] = BIG  # "no object" query covering everything is dropped
+    seg, info = panoptic_inference(
+        _logits([0, 0, 2, 2, 3]),
+        masks,
+        thing_ids={0, 1},
+        object_mask_threshold=0.5,
+        overlap_threshold=0.8,
+    )
+    assert info == [
+        {"id": 1, "isthing": True, "category_id": 0},
+        {"id": 2, "isthing": True, "category_id": 0},
+        {"id": 3, "isthing": False, "category_id": 2},
+    ]
     expected = torch.tensor([1, 1, 2, 3, 3, 3], dtype=torch.int32).expand(h, w)
     assert torch.equal(seg, expected)
 
 
 def test_panoptic_overlap_threshold_drops_occluded_segment():
     masks = torch.full((2, 4, 4), -BIG)
-    masks[0] = BIG                 # large segment, slightly more confident
-    masks[1, :2, :2] = BIG         # small segment fully inside it
+    masks[0] = BIG  # large segment, slightly more confident
+    masks[1, :2, :2] = BIG  # small segment fully inside it
     logits = _logits([1, 0])
-    logits[1, 0] = BIG - 1         # lower score: it loses every pixel to query 0
-    seg, info = panoptic_inference(logits, masks, thing_ids={0, 1}, object_mask_threshold=0.0, overlap_threshold=0.5)
-    assert [s["category_id"] for s in info] == [1] and torch.equal(seg, torch.ones(4, 4, dtype=torch.int32))
+    logits[1, 0] = BIG - 1  # lower score: it loses every pixel to query 0
+    seg, info = panoptic_inference(
+        logits, masks, thing_ids={0, 1}, object_mask_threshold=0.0, overlap_threshold=0.5
+    )
+    assert [s["category_id"] for s in info] == [1] and torch.equal(
+        seg, torch.ones(4, 4, dtype=torch.int32)
+    )
 
 
 def test_panoptic_low_score_and_empty():
     masks = torch.full((1, 3, 3), BIG)
     logits = torch.zeros(1, 4)  # uniform: score 0.25
-    seg, info = panoptic_inference(logits, masks, thing_ids=set(), object_mask_threshold=0.3, overlap_threshold=0.0)
+    seg, info = panoptic_inference(
+        logits, masks, thing_ids=set(), object_mask_threshold=0.3, overlap_threshold=0.0
+    )
     assert info == [] and seg.dtype == torch.int32 and not seg.any()
 
 
@@ -72,7 +87,9 @@ def test_instance_inference_topk_and_mask_scores():
     order = result.scores.argsort(descending=True)
     assert result.pred_classes[order].tolist() == [2, 0]
     # query 0's mask score is sigmoid(2) inside its mask
-    assert result.scores[order[1]].item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-4)
+    assert result.scores[order[1]].item() == pytest.approx(
+        torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-4
+    )
     assert result.pred_masks.dtype == torch.bool and result.pred_masks.shape == (2, 4, 4)
     assert result.pred_boxes.tensor[order[0]].tolist() == [0.0, 2.0, 4.0, 4.0]
 

@@ -1,18 +1,18 @@
 """Dataset mappers: registry, output format, augmentation, padding, fuzzing with hypothesis.
 
 The helpers at the top (make_cfg, write_*_sample) are also used by test_bad_data.py."""
+
 import tempfile
 
 import numpy as np
 import pytest
 import torch
+from detectron2.config import get_cfg
+from detectron2.data import transforms as T
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from panopticapi.utils import id2rgb
 from PIL import Image
-
-from detectron2.config import get_cfg
-from detectron2.data import transforms as T
 
 from maskformer.config import add_maskformer_config
 from maskformer.data.build import SkipBadSamples, build_dataset_mapper

@@ -1,11 +1,16 @@
 """Hungarian matcher: cost terms against hand computation and the assignment against brute force."""
+
 import itertools
 import math
 
 import pytest
 import torch
 
-from maskformer.modeling.matcher import HungarianMatcher, pairwise_dice_cost, pairwise_sigmoid_focal_cost
+from maskformer.modeling.matcher import (
+    HungarianMatcher,
+    pairwise_dice_cost,
+    pairwise_sigmoid_focal_cost,
+)
 
 
 def _focal(logit: float, target: float, alpha=0.25, gamma=2.0) -> float:
@@ -31,17 +36,25 @@ def test_pairwise_costs_by_hand():
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.float64, 1e-14)])
 def test_focal_cost_is_accurate_over_the_whole_logit_range(dtype, tolerance):
-    x = torch.cat([torch.linspace(-60, 60, 100001, dtype=dtype), torch.tensor([-1e4, 1e4, 0.0], dtype=dtype)])
+    x = torch.cat(
+        [torch.linspace(-60, 60, 100001, dtype=dtype), torch.tensor([-1e4, 1e4, 0.0], dtype=dtype)]
+    )
     exact = x.double()
-    bce_neg = exact.clamp(min=0) + torch.log1p(torch.exp(-exact.abs()))  # F.softplus returns x above 20
+    bce_neg = exact.clamp(min=0) + torch.log1p(
+        torch.exp(-exact.abs())
+    )  # F.softplus returns x above 20
     prob = torch.sigmoid(exact)
     # one-pixel predictions against a foreground and a background pixel
-    expected = torch.stack([0.25 * (1 - prob) ** 2 * (bce_neg - exact), 0.75 * prob**2 * bce_neg], 1)
+    expected = torch.stack(
+        [0.25 * (1 - prob) ** 2 * (bce_neg - exact), 0.75 * prob**2 * bce_neg], 1
+    )
     result = pairwise_sigmoid_focal_cost(x[:, None], torch.tensor([[1.0], [0.0]], dtype=dtype))
     assert result.dtype == dtype and torch.isfinite(result).all()
     assert ((result.double() - expected).abs() / expected.clamp(min=1)).max() < tolerance
     assert result[-3:-1].tolist() == [[1e4 * 0.25, 0.0], [0.0, 1e4 * 0.75]]  # logits -1e4, 1e4
-    assert result[-1].tolist() == pytest.approx([0.25 / 4 * math.log(2), 0.75 / 4 * math.log(2)], rel=1e-6)
+    assert result[-1].tolist() == pytest.approx(
+        [0.25 / 4 * math.log(2), 0.75 / 4 * math.log(2)], rel=1e-6
+    )
 
 
 def _brute_force(cost: torch.Tensor):
@@ -58,12 +71,16 @@ def _brute_force(cost: torch.Tensor):
 def test_assignment_matches_brute_force(seed):
     torch.manual_seed(seed)
     num_queries, num_classes, num_targets = 5, 4, 3
-    outputs = {"pred_logits": torch.randn(1, num_queries, num_classes + 1),
-               "pred_masks": torch.randn(1, num_queries, 8, 8)}
-    target = {"labels": torch.randint(0, num_classes, (num_targets,)),
-              "masks": torch.rand(num_targets, 16, 16) > 0.5}
+    outputs = {
+        "pred_logits": torch.randn(1, num_queries, num_classes + 1),
+        "pred_masks": torch.randn(1, num_queries, 8, 8),
+    }
+    target = {
+        "labels": torch.randint(0, num_classes, (num_targets,)),
+        "masks": torch.rand(num_targets, 16, 16) > 0.5,
+    }
     matcher = HungarianMatcher(cost_class=1.0, cost_mask=20.0, cost_dice=1.0)
-    (queries, targets), = matcher(outputs, [target])
+    ((queries, targets),) = matcher(outputs, [target])
     cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], target)
     assert cost.shape == (num_queries, num_targets)
     best, _ = _brute_force(cost)
@@ -86,8 +103,13 @@ def test_targets_downsampled_to_prediction_resolution():
 
 def test_empty_targets_give_empty_match():
     outputs = {"pred_logits": torch.randn(2, 4, 3), "pred_masks": torch.randn(2, 4, 8, 8)}
-    targets = [{"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, 32, 32, dtype=torch.bool)},
-               {"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)}]
+    targets = [
+        {
+            "labels": torch.zeros(0, dtype=torch.int64),
+            "masks": torch.zeros(0, 32, 32, dtype=torch.bool),
+        },
+        {"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)},
+    ]
     indices = HungarianMatcher(1, 1, 1)(outputs, targets)
     assert indices[0][0].numel() == 0 and indices[0][1].numel() == 0
     assert indices[1][1].tolist() == [0] and indices[1][0].dtype == torch.int64

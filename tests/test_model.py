@@ -1,4 +1,5 @@
 """The MaskFormer meta-architecture and the per-pixel baselines on small random-weight models."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -15,18 +16,54 @@ NUM_CLASSES = 5
 def tiny_cfg(**overrides):
     cfg = get_cfg()
     add_maskformer_config(cfg)
-    cfg.merge_from_list([
-        "MODEL.META_ARCHITECTURE", "MaskFormer", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "",
-        "MODEL.BACKBONE.NAME", "build_resnet_backbone", "MODEL.RESNETS.DEPTH", 18,
-        "MODEL.RESNETS.RES2_OUT_CHANNELS", 64, "MODEL.RESNETS.OUT_FEATURES", ["res2", "res3", "res4", "res5"],
-        "MODEL.RESNETS.NORM", "FrozenBN", "INPUT.FORMAT", "RGB",
-        "MODEL.PIXEL_MEAN", [123.675, 116.28, 103.53], "MODEL.PIXEL_STD", [58.395, 57.12, 57.375],
-        "MODEL.SEM_SEG_HEAD.NAME", "MaskFormerHead", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
-        "MODEL.SEM_SEG_HEAD.IN_FEATURES", ["res2", "res3", "res4", "res5"],
-        "MODEL.SEM_SEG_HEAD.CONVS_DIM", 32, "MODEL.SEM_SEG_HEAD.MASK_DIM", 32, "MODEL.SEM_SEG_HEAD.NORM", "GN",
-        "MODEL.MASK_FORMER.HIDDEN_DIM", 32, "MODEL.MASK_FORMER.NHEADS", 4, "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 64,
-        "MODEL.MASK_FORMER.DEC_LAYERS", 2, "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 8,
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.META_ARCHITECTURE",
+            "MaskFormer",
+            "MODEL.DEVICE",
+            "cpu",
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.BACKBONE.NAME",
+            "build_resnet_backbone",
+            "MODEL.RESNETS.DEPTH",
+            18,
+            "MODEL.RESNETS.RES2_OUT_CHANNELS",
+            64,
+            "MODEL.RESNETS.OUT_FEATURES",
+            ["res2", "res3", "res4", "res5"],
+            "MODEL.RESNETS.NORM",
+            "FrozenBN",
+            "INPUT.FORMAT",
+            "RGB",
+            "MODEL.PIXEL_MEAN",
+            [123.675, 116.28, 103.53],
+            "MODEL.PIXEL_STD",
+            [58.395, 57.12, 57.375],
+            "MODEL.SEM_SEG_HEAD.NAME",
+            "MaskFormerHead",
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+            NUM_CLASSES,
+            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
+            ["res2", "res3", "res4", "res5"],
+            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
+            32,
+            "MODEL.SEM_SEG_HEAD.MASK_DIM",
+            32,
+            "MODEL.SEM_SEG_HEAD.NORM",
+            "GN",
+            "MODEL.MASK_FORMER.HIDDEN_DIM",
+            32,
+            "MODEL.MASK_FORMER.NHEADS",
+            4,
+            "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
+            64,
+            "MODEL.MASK_FORMER.DEC_LAYERS",
+            2,
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+            8,
+        ]
+    )
     cfg.merge_from_list([x for kv in overrides.items() for x in kv])
     return cfg
 
@@ -42,7 +79,9 @@ def _instances(h, w, classes, boxes):
 
 
 def _image(h, w, seed=0):
-    return torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(
+        0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +108,9 @@ def test_batch_of_different_sizes_is_padded_and_outputs_resized(model):
 def test_normalisation_uses_pixel_mean_and_std(model):
     image = torch.full((3, 32, 32), 128, dtype=torch.uint8)
     normalised = model.preprocess_image([{"image": image}]).tensor[0]
-    expected = (128 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor([58.395, 57.12, 57.375])
+    expected = (128 - torch.tensor([123.675, 116.28, 103.53])) / torch.tensor(
+        [58.395, 57.12, 57.375]
+    )
     assert torch.allclose(normalised[:, 0, 0], expected)
 
 
@@ -77,11 +118,16 @@ def test_training_losses_including_an_image_without_segments():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
     batch = [
-        {"image": _image(64, 64), "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)])},
+        {
+            "image": _image(64, 64),
+            "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
+        },
         {"image": _image(40, 56, 1), "instances": _instances(40, 56, [], [])},
     ]
     losses = model(batch)
-    assert set(losses) == {f"{n}{s}" for n in ("loss_ce", "loss_mask", "loss_dice") for s in ("", "_0")}
+    assert set(losses) == {
+        f"{n}{s}" for n in ("loss_ce", "loss_mask", "loss_dice") for s in ("", "_0")
+    }
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_mask"].item() > 0
     sum(losses.values()).backward()
@@ -100,7 +146,9 @@ def test_targets_are_zero_padded_to_the_batch(model):
 @pytest.mark.parametrize("before", [False, True])
 def test_postprocessing_order_options(before):
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": before})).eval()
+    model = build_model(
+        tiny_cfg(**{"MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": before})
+    ).eval()
     with torch.no_grad():
         (result,) = model([{"image": _image(45, 60), "height": 90, "width": 120}])
     assert result["sem_seg"].shape == (NUM_CLASSES, 90, 120)
@@ -113,17 +161,26 @@ def test_instance_output():
     with torch.no_grad():
         (result,) = model([{"image": _image(48, 64), "height": 24, "width": 32}])
     instances = result["instances"]
-    assert instances.image_size == (24, 32) and len(instances) == 8 * NUM_CLASSES  # min(100, Q*K) pairs
+    assert (
+        instances.image_size == (24, 32) and len(instances) == 8 * NUM_CLASSES
+    )  # min(100, Q*K) pairs
     assert instances.pred_masks.shape[-2:] == (24, 32)
     assert ((instances.scores >= 0) & (instances.scores <= 1)).all()
 
 
 def test_panoptic_output_uses_thing_ids_of_the_training_dataset():
     MetadataCatalog.get("test_model_panoptic_meta").set(
-        thing_dataset_id_to_contiguous_id={10: 0, 11: 1}, stuff_dataset_id_to_contiguous_id={20: 2, 21: 3, 22: 4})
+        thing_dataset_id_to_contiguous_id={10: 0, 11: 1},
+        stuff_dataset_id_to_contiguous_id={20: 2, 21: 3, 22: 4},
+    )
     torch.manual_seed(0)
-    cfg = tiny_cfg(**{"MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True, "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
-                      "DATASETS.TRAIN": ("test_model_panoptic_meta",)})
+    cfg = tiny_cfg(
+        **{
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+            "DATASETS.TRAIN": ("test_model_panoptic_meta",),
+        }
+    )
     model = build_model(cfg).eval()
     with torch.no_grad():
         (result,) = model([{"image": _image(48, 64), "height": 24, "width": 32}])
@@ -144,13 +201,21 @@ def test_transformer_encoder_pixel_decoder_requires_matching_feature():
 @pytest.mark.parametrize("head", ["PerPixelBaselineHead", "PerPixelBaselinePlusHead"])
 def test_per_pixel_baselines(head):
     torch.manual_seed(0)
-    cfg = tiny_cfg(**{"MODEL.META_ARCHITECTURE": "SemanticSegmentor", "MODEL.SEM_SEG_HEAD.NAME": head,
-                      "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": NUM_CLASSES, "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 255})
+    cfg = tiny_cfg(
+        **{
+            "MODEL.META_ARCHITECTURE": "SemanticSegmentor",
+            "MODEL.SEM_SEG_HEAD.NAME": head,
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": NUM_CLASSES,
+            "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 255,
+        }
+    )
     model = build_model(cfg).train()
     label = torch.randint(0, NUM_CLASSES, (64, 64))
     label[:8] = 255
     losses = model([{"image": _image(64, 64), "sem_seg": label}])
-    expected = {"loss_sem_seg"} | ({"loss_sem_seg_0"} if head == "PerPixelBaselinePlusHead" else set())
+    expected = {"loss_sem_seg"} | (
+        {"loss_sem_seg_0"} if head == "PerPixelBaselinePlusHead" else set()
+    )
     assert set(losses) == expected and all(torch.isfinite(v) for v in losses.values())
     model.eval()
     with torch.no_grad():
@@ -159,23 +224,34 @@ def test_per_pixel_baselines(head):
 
 
 def test_per_pixel_baseline_plus_needs_one_query_per_class():
-    cfg = tiny_cfg(**{"MODEL.META_ARCHITECTURE": "SemanticSegmentor",
-                      "MODEL.SEM_SEG_HEAD.NAME": "PerPixelBaselinePlusHead"})
+    cfg = tiny_cfg(
+        **{
+            "MODEL.META_ARCHITECTURE": "SemanticSegmentor",
+            "MODEL.SEM_SEG_HEAD.NAME": "PerPixelBaselinePlusHead",
+        }
+    )
     with pytest.raises(ValueError, match="NUM_OBJECT_QUERIES"):
         build_model(cfg)
 
 
 def test_legacy_layout_keys_are_moved_under_pixel_decoder(model):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    legacy = {k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state.items()}
+    legacy = {
+        k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state.items()
+    }
     assert "sem_seg_head.adapter_1.weight" in legacy
     remap_legacy_pixel_decoder_keys(legacy, "sem_seg_head.")
     assert legacy.keys() == state.keys()
     fresh = build_model(tiny_cfg())
-    legacy = {k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state.items()}
+    legacy = {
+        k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state.items()
+    }
     incompatible = fresh.load_state_dict(legacy, strict=True)
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert torch.equal(fresh.sem_seg_head.pixel_decoder.adapter_1.weight, model.sem_seg_head.pixel_decoder.adapter_1.weight)
+    assert torch.equal(
+        fresh.sem_seg_head.pixel_decoder.adapter_1.weight,
+        model.sem_seg_head.pixel_decoder.adapter_1.weight,
+    )
 
 
 def test_fused_attention_matches_exact_path():

@@ -1,4 +1,5 @@
 """The datasets/prepare_*.py scripts, run on tiny raw copies written in the real file formats."""
+
 import importlib
 import json
 import os
@@ -8,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from detectron2.data.datasets.coco import load_sem_seg
+from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 from panopticapi.utils import rgb2id
 from PIL import Image
 from test_mappers import check_output, make_cfg
-
-from detectron2.data.datasets.coco import load_sem_seg
-from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper

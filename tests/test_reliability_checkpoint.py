@@ -2,6 +2,7 @@
 MaskFormerCheckpointer: atomic writes (a crash while saving leaves the previous checkpoint and
 ``last_checkpoint`` intact) and loading that never runs code from the file.
 """
+
 import os
 import pickle
 import re
@@ -15,7 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from maskformer.engine.checkpoint import CheckpointError, MaskFormerCheckpointer, UnsafeCheckpointError
+from maskformer.engine.checkpoint import (
+    CheckpointError,
+    MaskFormerCheckpointer,
+    UnsafeCheckpointError,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +55,10 @@ def test_save_writes_checkpoint_and_tag_that_resume_reads(tmp_path):
     checkpointer = MaskFormerCheckpointer(model, str(tmp_path), save_to_disk=True)
     checkpointer.save("model_0000009", iteration=9)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000009.pth"]  # no temp left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last_checkpoint",
+        "model_0000009.pth",
+    ]  # no temp left
 
     restored = small_model(seed=1)
     extra = MaskFormerCheckpointer(restored, str(tmp_path)).resume_or_load("", resume=True)
@@ -58,7 +66,9 @@ def test_save_writes_checkpoint_and_tag_that_resume_reads(tmp_path):
     assert_same_weights(model, restored)
 
 
-def test_error_while_saving_keeps_previous_checkpoint_and_removes_partial_file(tmp_path, monkeypatch):
+def test_error_while_saving_keeps_previous_checkpoint_and_removes_partial_file(
+    tmp_path, monkeypatch
+):
     model = small_model()
     checkpointer = MaskFormerCheckpointer(model, str(tmp_path), save_to_disk=True)
     checkpointer.save("model_0000001", iteration=1)
@@ -120,7 +130,9 @@ CRASH_WHILE_SAVING = textwrap.dedent(
 @pytest.mark.parametrize("crash_in", ["checkpoint", "tag"])
 def test_process_killed_while_saving_leaves_a_loadable_last_checkpoint(tmp_path, crash_in):
     script = tmp_path / "crash.py"
-    script.write_text(CRASH_WHILE_SAVING.format(module=str(REPO_ROOT / "maskformer" / "engine" / "checkpoint.py")))
+    script.write_text(
+        CRASH_WHILE_SAVING.format(module=str(REPO_ROOT / "maskformer" / "engine" / "checkpoint.py"))
+    )
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -145,10 +157,16 @@ def test_process_killed_while_saving_leaves_a_loadable_last_checkpoint(tmp_path,
 def test_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
     MaskFormerCheckpointer(small_model(), str(tmp_path), save_to_disk=True).save("model_final")
     path = tmp_path / "model_final.pth"
-    damaged = {"truncated": path.read_bytes()[:100], "empty": b"", "text": b"hello world\n",
-               "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8))}
+    damaged = {
+        "truncated": path.read_bytes()[:100],
+        "empty": b"",
+        "text": b"hello world\n",
+        "random bytes": bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)),
+    }
     path.write_bytes(damaged[damage])
-    with pytest.raises(CheckpointError, match=rf"Cannot read checkpoint {path} \(truncated or corrupted\?\)"):
+    with pytest.raises(
+        CheckpointError, match=rf"Cannot read checkpoint {path} \(truncated or corrupted\?\)"
+    ):
         MaskFormerCheckpointer(small_model()).load(str(path))
 
 
@@ -159,27 +177,37 @@ def test_damaged_checkpoint_gives_a_clear_error(tmp_path, damage):
 def test_malicious_pth_is_refused_without_running_its_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pth"
-    torch.save({"model": small_model().state_dict(), "payload": _WritesAFileWhenUnpickled(marker)}, path)
+    torch.save(
+        {"model": small_model().state_dict(), "payload": _WritesAFileWhenUnpickled(marker)}, path
+    )
 
     with pytest.raises(UnsafeCheckpointError) as error:
         MaskFormerCheckpointer(small_model()).load(str(path))
     assert not marker.exists()
     # torch names builtins without their module
-    assert re.search(rf"Refusing to load {path}: it contains the pickled global (builtins\.)?exec\b", str(error.value))
+    assert re.search(
+        rf"Refusing to load {path}: it contains the pickled global (builtins\.)?exec\b",
+        str(error.value),
+    )
 
 
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_malicious_pkl_is_refused_without_running_its_code(tmp_path, protocol):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pkl"
-    data = {"model": {"0.weight": np.zeros((4, 3), np.float32)}, "__author__": _WritesAFileWhenUnpickled(marker)}
+    data = {
+        "model": {"0.weight": np.zeros((4, 3), np.float32)},
+        "__author__": _WritesAFileWhenUnpickled(marker),
+    }
     path.write_bytes(pickle.dumps(data, protocol=protocol))
 
     with pytest.raises(UnsafeCheckpointError) as error:
         MaskFormerCheckpointer(small_model()).load(str(path))
     assert not marker.exists()
     # protocol 2 names Python 3's builtins as Python 2's __builtin__
-    refused = rf"Refusing to load {path}: it contains the pickled global (builtins|__builtin__)\.exec"
+    refused = (
+        rf"Refusing to load {path}: it contains the pickled global (builtins|__builtin__)\.exec"
+    )
     assert re.search(refused, str(error.value))
 
 
@@ -199,7 +227,10 @@ def test_detectron2_pkl_of_numpy_arrays_loads(tmp_path, protocol):
 
 
 def test_caffe2_pkl_blobs_drop_momentum_and_use_name_matching(tmp_path):
-    blobs = {"conv1_w": np.ones((2, 2), np.float32), "conv1_w_momentum": np.zeros((2, 2), np.float32)}
+    blobs = {
+        "conv1_w": np.ones((2, 2), np.float32),
+        "conv1_w_momentum": np.zeros((2, 2), np.float32),
+    }
     path = tmp_path / "R-50.pkl"
     path.write_bytes(pickle.dumps({"blobs": blobs}, protocol=2))
     loaded = MaskFormerCheckpointer(small_model())._load_file(str(path))
@@ -213,4 +244,3 @@ def test_pkl_that_is_not_a_pickle_gives_a_clear_error(tmp_path):
     path.write_bytes(b"<html>404 Not Found</html>")
     with pytest.raises(CheckpointError, match=f"Cannot read {path} as a pickled checkpoint"):
         MaskFormerCheckpointer(small_model()).load(str(path))
-

@@ -1,6 +1,7 @@
 """
 load_config: safe YAML loading, and errors that name the file and suggest the intended key or name.
 """
+
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,9 @@ def test_config_and_overrides_are_merged(tmp_path):
 
 def test_python_tag_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
-    base = write(tmp_path, f"OUTPUT_DIR: !!python/object/apply:os.system ['touch {marker}']\n", "base.yaml")
+    base = write(
+        tmp_path, f"OUTPUT_DIR: !!python/object/apply:os.system ['touch {marker}']\n", "base.yaml"
+    )
     path = write(tmp_path, "_BASE_: base.yaml\n")
     with pytest.raises(ConfigError) as error:
         load_config(path)
@@ -52,12 +55,18 @@ def test_python_tag_is_loaded_when_allowed(tmp_path):
 
 
 def test_unknown_keys_are_all_listed_with_close_matches(tmp_path):
-    path = write(tmp_path, "MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERY: 50\n  SEM_SEG_HEAD:\n    NUM_CLASSE: 3\n")
+    path = write(
+        tmp_path,
+        "MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERY: 50\n  SEM_SEG_HEAD:\n    NUM_CLASSE: 3\n",
+    )
     with pytest.raises(ConfigError) as error:
         load_config(path)
     message = str(error.value)
     assert f"Config file {path} sets unknown keys" in message
-    assert "MODEL.MASK_FORMER.NUM_OBJECT_QUERY: did you mean MODEL.MASK_FORMER.NUM_OBJECT_QUERIES" in message
+    assert (
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERY: did you mean MODEL.MASK_FORMER.NUM_OBJECT_QUERIES"
+        in message
+    )
     assert "MODEL.SEM_SEG_HEAD.NUM_CLASSE: did you mean MODEL.SEM_SEG_HEAD.NUM_CLASSES" in message
 
 
@@ -71,7 +80,9 @@ def test_unknown_override_key_is_listed_with_close_matches(tmp_path):
 
 def test_wrong_value_type_names_file_and_key(tmp_path):
     path = write(tmp_path, "MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERIES: many\n")
-    with pytest.raises(ConfigError, match=rf"Config file {path}: .*MODEL\.MASK_FORMER\.NUM_OBJECT_QUERIES"):
+    with pytest.raises(
+        ConfigError, match=rf"Config file {path}: .*MODEL\.MASK_FORMER\.NUM_OBJECT_QUERIES"
+    ):
         load_config(path)
 
 
@@ -115,7 +126,9 @@ def test_unregistered_components_and_datasets_are_listed_with_close_matches(tmp_
 
 def test_unregistered_dataset_mapper_lists_the_registered_ones(tmp_path):
     path = write(tmp_path, "INPUT:\n  DATASET_MAPPER_NAME: my_mapper\n")
-    expected = r"INPUT\.DATASET_MAPPER_NAME: 'my_mapper' is not registered; known: .*mask_former_semantic"
+    expected = (
+        r"INPUT\.DATASET_MAPPER_NAME: 'my_mapper' is not registered; known: .*mask_former_semantic"
+    )
     with pytest.raises(ConfigError, match=expected):
         load_config(path)
 
@@ -127,7 +140,9 @@ def test_train_net_setup_uses_load_config(tmp_path):
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     path = write(tmp_path, "MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERY: 50\n")
-    args = train_net.argument_parser().parse_args(["--config-file", path, "OUTPUT_DIR", str(tmp_path)])
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", path, "OUTPUT_DIR", str(tmp_path)]
+    )
     with pytest.raises(ConfigError, match="did you mean MODEL.MASK_FORMER.NUM_OBJECT_QUERIES"):
         train_net.setup(args)
     assert train_net.argument_parser().parse_args(["--allow-unsafe-config"]).allow_unsafe_config

@@ -2,6 +2,7 @@
 Distributed faults on CPU (gloo): when one of two workers dies or hangs, the rest of the job exits
 with an error in bounded time instead of waiting forever.
 """
+
 import importlib.util
 import os
 import re
@@ -12,11 +13,11 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+from test_reliability_training import train_net_launcher  # noqa: F401  (fixture)
 from test_reliability_training import (  # the tiny train_net.py runs
     kill_session,
     start,
     tiny_train_args,
-    train_net_launcher,  # noqa: F401  (fixture)
     wait_until,
 )
 
@@ -56,8 +57,22 @@ def test_second_machine_killed_mid_training_makes_the_first_exit(tmp_path, train
     url = f"tcp://127.0.0.1:{free_port()}"
     args = tiny_train_args(out, 500, 2)
     machines = [
-        start(command + ["--num-machines", "2", "--machine-rank", str(rank), "--dist-url", url, "--dist-timeout", "60"]
-              + args, env, tmp_path / f"machine{rank}.log")  # fmt: skip
+        start(
+            command
+            + [
+                "--num-machines",
+                "2",
+                "--machine-rank",
+                str(rank),
+                "--dist-url",
+                url,
+                "--dist-timeout",
+                "60",
+            ]
+            + args,
+            env,
+            tmp_path / f"machine{rank}.log",
+        )  # fmt: skip
         for rank in (0, 1)
     ]
     try:
@@ -73,7 +88,9 @@ def test_second_machine_killed_mid_training_makes_the_first_exit(tmp_path, train
     assert machines[0].returncode == 1, log[-3000:]
     assert exit_after < 60, f"machine 0 took {exit_after:.0f} s to exit"
     # gloo's own words for a peer that went away, raised from a collective of the training step
-    assert re.search(r"RuntimeError: .*(Connection closed by peer|Connection reset by peer)", log), log[-3000:]
+    assert re.search(
+        r"RuntimeError: .*(Connection closed by peer|Connection reset by peer)", log
+    ), log[-3000:]
     assert "Exception during training" in (out / "log.txt").read_text()
 
 
@@ -133,16 +150,22 @@ def test_one_of_two_local_workers_killed_ends_the_job(tmp_path):
         kill_session(launcher)
     log = (tmp_path / "machine0.log").read_text()
     assert launcher.returncode == 1, log[-3000:]
-    assert re.search(r"ProcessExitedException: process 1 terminated with signal SIGKILL", log), log[-3000:]
+    assert re.search(r"ProcessExitedException: process 1 terminated with signal SIGKILL", log), log[
+        -3000:
+    ]
     waited = exited_at - float(re.search(r"waiting for the peer since ([\d.]+)", log).group(1))
-    assert waited < 60, f"the job took {waited:.0f} s to end, not bounded by the 30 min collective timeout"
+    assert (
+        waited < 60
+    ), f"the job took {waited:.0f} s to end, not bounded by the 30 min collective timeout"
     survivor = int(re.search(r"rank 0 pid (\d+)", log).group(1))
     wait_until(lambda: not alive(survivor), 30, "the surviving worker to be terminated")
 
 
 def test_stuck_peer_fails_the_other_machine_after_the_timeout(tmp_path):
     timeout = 10  # also the slack allowed between the two workers' start-ups
-    machines = start_two_workers(tmp_path, "SIGSTOP", [0, 1], timeout, f"tcp://127.0.0.1:{free_port()}")
+    machines = start_two_workers(
+        tmp_path, "SIGSTOP", [0, 1], timeout, f"tcp://127.0.0.1:{free_port()}"
+    )
     try:
         machines[0].wait(timeout=240)
         exited_at = time.time()

@@ -6,6 +6,7 @@ Training runs use a tiny MaskFormer (Swin with 16 channels, one decoder layer, 6
 4-image copy of the synthetic dataset, so an iteration takes a fraction of a second on CPU.
 The helpers here are also used by test_reliability_distributed.py.
 """
+
 import hashlib
 import json
 import os
@@ -65,7 +66,12 @@ def train_net_launcher(tmp_path_factory):
     ensure_synthetic_dataset(str(root), NUM_TRAIN, NUM_VAL)  # once, not raced by the workers
     script = root / "launch_train_net.py"
     script.write_text(LAUNCHER)
-    env = {**os.environ, "DETECTRON2_DATASETS": str(root), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(root),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
     return [sys.executable, str(script), "--config-file", SEM_SEG_CONFIG], env
 
 
@@ -81,7 +87,9 @@ def tiny_train_args(output_dir, max_iter, period, *extra, prefix=PREFIX):
 def start(command, env, log_path, **kwargs):
     """Start a process in its own session (so that it can be killed with its workers) logging to a file."""
     log = open(log_path, "w")
-    return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+    return subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+    )
 
 
 def wait_until(condition, timeout, what, process=None):
@@ -110,7 +118,11 @@ def checkpoint_files(output_dir):
     for path in Path(output_dir).iterdir():
         if path.suffix == ".pth" or path.name == "last_checkpoint":
             stat = path.stat()
-            state[path.name] = (stat.st_size, stat.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            state[path.name] = (
+                stat.st_size,
+                stat.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
     return state
 
 
@@ -152,8 +164,16 @@ def nan_loss_training(tmp_path, in_process_datasets):
     META_ARCH_REGISTRY._do_register(arch, _MaskFormerWithNaNLoss)
     prefix = in_process_datasets
     try:
-        opts = tiny_train_args(tmp_path / "out", 6, 2, "MODEL.META_ARCHITECTURE", arch,
-                               "DATASETS.TEST", f'("{prefix}_sem_seg_val",)', prefix=prefix)
+        opts = tiny_train_args(
+            tmp_path / "out",
+            6,
+            2,
+            "MODEL.META_ARCHITECTURE",
+            arch,
+            "DATASETS.TEST",
+            f'("{prefix}_sem_seg_val",)',
+            prefix=prefix,
+        )
         yield load_config(SEM_SEG_CONFIG, opts)
     finally:
         META_ARCH_REGISTRY._obj_map.pop(arch)
@@ -180,7 +200,11 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_train
         trainer.train()
     message = str(error.value)
     assert f"iteration={NAN_ITER}" in message
-    assert re.search(r"'loss_mask': nan", message) and "'loss_ce'" in message and "'loss_dice'" in message
+    assert (
+        re.search(r"'loss_mask': nan", message)
+        and "'loss_ce'" in message
+        and "'loss_dice'" in message
+    )
     # the failed last iteration is not followed by the end-of-training evaluation
     assert cfg.DATASETS.TEST and trainer.last_eval_results == {}
 
@@ -199,7 +223,9 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_train
 
 def test_mixed_precision_config_trains_in_float32_on_cpu(tmp_path, in_process_datasets, caplog):
     """detectron2's AMPTrainer asserts CUDA at its first step; a GPU config must still run on CPU."""
-    opts = tiny_train_args(tmp_path / "out", 2, 100, "SOLVER.AMP.ENABLED", "True", prefix=in_process_datasets)
+    opts = tiny_train_args(
+        tmp_path / "out", 2, 100, "SOLVER.AMP.ENABLED", "True", prefix=in_process_datasets
+    )
     cfg = load_config(SEM_SEG_CONFIG, opts)
     assert cfg.MODEL.DEVICE == "cpu"
     with caplog.at_level("WARNING", logger="maskformer.engine.trainer"):
@@ -233,7 +259,12 @@ def test_run_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, trai
     assert checkpointed_iter < max_iter - 1
 
     resumed = subprocess.run(
-        command + ["--resume"] + args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+        command + ["--resume"] + args,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     log = (out / "log.txt").read_text()

@@ -1,4 +1,5 @@
 """Optimizer parameter groups, optimizer choice, gradient clipping and the poly LR schedule."""
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -24,7 +25,11 @@ class ToyModel(nn.Module):
     def __init__(self):
         super().__init__()
         self.backbone = nn.Sequential(
-            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), FrozenBatchNorm2d(4), PositionTable()
+            nn.Conv2d(3, 4, 3),
+            nn.BatchNorm2d(4),
+            nn.GroupNorm(2, 4),
+            FrozenBatchNorm2d(4),
+            PositionTable(),
         )
         self.backbone[0].weight.requires_grad_(False)  # frozen: in no group
         self.head = nn.ModuleDict(
@@ -56,8 +61,12 @@ def hyperparams_by_name(model, groups):
 def test_param_groups_match_hand_expectations():
     model = ToyModel()
     groups = get_param_groups(
-        model, base_lr=BASE_LR, weight_decay=WD, weight_decay_norm=WD_NORM,
-        weight_decay_embed=WD_EMBED, backbone_multiplier=MULT,
+        model,
+        base_lr=BASE_LR,
+        weight_decay=WD,
+        weight_decay_norm=WD_NORM,
+        weight_decay_embed=WD_EMBED,
+        backbone_multiplier=MULT,
     )
     backbone_lr = BASE_LR * MULT
     assert hyperparams_by_name(model, groups) == {
@@ -87,8 +96,12 @@ def test_param_groups_ignore_ddp_prefix_and_substrings():
     wrapper.module = ToyModel()
     wrapper.backbone_adapter = nn.Linear(2, 2)  # not the backbone, despite its name
     groups = get_param_groups(
-        wrapper, base_lr=BASE_LR, weight_decay=WD, weight_decay_norm=WD_NORM,
-        weight_decay_embed=WD_EMBED, backbone_multiplier=MULT,
+        wrapper,
+        base_lr=BASE_LR,
+        weight_decay=WD,
+        weight_decay_norm=WD_NORM,
+        weight_decay_embed=WD_EMBED,
+        backbone_multiplier=MULT,
     )
     hyper = hyperparams_by_name(wrapper, groups)
     assert hyper["module.backbone.1.weight"] == (BASE_LR * MULT, WD_NORM)
@@ -98,7 +111,16 @@ def test_param_groups_ignore_ddp_prefix_and_substrings():
 def test_maskformer_groups_swin_and_queries():
     cfg = solver_cfg("configs/synthetic/maskformer_R18_sem_seg.yaml")
     cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.NAME", "D2SwinTransformer"])
-    cfg.merge_from_list(["MODEL.SWIN.EMBED_DIM", 16, "MODEL.SWIN.DEPTHS", [1, 1, 1, 1], "MODEL.SWIN.NUM_HEADS", [1, 1, 2, 2]])
+    cfg.merge_from_list(
+        [
+            "MODEL.SWIN.EMBED_DIM",
+            16,
+            "MODEL.SWIN.DEPTHS",
+            [1, 1, 1, 1],
+            "MODEL.SWIN.NUM_HEADS",
+            [1, 1, 2, 2],
+        ]
+    )
     cfg.merge_from_list(["MODEL.SWIN.APE", True])
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
@@ -134,8 +156,14 @@ def test_fused_adamw_steps_like_the_default_implementation():
     reference.load_state_dict(model.state_dict())
     initial = model.head["linear"].weight.detach().clone()
     optimizer = build_optimizer(solver_cfg(OPTIMIZER="ADAMW"), model)
-    groups = get_param_groups(reference, base_lr=BASE_LR, weight_decay=WD, weight_decay_norm=WD_NORM,
-                              weight_decay_embed=WD_EMBED, backbone_multiplier=MULT)
+    groups = get_param_groups(
+        reference,
+        base_lr=BASE_LR,
+        weight_decay=WD,
+        weight_decay_norm=WD_NORM,
+        weight_decay_embed=WD_EMBED,
+        backbone_multiplier=MULT,
+    )
     unfused = torch.optim.AdamW(groups, lr=BASE_LR, fused=False)
     for _ in range(3):
         for a, b in zip(model.parameters(), reference.parameters()):
@@ -168,9 +196,15 @@ class TwoParams(nn.Module):
 )
 def test_gradient_clipping(clip_type, expected_a, expected_b):
     model = TwoParams()
-    cfg = solver_cfg(OPTIMIZER="SGD", MOMENTUM=0.0, BASE_LR=1.0, WEIGHT_DECAY=0.0, BACKBONE_MULTIPLIER=1.0)
-    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type])
-    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.CLIP_GRADIENTS.NORM_TYPE", 2.0])
+    cfg = solver_cfg(
+        OPTIMIZER="SGD", MOMENTUM=0.0, BASE_LR=1.0, WEIGHT_DECAY=0.0, BACKBONE_MULTIPLIER=1.0
+    )
+    cfg.merge_from_list(
+        ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", clip_type]
+    )
+    cfg.merge_from_list(
+        ["SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 1.0, "SOLVER.CLIP_GRADIENTS.NORM_TYPE", 2.0]
+    )
     optimizer = build_optimizer(cfg, model)
     assert isinstance(optimizer, torch.optim.SGD)
     model.backbone.a.grad = torch.tensor([3.0, 0.0])
@@ -182,8 +216,12 @@ def test_gradient_clipping(clip_type, expected_a, expected_b):
 
 def test_small_gradients_are_not_clipped():
     model = TwoParams()
-    cfg = solver_cfg(OPTIMIZER="SGD", MOMENTUM=0.0, BASE_LR=1.0, WEIGHT_DECAY=0.0, BACKBONE_MULTIPLIER=1.0)
-    cfg.merge_from_list(["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 10.0])
+    cfg = solver_cfg(
+        OPTIMIZER="SGD", MOMENTUM=0.0, BASE_LR=1.0, WEIGHT_DECAY=0.0, BACKBONE_MULTIPLIER=1.0
+    )
+    cfg.merge_from_list(
+        ["SOLVER.CLIP_GRADIENTS.ENABLED", True, "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", 10.0]
+    )
     optimizer = build_optimizer(cfg, model)
     model.backbone.a.grad = torch.tensor([3.0, 0.0])
     model.b.grad = torch.tensor([0.0, 4.0])
@@ -193,7 +231,9 @@ def test_small_gradients_are_not_clipped():
 
 def test_poly_schedule_keeps_group_ratios():
     model = TwoParams()
-    cfg = solver_cfg(MAX_ITER=10, LR_SCHEDULER_NAME="WarmupPolyLR", POLY_LR_POWER=0.9, WARMUP_ITERS=0)
+    cfg = solver_cfg(
+        MAX_ITER=10, LR_SCHEDULER_NAME="WarmupPolyLR", POLY_LR_POWER=0.9, WARMUP_ITERS=0
+    )
     optimizer = build_optimizer(cfg, model)
     scheduler = Trainer.build_lr_scheduler(cfg, optimizer)
     for _ in range(4):

@@ -3,6 +3,7 @@ Speed options: each runs and gives (nearly) the default results. Mixed precision
 fused attention and torch.compile of the model; the low-memory mask loss and the matcher's target
 resizing against the computations they replace.
 """
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,10 +52,14 @@ def test_bfloat16_inference_autocast():
 
 def test_inference_autocast_is_off_in_training():
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"})).train()
+    model = build_model(
+        tiny_cfg(**{"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"})
+    ).train()
     batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1], [(0, 32, 0, 64)])}]
     seen = []
-    hook = model.backbone.register_forward_hook(lambda m, i, o: seen.append(next(iter(o.values())).dtype))
+    hook = model.backbone.register_forward_hook(
+        lambda m, i, o: seen.append(next(iter(o.values())).dtype)
+    )
     model(batch)
     hook.remove()
     assert seen == [torch.float32]
@@ -72,8 +77,13 @@ def test_channels_last_model_and_input():
 
 
 def test_all_fast_inference_options_together():
-    default, fast = _pair(**{"MODEL.CHANNELS_LAST": True, "MODEL.MASK_FORMER.FUSED_ATTENTION": True,
-                             "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True})
+    default, fast = _pair(
+        **{
+            "MODEL.CHANNELS_LAST": True,
+            "MODEL.MASK_FORMER.FUSED_ATTENTION": True,
+            "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True,
+        }
+    )
     expected, result = _sem_seg(default, INPUTS), _sem_seg(fast, INPUTS)
     assert (result.argmax(0) == expected.argmax(0)).float().mean() >= 0.999
 
@@ -96,7 +106,12 @@ def test_bfloat16_training_autocast_losses():
     """What AMPTrainer does with SOLVER.AMP.DTYPE bfloat16: the losses stay float32 and close."""
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).train()
-    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)])}]
+    batch = [
+        {
+            "image": _image(64, 64),
+            "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
+        }
+    ]
     torch.manual_seed(1)
     expected = model(batch)
     torch.manual_seed(1)
@@ -109,19 +124,24 @@ def test_bfloat16_training_autocast_losses():
     sum(losses.values()).backward()
 
 
-@pytest.mark.parametrize("low_size, size", [((6, 7), (24, 28)), ((6, 7), (18, 14)), ((5, 5), (5, 5)),
-                                            ((6, 7), (23, 29))])  # the last through aten
+@pytest.mark.parametrize(
+    "low_size, size", [((6, 7), (24, 28)), ((6, 7), (18, 14)), ((5, 5), (5, 5)), ((6, 7), (23, 29))]
+)  # the last through aten
 def test_upsample_bilinear_adjoint_is_the_upsampling_backward(low_size, size):
     torch.manual_seed(0)
     x = torch.randn(3, *low_size, dtype=torch.float64, requires_grad=True)
     grad = torch.randn(3, *size, dtype=torch.float64)
     upsampled = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     expected = torch.autograd.grad(upsampled, x, grad)[0]
-    assert torch.allclose(upsample_bilinear_adjoint(grad, low_size), expected, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(
+        upsample_bilinear_adjoint(grad, low_size), expected, rtol=1e-12, atol=1e-14
+    )
 
 
 @pytest.mark.parametrize("chunk_elements", [64, 1 << 20])
-@pytest.mark.parametrize("size", [(23, 29), (24, 28)])  # aten's upsampling backward, the strided adjoint
+@pytest.mark.parametrize(
+    "size", [(23, 29), (24, 28)]
+)  # aten's upsampling backward, the strided adjoint
 def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements, size):
     monkeypatch.setitem(UpsampledMaskLoss.CHUNK_ELEMENTS, "cpu", chunk_elements)
     torch.manual_seed(0)
@@ -130,7 +150,9 @@ def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_el
     src.requires_grad_()
     tgt = torch.rand(5, *size) > 0.4
     focal, dice = UpsampledMaskLoss.apply(src, tgt, 3.0)
-    upsampled = F.interpolate(src[:, None], size=size, mode="bilinear", align_corners=False).flatten(1)
+    upsampled = F.interpolate(
+        src[:, None], size=size, mode="bilinear", align_corners=False
+    ).flatten(1)
     expected_focal = sigmoid_focal_loss(upsampled, tgt.flatten(1).double(), 3.0)
     expected_dice = dice_loss(upsampled, tgt.flatten(1).double(), 3.0)
     assert focal.item() == pytest.approx(expected_focal.item(), rel=1e-12)
@@ -159,13 +181,20 @@ def test_matcher_resizes_bool_targets_like_float_ones():
     target_masks = torch.rand(3, 37, 51) > 0.5
     labels = torch.tensor([0, 2, 4])
     from_bool = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": target_masks})
-    from_float = matcher.cost_matrix(logits, masks, {"labels": labels, "masks": target_masks.float()})
+    from_float = matcher.cost_matrix(
+        logits, masks, {"labels": labels, "masks": target_masks.float()}
+    )
     resized = F.interpolate(target_masks[:, None].float(), size=(10, 13), mode="nearest")[:, 0]
     prob = logits.softmax(-1)
     dice = 1 - (2 * masks.flatten(1).sigmoid() @ resized.flatten(1).T + 1) / (
-        masks.flatten(1).sigmoid().sum(1)[:, None] + resized.flatten(1).sum(1)[None] + 1)
-    focal = torch.stack([torch.stack([sigmoid_focal_loss(m[None], r[None], 1.0) for r in resized.flatten(1)])
-                         for m in masks.flatten(1)])
+        masks.flatten(1).sigmoid().sum(1)[:, None] + resized.flatten(1).sum(1)[None] + 1
+    )
+    focal = torch.stack(
+        [
+            torch.stack([sigmoid_focal_loss(m[None], r[None], 1.0) for r in resized.flatten(1)])
+            for m in masks.flatten(1)
+        ]
+    )
     expected = 20.0 * focal - prob[:, labels] + dice
     assert torch.equal(from_bool, from_float)
     assert torch.allclose(from_bool, expected, atol=1e-5)
@@ -181,8 +210,12 @@ def test_folded_mask_logits_equal_the_mask_features_dot_products():
     assert result.shape == (3, 2, 4, 9, 7)
     assert torch.allclose(result, expected, rtol=0, atol=1e-12)
     conv.bias = None
-    assert torch.allclose(folded_mask_logits(mask_embed, conv, x),
-                          torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x)), rtol=0, atol=1e-12)
+    assert torch.allclose(
+        folded_mask_logits(mask_embed, conv, x),
+        torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x)),
+        rtol=0,
+        atol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -196,7 +229,9 @@ def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
     inputs = [embed, x, *conv.parameters()]
     expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
     values = expected.detach() + 0.5  # the forward passes the given values through unchanged
-    result = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation))
+    result = MatchedMaskLogits.apply(
+        values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation)
+    )
     assert torch.equal(result, values)
     grads = torch.autograd.grad((result * upstream).sum(), inputs)
     assert len(grads) == (4 if bias else 3)
@@ -204,7 +239,9 @@ def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
         assert torch.allclose(grad, expected_grad, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("embed_dtype, x_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "embed_dtype, x_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)]
+)
 def test_matched_mask_logits_backward_with_autocast_dtypes(embed_dtype, x_dtype):
     """Autocast leaves half-precision embeddings (and maybe features) next to float32 weights."""
     torch.manual_seed(0)
@@ -213,31 +250,48 @@ def test_matched_mask_logits_backward_with_autocast_dtypes(embed_dtype, x_dtype)
     embed = torch.randn(4, 5).to(embed_dtype).requires_grad_()
     upstream = torch.randn(4, 9, 7)
     inputs = [embed, x, *conv.parameters()]
-    values = folded_mask_logits(embed.detach().float()[None, None], conv, x.detach().float()[None])[0, 0]
-    result = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation))
-    grads = torch.autograd.grad((result * upstream).sum(), inputs)  # outside autocast, as backward runs
+    values = folded_mask_logits(embed.detach().float()[None, None], conv, x.detach().float()[None])[
+        0, 0
+    ]
+    result = MatchedMaskLogits.apply(
+        values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation)
+    )
+    grads = torch.autograd.grad(
+        (result * upstream).sum(), inputs
+    )  # outside autocast, as backward runs
     exact = [t.detach().double().requires_grad_() for t in inputs]
     embed64, x64, weight64, bias64 = exact
-    folded = F.conv2d(x64[None], torch.einsum("nc,cikj->nikj", embed64, weight64), embed64 @ bias64, padding=1)[0]
+    folded = F.conv2d(
+        x64[None], torch.einsum("nc,cikj->nikj", embed64, weight64), embed64 @ bias64, padding=1
+    )[0]
     expected = torch.autograd.grad((folded * upstream.double()).sum(), exact)
     for grad, expected_grad, tensor in zip(grads, expected, inputs):
         assert grad.dtype == tensor.dtype
-        assert torch.allclose(grad.double(), expected_grad, rtol=0.05, atol=0.05 * expected_grad.abs().max())
+        assert torch.allclose(
+            grad.double(), expected_grad, rtol=0.05, atol=0.05 * expected_grad.abs().max()
+        )
 
 
 def test_fold_mask_embed_in_inference_only():
     default, folded = _pair(**{"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True})
     assert folded.sem_seg_head.fold_mask_embed
-    inputs = [{"image": _image(64, 80)}, {"image": _image(48, 64, seed=1)}]  # a batch of two, padded
+    inputs = [
+        {"image": _image(64, 80)},
+        {"image": _image(48, 64, seed=1)},
+    ]  # a batch of two, padded
     with torch.no_grad():
         images = default.preprocess_image(inputs).tensor
-        expected, result = default.sem_seg_head(default.backbone(images)), folded.sem_seg_head(folded.backbone(images))
+        expected, result = default.sem_seg_head(default.backbone(images)), folded.sem_seg_head(
+            folded.backbone(images)
+        )
     assert torch.allclose(result["pred_masks"], expected["pred_masks"], atol=1e-5)
     assert torch.equal(result["pred_logits"], expected["pred_logits"])
     # training computes the per-pixel embeddings (the masks of every decoder layer read them)
     folded.train()
     seen = []
-    hook = folded.sem_seg_head.pixel_decoder.mask_features.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    hook = folded.sem_seg_head.pixel_decoder.mask_features.register_forward_hook(
+        lambda m, i, o: seen.append(o.shape)
+    )
     folded.sem_seg_head(folded.backbone(images))
     hook.remove()
     assert seen == [(2, 32, images.shape[2] // 4, images.shape[3] // 4)]  # (B, MASK_DIM, H/4, W/4)
@@ -247,9 +301,17 @@ def test_fold_mask_embed_needs_a_plain_mask_features_conv():
     head = build_model(tiny_cfg()).sem_seg_head
     decoder = head.pixel_decoder
     decoder.mask_features = torch.nn.Sequential(decoder.mask_features, torch.nn.ReLU())
-    with pytest.raises(ValueError, match="FOLD_MASK_EMBED needs a pixel decoder .* BasePixelDecoder"):
-        MaskFormerHead(input_shape={}, num_classes=NUM_CLASSES, pixel_decoder=decoder,
-                       transformer_predictor=head.predictor, transformer_in_feature="res5", fold_mask_embed=True)
+    with pytest.raises(
+        ValueError, match="FOLD_MASK_EMBED needs a pixel decoder .* BasePixelDecoder"
+    ):
+        MaskFormerHead(
+            input_shape={},
+            num_classes=NUM_CLASSES,
+            pixel_decoder=decoder,
+            transformer_predictor=head.predictor,
+            transformer_in_feature="res5",
+            fold_mask_embed=True,
+        )
 
 
 def test_aux_outputs_in_training_only():
@@ -268,8 +330,13 @@ def test_training_folds_the_matched_masks_with_the_same_losses_and_gradients():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.DROPOUT": 0.0})).train()
     assert model.sem_seg_head.foldable
-    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1, 2], [(0, 32, 0, 64), (32, 64, 10, 40)])},
-             {"image": _image(64, 64, seed=1), "instances": _instances(64, 64, [0], [(8, 40, 8, 40)])}]
+    batch = [
+        {
+            "image": _image(64, 64),
+            "instances": _instances(64, 64, [1, 2], [(0, 32, 0, 64), (32, 64, 10, 40)]),
+        },
+        {"image": _image(64, 64, seed=1), "instances": _instances(64, 64, [0], [(8, 40, 8, 40)])},
+    ]
     results = []
     for foldable in (False, True):  # the unfolded path: products with the per-pixel embeddings
         model.sem_seg_head.foldable = foldable

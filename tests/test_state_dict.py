@@ -3,6 +3,7 @@ Checkpoint compatibility with the published release: models built from configs/ 
 the published state_dict names, shapes and parameter counts, and checkpoints in the legacy head
 layout load through detectron2's DetectionCheckpointer.
 """
+
 import logging
 import pickle
 
@@ -19,12 +20,21 @@ PUBLISHED = {
     "ade20k-150__maskformer_R50_bs16_160k": ("ade20k-150/maskformer_R50_bs16_160k.yaml", 41.25),
     "ade20k-150__maskformer_R101c_bs16_160k": ("ade20k-150/maskformer_R101c_bs16_160k.yaml", 60.32),
     "ade20k-150__swin__maskformer_swin_tiny_bs16_160k": (
-        "ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml", 41.76),
+        "ade20k-150/swin/maskformer_swin_tiny_bs16_160k.yaml",
+        41.76,
+    ),
     "coco-panoptic__maskformer_panoptic_R50_bs64_554k": (
-        "coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml", 45.01),
-    "ade20k-150__per_pixel_baseline_R50_bs16_160k": ("ade20k-150/per_pixel_baseline_R50_bs16_160k.yaml", 31.03),
+        "coco-panoptic/maskformer_panoptic_R50_bs64_554k.yaml",
+        45.01,
+    ),
+    "ade20k-150__per_pixel_baseline_R50_bs16_160k": (
+        "ade20k-150/per_pixel_baseline_R50_bs16_160k.yaml",
+        31.03,
+    ),
     "ade20k-150__per_pixel_baseline_plus_R50_bs16_160k": (
-        "ade20k-150/per_pixel_baseline_plus_R50_bs16_160k.yaml", 41.23),
+        "ade20k-150/per_pixel_baseline_plus_R50_bs16_160k.yaml",
+        41.23,
+    ),
 }
 
 
@@ -64,13 +74,17 @@ def test_parameter_count_matches_release(stem, models):
 
 def legacy_layout(state_dict):
     """The layout of checkpoints saved before the pixel decoder became a sub-module."""
-    return {k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state_dict.items()}
+    return {
+        k.replace("sem_seg_head.pixel_decoder.", "sem_seg_head."): v for k, v in state_dict.items()
+    }
 
 
 def save_checkpoint(state_dict, path):
     if path.suffix == ".pkl":  # detectron2 model-zoo format: numpy arrays plus an author
         with open(path, "wb") as f:
-            pickle.dump({"model": {k: v.numpy() for k, v in state_dict.items()}, "__author__": "test"}, f)
+            pickle.dump(
+                {"model": {k: v.numpy() for k, v in state_dict.items()}, "__author__": "test"}, f
+            )
     else:
         torch.save({"model": state_dict}, path)
 
@@ -109,8 +123,10 @@ def test_legacy_layout_checkpoint_loads(stem, suffix, models, tmp_path, caplog):
     assert incompatible.unexpected_keys == []
     assert incompatible.incorrect_shapes == []
     remap_lines = [r.getMessage() for r in caplog.records if "legacy head layout" in r.getMessage()]
-    assert remap_lines == [f"Checkpoint has the legacy head layout: moved {moved} keys under "
-                           "sem_seg_head.pixel_decoder."]
+    assert remap_lines == [
+        f"Checkpoint has the legacy head layout: moved {moved} keys under "
+        "sem_seg_head.pixel_decoder."
+    ]
     loaded = model.state_dict()
     assert loaded.keys() == weights.keys()
     for k, v in weights.items():

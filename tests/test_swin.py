@@ -1,4 +1,5 @@
 """Swin Transformer backbone: checkpoint names, shapes at any input size, and numerics."""
+
 import math
 
 import pytest

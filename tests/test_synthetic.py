@@ -1,14 +1,14 @@
 """The built-in synthetic dataset: determinism, real file formats, consistency, registration."""
+
 import json
 import os
 
 import numpy as np
 import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
 from test_mappers import check_output, make_cfg
-
-from detectron2.data import DatasetCatalog, MetadataCatalog
 
 import maskformer.data  # noqa: F401  (registers the datasets)
 from maskformer.data import synthetic

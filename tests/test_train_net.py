@@ -2,6 +2,7 @@
 train_net.py end to end on the synthetic datasets (tiny model, a few iterations, run as the
 command line is), the published ADE20K config on a generated folder, and the evaluator choice.
 """
+
 import json
 import os
 import shutil
@@ -29,15 +30,24 @@ SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
 PAN_CFG = "configs/synthetic/maskformer_R18_panoptic.yaml"
 # a small and fast variant of the synthetic configs
 TINY = [
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "0",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)",
-    "INPUT.CROP.SIZE", "(64, 64)",
-    "INPUT.SIZE_DIVISIBILITY", "64",
-    "INPUT.MIN_SIZE_TEST", "64",
-    "DATALOADER.NUM_WORKERS", "0",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "2",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "10",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.CROP.SIZE",
+    "(64, 64)",
+    "INPUT.SIZE_DIVISIBILITY",
+    "64",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "DATALOADER.NUM_WORKERS",
+    "0",
 ]
 
 
@@ -65,8 +75,13 @@ def run_train_net(args, datasets_root, timeout=240, processes=None):
     commands = processes or [args]
     procs = [
         subprocess.Popen(
-            [sys.executable, "train_net.py", *cmd], cwd=REPO, env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [sys.executable, "train_net.py", *cmd],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         for cmd in commands
     ]
@@ -95,13 +110,17 @@ def same_metrics(a: dict, b: dict) -> bool:
 
 
 def read_metrics(output_dir):
-    return [json.loads(line) for line in (Path(output_dir) / "metrics.json").read_text().splitlines()]
+    return [
+        json.loads(line) for line in (Path(output_dir) / "metrics.json").read_text().splitlines()
+    ]
 
 
 def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
     train_dir = tmp_path / "train"
     schedule = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3"]
-    run_train_net(["--config-file", SEM_CFG, *TINY, *schedule, "OUTPUT_DIR", str(train_dir)], datasets_root)
+    run_train_net(
+        ["--config-file", SEM_CFG, *TINY, *schedule, "OUTPUT_DIR", str(train_dir)], datasets_root
+    )
 
     assert (train_dir / "model_0000002.pth").is_file() and (train_dir / "model_final.pth").is_file()
     assert (train_dir / "last_checkpoint").read_text() == "model_final.pth"
@@ -116,8 +135,16 @@ def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
     # --eval-only from the final checkpoint: the very same metrics
     eval_dir = tmp_path / "eval"
     run_train_net(
-        ["--config-file", SEM_CFG, "--eval-only", *TINY, "MODEL.WEIGHTS", str(train_dir / "model_final.pth"),
-         "OUTPUT_DIR", str(eval_dir)],
+        [
+            "--config-file",
+            SEM_CFG,
+            "--eval-only",
+            *TINY,
+            "MODEL.WEIGHTS",
+            str(train_dir / "model_final.pth"),
+            "OUTPUT_DIR",
+            str(eval_dir),
+        ],
         datasets_root,
     )
     assert same_metrics(read_results(eval_dir), results)
@@ -129,7 +156,8 @@ def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
     shutil.copy(train_dir / "model_0000002.pth", resume_dir)
     (resume_dir / "last_checkpoint").write_text("model_0000002.pth")
     out = run_train_net(
-        ["--config-file", SEM_CFG, "--resume", *TINY, *schedule, "OUTPUT_DIR", str(resume_dir)], datasets_root
+        ["--config-file", SEM_CFG, "--resume", *TINY, *schedule, "OUTPUT_DIR", str(resume_dir)],
+        datasets_root,
     )
     assert "Starting training from iteration 3" in out
     assert torch.load(resume_dir / "model_final.pth", weights_only=False)["iteration"] == 5
@@ -142,9 +170,23 @@ def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
 def test_panoptic_train_and_evaluate_with_instances_and_tta(datasets_root, tmp_path):
     out_dir = tmp_path / "panoptic"
     run_train_net(
-        ["--config-file", PAN_CFG, *TINY, "SOLVER.MAX_ITER", "2", "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
-         "TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.FLIP", "True",
-         "OUTPUT_DIR", str(out_dir)],
+        [
+            "--config-file",
+            PAN_CFG,
+            *TINY,
+            "SOLVER.MAX_ITER",
+            "2",
+            "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+            "True",
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(64,)",
+            "TEST.AUG.FLIP",
+            "True",
+            "OUTPUT_DIR",
+            str(out_dir),
+        ],
         datasets_root,
     )
     results = read_results(out_dir)
@@ -159,7 +201,10 @@ def test_panoptic_train_and_evaluate_with_instances_and_tta(datasets_root, tmp_p
 def write_ade20k(root: Path, num_train=2, num_val=2, size=(48, 64)):
     """A tiny ADEChallengeData2016 layout: jpg images and detectron2-style label PNGs (0..149, 255)."""
     rng = np.random.RandomState(0)
-    for split, prefix, n in (("training", "ADE_train", num_train), ("validation", "ADE_val", num_val)):
+    for split, prefix, n in (
+        ("training", "ADE_train", num_train),
+        ("validation", "ADE_val", num_val),
+    ):
         images = root / "ADEChallengeData2016" / "images" / split
         labels = root / "ADEChallengeData2016" / "annotations_detectron2" / split
         images.mkdir(parents=True)
@@ -177,13 +222,33 @@ def test_published_ade20k_config_trains_and_evaluates(tmp_path):
     write_ade20k(tmp_path / "datasets")
     out_dir = tmp_path / "out"
     sizes = [
-        "MODEL.WEIGHTS", "",
-        "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-        "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.CROP.SIZE", "(64, 64)",
-        "INPUT.SIZE_DIVISIBILITY", "64", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "128",
+        "MODEL.WEIGHTS",
+        "",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "128",
+        "INPUT.CROP.SIZE",
+        "(64, 64)",
+        "INPUT.SIZE_DIVISIBILITY",
+        "64",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "128",
     ]
     run_train_net(
-        ["--config-file", "configs/ade20k-150/maskformer_R50_bs16_160k.yaml", *sizes, "OUTPUT_DIR", str(out_dir)],
+        [
+            "--config-file",
+            "configs/ade20k-150/maskformer_R50_bs16_160k.yaml",
+            *sizes,
+            "OUTPUT_DIR",
+            str(out_dir),
+        ],
         tmp_path / "datasets",
         timeout=300,
     )
@@ -193,6 +258,7 @@ def test_published_ade20k_config_trains_and_evaluates(tmp_path):
 
 
 # ---- evaluator choice and instance AP on panoptic data (in-process, no training) ----
+
 
 def maskformer_cfg(**test):
     from detectron2.config import get_cfg
@@ -230,7 +296,9 @@ def write_tiny_panoptic(root: Path):
         ]
         cv2.imwrite(str(root / "pan" / f"{image_id}.png"), id2rgb(ids)[:, :, ::-1])
         images.append({"id": image_id, "file_name": f"{image_id}.jpg", "height": 4, "width": 6})
-        annotations.append({"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments})
+        annotations.append(
+            {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments}
+        )
     with open(root / "panoptic.json", "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
     return categories
@@ -253,7 +321,11 @@ def register_tiny_panoptic(name, root: Path, categories, **extra):
     DatasetCatalog.register(
         name,
         lambda: [
-            {"file_name": str(root / f"{i}.jpg"), "image_id": i, "sem_seg_file_name": str(root / f"{i}_sem.png")}
+            {
+                "file_name": str(root / f"{i}.jpg"),
+                "image_id": i,
+                "sem_seg_file_name": str(root / f"{i}_sem.png"),
+            }
             for i in range(2)
         ],
     )
@@ -261,7 +333,9 @@ def register_tiny_panoptic(name, root: Path, categories, **extra):
         evaluator_type="ade20k_panoptic_seg",
         panoptic_json=str(root / "panoptic.json"),
         panoptic_root=str(root / "pan"),
-        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
+        thing_dataset_id_to_contiguous_id={
+            c["id"]: i for i, c in enumerate(categories) if c["isthing"]
+        },
         stuff_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
         thing_classes=[c["name"] for c in categories],
         stuff_classes=[c["name"] for c in categories],
@@ -273,30 +347,44 @@ def register_tiny_panoptic(name, root: Path, categories, **extra):
 def test_instance_evaluator_maps_noncontiguous_thing_ids(tmp_path):
     categories = write_tiny_panoptic(tmp_path)
     register_tiny_panoptic("test_tiny_panoptic_instances", tmp_path, categories)
-    evaluator = InstanceSegEvaluator("test_tiny_panoptic_instances", str(tmp_path / "eval"), distributed=False)
-    assert (tmp_path / "eval" / "test_tiny_panoptic_instances_instances_from_panoptic.json").is_file()
+    evaluator = InstanceSegEvaluator(
+        "test_tiny_panoptic_instances", str(tmp_path / "eval"), distributed=False
+    )
+    assert (
+        tmp_path / "eval" / "test_tiny_panoptic_instances_instances_from_panoptic.json"
+    ).is_file()
     evaluator.reset()
     for image_id in range(2):
         masks = torch.zeros(3, 4, 6, dtype=torch.bool)
         masks[0, :2, :2] = True  # the cat, exactly
         masks[1, 2:, 3 + image_id :] = True  # the dog, exactly
         masks[2] = True  # a "sky" prediction: stuff, dropped
-        instances = Instances((4, 6), pred_masks=masks, scores=torch.tensor([0.9, 0.8, 0.99]),
-                              pred_classes=torch.tensor([1, 2, 0]))
+        instances = Instances(
+            (4, 6),
+            pred_masks=masks,
+            scores=torch.tensor([0.9, 0.8, 0.99]),
+            pred_classes=torch.tensor([1, 2, 0]),
+        )
         instances.pred_boxes = BitMasks(masks).get_bounding_boxes()
         evaluator.process([{"image_id": image_id}], [{"instances": instances}])
     assert all(r["category_id"] in (7, 9) for p in evaluator._predictions for r in p["instances"])
     results = evaluator.evaluate()
     assert results["segm"]["AP"] == pytest.approx(100.0)
-    assert results["segm"]["AP-cat"] == pytest.approx(100.0) and results["segm"]["AP-dog"] == pytest.approx(100.0)
+    assert results["segm"]["AP-cat"] == pytest.approx(100.0) and results["segm"][
+        "AP-dog"
+    ] == pytest.approx(100.0)
 
 
 def test_build_evaluator_by_evaluator_type(tmp_path):
     categories = write_tiny_panoptic(tmp_path)
     register_tiny_panoptic("test_tiny_panoptic_no_sem", tmp_path, categories)
-    register_tiny_panoptic("test_tiny_panoptic_sem", tmp_path, categories, sem_seg_root=str(tmp_path / "sem"))
+    register_tiny_panoptic(
+        "test_tiny_panoptic_sem", tmp_path, categories, sem_seg_root=str(tmp_path / "sem")
+    )
     DatasetCatalog.register("test_tiny_sem_seg", lambda: [])
-    MetadataCatalog.get("test_tiny_sem_seg").set(evaluator_type="sem_seg", stuff_classes=["a", "b"], ignore_label=255)
+    MetadataCatalog.get("test_tiny_sem_seg").set(
+        evaluator_type="sem_seg", stuff_classes=["a", "b"], ignore_label=255
+    )
     DatasetCatalog.register("test_tiny_unknown", lambda: [])
     MetadataCatalog.get("test_tiny_unknown").set(evaluator_type="lvis")
     out = str(tmp_path / "eval")
@@ -307,12 +395,24 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
     with pytest.raises(ValueError, match="PANOPTIC_ON"):
         build_evaluator(maskformer_cfg(), "test_tiny_panoptic_no_sem", out)
     with pytest.raises(ValueError, match="no semantic ground truth"):
-        build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out, semantic_only=True)
+        build_evaluator(
+            maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out, semantic_only=True
+        )
 
-    assert isinstance(build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out),
-                      FastCOCOPanopticEvaluator)
-    full = build_evaluator(maskformer_cfg(PANOPTIC_ON=True, INSTANCE_ON=True), "test_tiny_panoptic_sem", out)
+    assert isinstance(
+        build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_no_sem", out),
+        FastCOCOPanopticEvaluator,
+    )
+    full = build_evaluator(
+        maskformer_cfg(PANOPTIC_ON=True, INSTANCE_ON=True), "test_tiny_panoptic_sem", out
+    )
     assert isinstance(full, DatasetEvaluators)
-    assert [type(e) for e in full._evaluators] == [SemSegEvaluator, FastCOCOPanopticEvaluator, InstanceSegEvaluator]
-    tta = build_evaluator(maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_sem", out, semantic_only=True)
+    assert [type(e) for e in full._evaluators] == [
+        SemSegEvaluator,
+        FastCOCOPanopticEvaluator,
+        InstanceSegEvaluator,
+    ]
+    tta = build_evaluator(
+        maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_sem", out, semantic_only=True
+    )
     assert isinstance(tta, SemSegEvaluator)

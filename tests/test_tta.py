@@ -1,4 +1,5 @@
 """SemanticSegmentorWithTTA: augmented copies, flip-back and averaging at the original size."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
@@ -18,7 +19,9 @@ class ImageAsScores(torch.nn.Module):
         outputs = []
         for x in batched_inputs:
             self.input_sizes.append(tuple(x["image"].shape[-2:]))
-            scores = F.interpolate(x["image"][None].float(), size=(x["height"], x["width"]), mode="nearest")
+            scores = F.interpolate(
+                x["image"][None].float(), size=(x["height"], x["width"]), mode="nearest"
+            )
             outputs.append({"sem_seg": scores[0]})
         return outputs
 
@@ -63,6 +66,8 @@ def test_predictions_are_averaged():
         flip = TransformList([HFlipTransform(5)])
         return [{**inputs, "transforms": t} for t in (no_op, flip, no_op)]
 
-    tta = SemanticSegmentorWithTTA(get_cfg(), ConstantScores(), tta_mapper=three_copies, batch_size=2)
+    tta = SemanticSegmentorWithTTA(
+        get_cfg(), ConstantScores(), tta_mapper=three_copies, batch_size=2
+    )
     (out,) = tta([{"image": torch.zeros(3, 4, 5, dtype=torch.uint8)}])
     assert torch.equal(out["sem_seg"], torch.full((2, 4, 5), 3.0))

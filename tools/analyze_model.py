@@ -81,7 +81,8 @@ def do_flop(cfg, model, args):
     by_operator = {k: v / len(totals) for k, v in by_operator.items()}
     logger.info("FLOPs per module, for the first input:\n" + flop_count_table(first, max_depth=4))
     logger.info(
-        "Mean GFLOPs per operator: " + ", ".join(f"{k}: {v / 1e9:.3f}" for k, v in by_operator.items())
+        "Mean GFLOPs per operator: "
+        + ", ".join(f"{k}: {v / 1e9:.3f}" for k, v in by_operator.items())
     )
     logger.info(
         f"Total GFLOPs over {len(totals)} input(s) ({source}): "
@@ -114,11 +115,17 @@ def get_parser():
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--tasks", choices=sorted(TASKS), required=True, nargs="+")
     parser.add_argument(
-        "-n", "--num-inputs", type=int, default=100,
+        "-n",
+        "--num-inputs",
+        type=int,
+        default=100,
         help="dataset images to average FLOPs over (FLOPs depend on the image size)",
     )
     parser.add_argument(
-        "--input-size", type=int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+        "--input-size",
+        type=int,
+        nargs=2,
+        metavar=("HEIGHT", "WIDTH"),
         help="count FLOPs on a synthetic input of this size instead of dataset images",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")

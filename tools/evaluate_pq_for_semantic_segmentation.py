@@ -84,7 +84,8 @@ class PQStuffStat:
         rq = np.divide(self.tp, denominator, out=np.zeros(self.num_classes), where=present)
         n = int(present.sum())
         per_class = {
-            int(c): {"PQ": float(pq[c]), "SQ": float(sq[c]), "RQ": float(rq[c])} for c in np.flatnonzero(present)
+            int(c): {"PQ": float(pq[c]), "SQ": float(sq[c]), "RQ": float(rq[c])}
+            for c in np.flatnonzero(present)
         }
         if n == 0:
             return {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0, "n": 0, "per_class": per_class}
@@ -110,7 +111,9 @@ def png_predictions(directory: str, dataset_dicts) -> Iterator[Tuple[Dict, np.nd
         stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
         path = os.path.join(directory, stem + ".png")
         if not PathManager.exists(path):
-            raise FileNotFoundError(f"No prediction for image {d['file_name']}: {path} does not exist")
+            raise FileNotFoundError(
+                f"No prediction for image {d['file_name']}: {path} does not exist"
+            )
         yield d, read_label_map(path)
 
 
@@ -167,7 +170,9 @@ def evaluate_pq_stuff(dataset_name: str, predictions: str) -> Dict:
     elif predictions.endswith(".json"):
         pairs = json_predictions(predictions, dataset_dicts, metadata)
     else:
-        raise ValueError(f"--predictions {predictions} is neither a folder of PNGs nor a .json file")
+        raise ValueError(
+            f"--predictions {predictions} is neither a folder of PNGs nor a .json file"
+        )
 
     for d, pred in pairs:
         gt = read_label_map(d["sem_seg_file_name"])
@@ -201,8 +206,14 @@ def get_parser():
         epilog=__doc__,
     )
     parser.add_argument("--dataset-name", required=True, help="a registered sem_seg dataset")
-    parser.add_argument("--predictions", required=True, help="folder of <image stem>.png or sem_seg_predictions.json")
-    parser.add_argument("--output", help="also write the results (and per-class numbers) to this JSON file")
+    parser.add_argument(
+        "--predictions",
+        required=True,
+        help="folder of <image stem>.png or sem_seg_predictions.json",
+    )
+    parser.add_argument(
+        "--output", help="also write the results (and per-class numbers) to this JSON file"
+    )
     return parser
 
 

@@ -36,13 +36,20 @@ def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a MaskFormer to TorchScript or ONNX")
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the model file and its JSON")
     parser.add_argument(
-        "--input-size", nargs=2, type=int, metavar=("H", "W"),
+        "--output", required=True, metavar="DIR", help="folder for the model file and its JSON"
+    )
+    parser.add_argument(
+        "--input-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
         help="size of the example input to trace (rounded up to the size divisibility); "
         "default INPUT.MIN_SIZE_TEST square. The graph accepts other sizes too.",
     )
-    parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
+    parser.add_argument(
+        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+    )
     return parser
 
 

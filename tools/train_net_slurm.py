@@ -27,8 +27,12 @@ def parse_args(argv=None):
     slurm.add_argument("--gpus-per-node", type=int, default=8, help="processes (GPUs) per machine")
     slurm.add_argument("--partition", default=None, help="Slurm partition")
     slurm.add_argument("--timeout", type=int, default=72 * 60, help="job time limit, minutes")
-    slurm.add_argument("--job-dir", default="output/slurm/%j", help="submitit logs and pickles (%%j: job id)")
-    slurm.add_argument("--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU (data loading)")
+    slurm.add_argument(
+        "--job-dir", default="output/slurm/%j", help="submitit logs and pickles (%%j: job id)"
+    )
+    slurm.add_argument(
+        "--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU (data loading)"
+    )
     slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
     slurm.add_argument("--constraint", default=None, help="Slurm --constraint (e.g. volta32gb)")
     slurm.add_argument("--comment", default=None, help="Slurm --comment")
@@ -82,7 +86,9 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self):
         from detectron2.engine import launch
 
-        if str(REPO_ROOT) not in sys.path:  # train_net.py and maskformer/ in a clone that is not installed
+        if (
+            str(REPO_ROOT) not in sys.path
+        ):  # train_net.py and maskformer/ in a clone that is not installed
             sys.path.insert(0, str(REPO_ROOT))
         import train_net
 
@@ -107,12 +113,18 @@ def main(argv=None):
     args = parse_args(argv)
     spec = job_spec(args)
     if args.dry_run:
-        print(json.dumps({"job": spec, "job_dir": args.job_dir, "train_net_args": vars(args)}, indent=1))
+        print(
+            json.dumps(
+                {"job": spec, "job_dir": args.job_dir, "train_net_args": vars(args)}, indent=1
+            )
+        )
         return None
     executor = submitit.AutoExecutor(folder=args.job_dir, slurm_max_num_timeout=30)
     executor.update_parameters(**spec)
     job = executor.submit(TrainJob(args))
-    print(f"Submitted job {job.job_id}; logs in {os.path.abspath(str(args.job_dir).replace('%j', str(job.job_id)))}")
+    print(
+        f"Submitted job {job.job_id}; logs in {os.path.abspath(str(args.job_dir).replace('%j', str(job.job_id)))}"
+    )
     return job
 
 

@@ -1,4 +1,5 @@
 """Data: dataset registrations, dataset mappers, reading with bad-sample errors, synthetic data."""
+
 from . import datasets  # noqa: F401  (registers the datasets)
 from .build import DATASET_MAPPER_REGISTRY, SkipBadSamples, build_dataset_mapper
 from .dataset_mappers import (

@@ -1,4 +1,5 @@
 """Dataset-mapper registry, selected by ``INPUT.DATASET_MAPPER_NAME``, and bad-sample skipping."""
+
 import difflib
 import logging
 

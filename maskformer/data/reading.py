@@ -5,12 +5,12 @@ Every failure is raised as a :class:`BadSampleError` naming the file and the pro
 training run can skip the sample (``DATALOADER.SKIP_BAD_SAMPLES``) or stop with a message that
 says which file to fix.
 """
-import numpy as np
-from PIL import Image, ImageOps
 
+import numpy as np
 from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from panopticapi.utils import rgb2id
+from PIL import Image, ImageOps
 
 __all__ = [
     "BadSampleError",

@@ -13,6 +13,7 @@ Layout of ``<root>/maskformer_synthetic/`` (written to a temporary folder, then 
     panoptic/{train,val}/*.png    COCO panoptic, RGB-encoded segment ids
     panoptic_{train,val}.json     COCO panoptic annotations; category ids are 1-based
 """
+
 import json
 import logging
 import os

@@ -4,9 +4,9 @@ SSD-style photometric distortion (Liu et al., SSD, 2016) as a detectron2 augment
 :class:`ColorAugSSD` samples the random parameters; :class:`ColorAugSSDTransform` applies them
 deterministically (detectron2 transforms must be deterministic), to the image only.
 """
+
 import cv2
 import numpy as np
-
 from detectron2.data import transforms as T
 
 __all__ = ["ColorAugSSD", "ColorAugSSDTransform"]

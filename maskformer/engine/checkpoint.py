@@ -9,6 +9,7 @@ Reading: ``.pth``/``.pt`` with ``torch.load(weights_only=True)``; detectron2/Caf
 an unpickler that only rebuilds numpy arrays and plain containers. A file needing anything else
 raises :class:`UnsafeCheckpointError` naming the file and the refused global.
 """
+
 import contextlib
 import os
 import pickle
@@ -133,7 +134,9 @@ def load_torch_checkpoint(filename: str):
         # torch's message is long; its "Unsupported global: GLOBAL x.y" part is what matters
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         if refused is None:
-            raise CheckpointError(f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}") from e
+            raise CheckpointError(
+                f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}"
+            ) from e
         raise UnsafeCheckpointError(
             f"Refusing to load {filename}: it contains the pickled global {refused.group(1)}, and "
             f"checkpoints are read with torch.load(weights_only=True), which only rebuilds tensors and "
@@ -179,7 +182,9 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl"):
             data = load_numpy_pickle(filename)
             if not isinstance(data, dict):
-                raise CheckpointError(f"{filename} holds a {type(data).__name__}, not a dict of weights")
+                raise CheckpointError(
+                    f"{filename} holds a {type(data).__name__}, not a dict of weights"
+                )
             return _as_detectron2_checkpoint(data)
         return super()._load_file(filename)
 

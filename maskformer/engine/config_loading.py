@@ -6,6 +6,7 @@ Loading a config safely, with errors that say what to change.
 it refers to exists. YAML python tags (``!!python/...``, which run code while loading) are refused
 unless ``allow_unsafe``. Unknown keys and names are all reported at once, with close matches.
 """
+
 import difflib
 from typing import Iterable, List, Sequence
 
@@ -27,8 +28,9 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used as is; the message says what to change."""
 
 
-def load_config(path: str, opts: Sequence[str] = (), allow_unsafe: bool = False,
-                need_datasets: bool = True) -> CfgNode:
+def load_config(
+    path: str, opts: Sequence[str] = (), allow_unsafe: bool = False, need_datasets: bool = True
+) -> CfgNode:
     """
     Args:
         path: YAML config file.
@@ -81,14 +83,18 @@ def _merge_file(cfg: CfgNode, path: str, allow_unsafe: bool) -> None:
         unknown = list(_unknown_keys(loaded, cfg))
         if not unknown:
             raise ConfigError(f"Config file {path}: {e}") from e
-        raise ConfigError(f"Config file {path} sets unknown keys:\n{_describe_unknown(unknown, cfg)}") from e
+        raise ConfigError(
+            f"Config file {path} sets unknown keys:\n{_describe_unknown(unknown, cfg)}"
+        ) from e
     except (OSError, ValueError, AssertionError) as e:  # missing _BASE_, type mismatch, version
         raise ConfigError(f"Config file {path}: {e}") from e
 
 
 def _merge_overrides(cfg: CfgNode, opts: List[str]) -> None:
     if len(opts) % 2:
-        raise ConfigError(f"Config overrides must be KEY VALUE pairs; got an odd number of items: {opts}")
+        raise ConfigError(
+            f"Config overrides must be KEY VALUE pairs; got an odd number of items: {opts}"
+        )
     unknown = [key for key in opts[0::2] if not _has_key(cfg, key)]
     if unknown:
         raise ConfigError(f"Config overrides name unknown keys:\n{_describe_unknown(unknown, cfg)}")
@@ -98,7 +104,9 @@ def _merge_overrides(cfg: CfgNode, opts: List[str]) -> None:
         raise ConfigError(f"Config overrides {opts}: {e}") from e
 
 
-def check_registered_names(cfg: CfgNode, source: str = "the config", need_datasets: bool = True) -> None:
+def check_registered_names(
+    cfg: CfgNode, source: str = "the config", need_datasets: bool = True
+) -> None:
     """
     Raise :class:`ConfigError` listing every component name (meta-architecture, backbone, head,
     pixel decoder, dataset mapper) and, with ``need_datasets``, dataset in ``cfg`` that is not
@@ -108,7 +116,11 @@ def check_registered_names(cfg: CfgNode, source: str = "the config", need_datase
         ("MODEL.META_ARCHITECTURE", cfg.MODEL.META_ARCHITECTURE, META_ARCH_REGISTRY),
         ("MODEL.BACKBONE.NAME", cfg.MODEL.BACKBONE.NAME, BACKBONE_REGISTRY),
         ("MODEL.SEM_SEG_HEAD.NAME", cfg.MODEL.SEM_SEG_HEAD.NAME, SEM_SEG_HEADS_REGISTRY),
-        ("MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME", cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, PIXEL_DECODER_REGISTRY),
+        (
+            "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME",
+            cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME,
+            PIXEL_DECODER_REGISTRY,
+        ),
         ("INPUT.DATASET_MAPPER_NAME", cfg.INPUT.DATASET_MAPPER_NAME, DATASET_MAPPER_REGISTRY),
     ]
     problems = [
@@ -118,7 +130,10 @@ def check_registered_names(cfg: CfgNode, source: str = "the config", need_datase
     ]
     if need_datasets:
         datasets = DatasetCatalog.list()
-        for key, names in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        for key, names in (
+            ("DATASETS.TRAIN", cfg.DATASETS.TRAIN),
+            ("DATASETS.TEST", cfg.DATASETS.TEST),
+        ):
             problems += [
                 _describe_unregistered(key, name, datasets, "a registered dataset")
                 for name in names

@@ -1,4 +1,5 @@
 """The MaskFormer trainer: detectron2's DefaultTrainer with this project's data, optimizer and evaluation."""
+
 import logging
 import os
 import weakref
@@ -6,7 +7,14 @@ from collections import OrderedDict
 
 import torch
 from detectron2.data import build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, create_ddp_model, hooks
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    hooks,
+)
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -52,11 +60,15 @@ class Trainer(DefaultTrainer):
         amp = cfg.SOLVER.AMP.ENABLED
         if amp and not on_gpu:
             # detectron2's AMPTrainer needs CUDA; configs written for GPUs still train on CPU
-            logger.warning("SOLVER.AMP.ENABLED is ignored on CPU (detectron2's AMPTrainer needs CUDA): "
-                           "training in float32.")
+            logger.warning(
+                "SOLVER.AMP.ENABLED is ignored on CPU (detectron2's AMPTrainer needs CUDA): "
+                "training in float32."
+            )
             amp = False
         if amp:
-            self._trainer = AMPTrainer(model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE))
+            self._trainer = AMPTrainer(
+                model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE)
+            )
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer)
 
@@ -127,7 +139,9 @@ class Trainer(DefaultTrainer):
         logger.info("Running inference with test-time augmentation ...")
         model = SemanticSegmentorWithTTA(cfg, model)
         evaluators = [
-            build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA"), semantic_only=True)
+            build_evaluator(
+                cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA"), semantic_only=True
+            )
             for name in cfg.DATASETS.TEST
         ]
         results = cls.test(cfg, model, evaluators)

@@ -1,4 +1,5 @@
 """Choice of evaluators for a dataset, by its metadata's ``evaluator_type``."""
+
 import os
 
 from detectron2.data import MetadataCatalog
@@ -20,7 +21,9 @@ SEMANTIC_TYPES = ("sem_seg", "cityscapes_sem_seg")
 KNOWN_TYPES = SEMANTIC_TYPES + PANOPTIC_TYPES + ("cityscapes_instance",)
 
 
-def build_evaluator(cfg, dataset_name: str, output_folder: str = None, semantic_only: bool = False) -> DatasetEvaluator:
+def build_evaluator(
+    cfg, dataset_name: str, output_folder: str = None, semantic_only: bool = False
+) -> DatasetEvaluator:
     """
     Evaluators of ``dataset_name``:
 

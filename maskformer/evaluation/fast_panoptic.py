@@ -11,6 +11,7 @@ on them.
 ``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator using it (and reading the
 predictions' PNGs from memory instead of writing them to a temporary folder first).
 """
+
 import itertools
 import json
 import multiprocessing
@@ -26,7 +27,12 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 __all__ = [
-    "FastCOCOPanopticEvaluator", "PQStats", "accumulate_pq_stats", "image_pq_stats", "pq_compute", "pq_results",
+    "FastCOCOPanopticEvaluator",
+    "PQStats",
+    "accumulate_pq_stats",
+    "image_pq_stats",
+    "pq_compute",
+    "pq_results",
     "read_panoptic_png",
 ]
 
@@ -66,11 +72,20 @@ class PQStats:
                 per_class[category_id] = {"pq": 0.0, "sq": 0.0, "rq": 0.0}
                 continue
             n += 1
-            values = (iou / (tp + 0.5 * fp + 0.5 * fn), iou / tp if tp != 0 else 0, tp / (tp + 0.5 * fp + 0.5 * fn))
+            values = (
+                iou / (tp + 0.5 * fp + 0.5 * fn),
+                iou / tp if tp != 0 else 0,
+                tp / (tp + 0.5 * fp + 0.5 * fn),
+            )
             per_class[category_id] = dict(zip(("pq", "sq", "rq"), values))
             totals += values
         means = totals / n if n else totals
-        return {"pq": float(means[0]), "sq": float(means[1]), "rq": float(means[2]), "n": n}, per_class
+        return {
+            "pq": float(means[0]),
+            "sq": float(means[1]),
+            "rq": float(means[2]),
+            "n": n,
+        }, per_class
 
 
 def read_panoptic_png(source: Union[str, bytes]) -> np.ndarray:
@@ -83,12 +98,17 @@ def read_panoptic_png(source: Union[str, bytes]) -> np.ndarray:
     bgr = cv2.imdecode(np.frombuffer(source, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise ValueError(f"{name}: cannot be read as a panoptic PNG")
-    ids = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA).view("<u4")[..., 0]  # bytes R, G, B, A read little-endian
+    ids = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGBA).view("<u4")[
+        ..., 0
+    ]  # bytes R, G, B, A read little-endian
     ids &= 0xFFFFFF
     return ids
 
 
-UNKNOWN_INDEX, VOID_INDEX = 0, 1  # indices of ids an annotation does not list, and of void; segments follow
+UNKNOWN_INDEX, VOID_INDEX = (
+    0,
+    1,
+)  # indices of ids an annotation does not list, and of void; segments follow
 
 
 def _segment_index(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
@@ -100,8 +120,13 @@ def _segment_index(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return index
 
 
-def image_pq_stats(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_ann: Dict, pred_ann: Dict,
-                   categories: Dict[int, Dict]) -> PQStats:
+def image_pq_stats(
+    pan_gt: np.ndarray,
+    pan_pred: np.ndarray,
+    gt_ann: Dict,
+    pred_ann: Dict,
+    categories: Dict[int, Dict],
+) -> PQStats:
     """
     PQ statistics of one image, as panopticapi's ``pq_compute_single_core`` computes them.
 
@@ -115,8 +140,10 @@ def image_pq_stats(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_ann: Dict, pred_
     image_id = gt_ann.get("image_id")
     if pan_gt.shape != pan_pred.shape:
         gt_size, pred_size = "x".join(map(str, pan_gt.shape)), "x".join(map(str, pan_pred.shape))
-        raise ValueError(f"In the image with ID {image_id} ({gt_ann.get('file_name')}) the ground truth is "
-                         f"{gt_size} and the prediction {pred_size}")
+        raise ValueError(
+            f"In the image with ID {image_id} ({gt_ann.get('file_name')}) the ground truth is "
+            f"{gt_size} and the prediction {pred_size}"
+        )
     stats = PQStats(categories)
     gt_segments, pred_segments = gt_ann["segments_info"], pred_ann["segments_info"]
 
@@ -137,25 +164,35 @@ def image_pq_stats(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_ann: Dict, pred_
     run_start[1:] |= pred_flat[1:] != pred_flat[:-1]
     starts = np.flatnonzero(run_start)
     lengths = np.diff(np.append(starts, gt_flat.size))
-    rows, cols = _segment_index(gt_flat[starts], gt_ids), _segment_index(pred_flat[starts], pred_ids)
+    rows, cols = _segment_index(gt_flat[starts], gt_ids), _segment_index(
+        pred_flat[starts], pred_ids
+    )
     num_cols = len(pred_ids) + 2
-    counts = np.bincount(rows * num_cols + cols, weights=lengths, minlength=(len(gt_ids) + 2) * num_cols)
+    counts = np.bincount(
+        rows * num_cols + cols, weights=lengths, minlength=(len(gt_ids) + 2) * num_cols
+    )
     intersections = counts.astype(np.int64).reshape(-1, num_cols)
     if intersections[:, UNKNOWN_INDEX].any():
         unknown = int(pred_flat[starts][cols == UNKNOWN_INDEX][0])
-        raise KeyError(f"In the image with ID {image_id} segment with ID {unknown} is presented "
-                       f"in PNG and not presented in JSON.")
+        raise KeyError(
+            f"In the image with ID {image_id} segment with ID {unknown} is presented "
+            f"in PNG and not presented in JSON."
+        )
     pred_area = intersections[:, 2:].sum(0)
     # without the unknown gt ids, which panopticapi matches to nothing (and counts in no void overlap)
     intersections = intersections[1:, 1:]  # row / column 0 now void
     missing = pred_ids[pred_area == 0]
     if len(missing):
-        raise KeyError(f"In the image with ID {image_id} the following segment IDs {missing.tolist()} are "
-                       f"presented in JSON and not presented in PNG.")
+        raise KeyError(
+            f"In the image with ID {image_id} the following segment IDs {missing.tolist()} are "
+            f"presented in JSON and not presented in PNG."
+        )
     pred_category = np.array([s["category_id"] for s in pred_sorted], dtype=np.int64)
     for category in pred_category.tolist():
         if category not in categories:
-            raise KeyError(f"In the image with ID {image_id} a segment has unknown category_id {category}.")
+            raise KeyError(
+                f"In the image with ID {image_id} a segment has unknown category_id {category}."
+            )
     gt_category = np.array([s["category_id"] for s in gt_sorted], dtype=np.int64)
     gt_area = np.array([s["area"] for s in gt_sorted], dtype=np.int64)
     gt_crowd = np.array([s["iscrowd"] == 1 for s in gt_sorted], dtype=bool)
@@ -192,11 +229,17 @@ def image_pq_stats(pan_gt: np.ndarray, pan_pred: np.ndarray, gt_ann: Dict, pred_
 
 def _job_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict]) -> List[PQStats]:
     """jobs: (gt PNG, predicted PNG, gt annotation, predicted annotation), PNGs as paths or bytes."""
-    return [image_pq_stats(read_panoptic_png(gt_png), read_panoptic_png(pred_png), gt_ann, pred_ann, categories)
-            for gt_png, pred_png, gt_ann, pred_ann in jobs]
+    return [
+        image_pq_stats(
+            read_panoptic_png(gt_png), read_panoptic_png(pred_png), gt_ann, pred_ann, categories
+        )
+        for gt_png, pred_png, gt_ann, pred_ann in jobs
+    ]
 
 
-def accumulate_pq_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict], num_workers: int = 0) -> PQStats:
+def accumulate_pq_stats(
+    jobs: Sequence[Tuple], categories: Dict[int, Dict], num_workers: int = 0
+) -> PQStats:
     """
     Statistics of all ``jobs`` (see ``_job_stats``), with ``num_workers`` > 0 spread over that many
     processes. Images are added up in order, so the result does not depend on ``num_workers``.
@@ -206,7 +249,9 @@ def accumulate_pq_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict], num_
         # fork: workers start at once instead of importing torch and detectron2 again
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
         with multiprocessing.get_context(method).Pool(len(chunks)) as pool:
-            parts = pool.starmap(_job_stats, [([jobs[i] for i in chunk], categories) for chunk in chunks])
+            parts = pool.starmap(
+                _job_stats, [([jobs[i] for i in chunk], categories) for chunk in chunks]
+            )
         per_image = list(itertools.chain(*parts))
     else:
         per_image = _job_stats(jobs, categories)
@@ -216,7 +261,9 @@ def accumulate_pq_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict], num_
     return total
 
 
-def _pair_annotations(gt_json: Dict, pred_annotations: Sequence[Dict], source: str) -> List[Tuple[Dict, Dict]]:
+def _pair_annotations(
+    gt_json: Dict, pred_annotations: Sequence[Dict], source: str
+) -> List[Tuple[Dict, Dict]]:
     by_image = {ann["image_id"]: ann for ann in pred_annotations}
     missing = [ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in by_image]
     if missing:
@@ -234,8 +281,13 @@ def pq_results(stats: PQStats, categories: Dict[int, Dict]) -> Dict:
     return results
 
 
-def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] = None,
-               pred_folder: Optional[str] = None, num_workers: int = 0) -> Dict:
+def pq_compute(
+    gt_json_file: str,
+    pred_json_file: str,
+    gt_folder: Optional[str] = None,
+    pred_folder: Optional[str] = None,
+    num_workers: int = 0,
+) -> Dict:
     """
     Drop-in for panopticapi's ``pq_compute``: same arguments and result ("All", "Things", "Stuff"
     with "pq", "sq", "rq", "n", and "per_class"), printing nothing. ``num_workers``: see
@@ -250,9 +302,15 @@ def pq_compute(gt_json_file: str, pred_json_file: str, gt_folder: Optional[str] 
     for folder, what in ((gt_folder, "ground truth"), (pred_folder, "predicted")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"Folder {folder} with {what} segmentations doesn't exist")
-    jobs = [(os.path.join(gt_folder, gt_ann["file_name"]), os.path.join(pred_folder, pred_ann["file_name"]),
-             gt_ann, pred_ann)
-            for gt_ann, pred_ann in _pair_annotations(gt_json, pred_json["annotations"], pred_json_file)]
+    jobs = [
+        (
+            os.path.join(gt_folder, gt_ann["file_name"]),
+            os.path.join(pred_folder, pred_ann["file_name"]),
+            gt_ann,
+            pred_ann,
+        )
+        for gt_ann, pred_ann in _pair_annotations(gt_json, pred_json["annotations"], pred_json_file)
+    ]
     categories = {c["id"]: c for c in gt_json["categories"]}
     return pq_results(accumulate_pq_stats(jobs, categories, num_workers), categories)
 
@@ -283,8 +341,17 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
                 json.dump({**gt_json, "annotations": annotations}, f)
 
         png_of_image = {p["image_id"]: p["png_string"] for p in predictions}
-        jobs = [(os.path.join(gt_folder, gt_ann["file_name"]), png_of_image[gt_ann["image_id"]], gt_ann, pred_ann)
-                for gt_ann, pred_ann in _pair_annotations(gt_json, annotations, "the model's predictions")]
+        jobs = [
+            (
+                os.path.join(gt_folder, gt_ann["file_name"]),
+                png_of_image[gt_ann["image_id"]],
+                gt_ann,
+                pred_ann,
+            )
+            for gt_ann, pred_ann in _pair_annotations(
+                gt_json, annotations, "the model's predictions"
+            )
+        ]
         categories = {c["id"]: c for c in gt_json["categories"]}
         pq_res = pq_results(accumulate_pq_stats(jobs, categories, self._num_workers), categories)
 

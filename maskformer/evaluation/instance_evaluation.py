@@ -3,6 +3,7 @@ COCO instance AP for panoptic datasets: ground truth taken from the panoptic ann
 dataset has no instance json, and predicted classes mapped from the model's contiguous ids over
 all (thing and stuff) classes back to dataset category ids.
 """
+
 import json
 import logging
 import os
@@ -78,27 +79,45 @@ class InstanceSegEvaluator(COCOEvaluator):
         if not hasattr(meta, "json_file"):
             gt_path = os.path.join(output_dir, f"{dataset_name}_instances_from_panoptic.json")
             if comm.is_main_process():
-                logger.info(f"Writing instance ground truth of {dataset_name} from its panoptic annotations to {gt_path}")
+                logger.info(
+                    f"Writing instance ground truth of {dataset_name} from its panoptic annotations to {gt_path}"
+                )
                 PathManager.mkdirs(output_dir)
                 with atomic_open(gt_path, "w") as f:
                     json.dump(panoptic_to_coco_instances(meta.panoptic_json, meta.panoptic_root), f)
             comm.synchronize()
-            meta.json_file = gt_path  # what COCOEvaluator reads; it caches its own conversions the same way
-        super().__init__(dataset_name, tasks=("segm", "bbox"), distributed=distributed, output_dir=output_dir, **kwargs)
+            meta.json_file = (
+                gt_path  # what COCOEvaluator reads; it caches its own conversions the same way
+            )
+        super().__init__(
+            dataset_name,
+            tasks=("segm", "bbox"),
+            distributed=distributed,
+            output_dir=output_dir,
+            **kwargs,
+        )
 
-        self._contiguous_to_dataset_id = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+        self._contiguous_to_dataset_id = {
+            v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()
+        }
         # Category ids are mapped back in process(). COCOEvaluator's own mapping assumes thing ids
         # 0..T-1 and one class name per thing, so it reads a metadata without the mapping.
-        categories = sorted(self._coco_api.loadCats(self._coco_api.getCatIds()), key=lambda c: c["id"])
+        categories = sorted(
+            self._coco_api.loadCats(self._coco_api.getCatIds()), key=lambda c: c["id"]
+        )
         self._metadata = Metadata(
-            name=dataset_name, json_file=meta.json_file, thing_classes=[c["name"] for c in categories]
+            name=dataset_name,
+            json_file=meta.json_file,
+            thing_classes=[c["name"] for c in categories],
         )
 
     def process(self, inputs, outputs):
         for inp, out in zip(inputs, outputs):
             instances = out["instances"].to(self._cpu_device)
             is_thing = [int(c) in self._contiguous_to_dataset_id for c in instances.pred_classes]
-            results = instances_to_coco_json(instances[torch.tensor(is_thing, dtype=torch.bool)], inp["image_id"])
+            results = instances_to_coco_json(
+                instances[torch.tensor(is_thing, dtype=torch.bool)], inp["image_id"]
+            )
             for r in results:
                 r["category_id"] = self._contiguous_to_dataset_id[r["category_id"]]
             self._predictions.append({"image_id": inp["image_id"], "instances": results})

@@ -3,6 +3,7 @@ Export of MaskFormer's inference graph (TorchScript, ONNX) and what running an e
 the metadata written next to it and the post-processing that turns its raw outputs into the
 model's usual outputs.
 """
+
 from .exporters import EXPORT_FORMATS, export_model
 from .graph import MaskFormerGraph
 from .metadata import load_export_metadata, metadata_path

@@ -1,4 +1,5 @@
 """Writing a MaskFormer's inference graph as TorchScript (traced) or ONNX, with its metadata JSON."""
+
 import json
 import logging
 import os
@@ -47,7 +48,9 @@ def _save_onnx(graph: MaskFormerGraph, example: torch.Tensor, path: str):
 _SAVERS = {"torchscript": _save_torchscript, "onnx": _save_onnx}
 
 
-def _verify(graph: MaskFormerGraph, export_format: str, path: str, example: torch.Tensor, step: int):
+def _verify(
+    graph: MaskFormerGraph, export_format: str, path: str, example: torch.Tensor, step: int
+):
     """
     Runs the saved graph at the traced size and, as a batch of two, at a larger size, and raises if
     its outputs stray from the eager graph's: a trace that froze a size would show it here.
@@ -63,14 +66,20 @@ def _verify(graph: MaskFormerGraph, export_format: str, path: str, example: torc
             raise ValueError(f"{path}: the exported graph fails on a {shape} input ({e})") from e
         for name, expected, actual in zip(("pred_logits", "pred_masks"), graph(images), outputs):
             if actual.shape != expected.shape:
-                raise ValueError(f"{path}: exported {name} has shape {tuple(actual.shape)} on a {shape} input, "
-                                 f"the model gives {tuple(expected.shape)}")
+                raise ValueError(
+                    f"{path}: exported {name} has shape {tuple(actual.shape)} on a {shape} input, "
+                    f"the model gives {tuple(expected.shape)}"
+                )
             error = (actual.to(expected.device) - expected).abs().max().item()
             if error > VERIFY_TOLERANCE * max(1.0, expected.abs().max().item()):
-                raise ValueError(f"{path}: exported {name} differs from the model's by {error:.3g} on a {shape} input")
+                raise ValueError(
+                    f"{path}: exported {name} differs from the model's by {error:.3g} on a {shape} input"
+                )
 
 
-def export_model(cfg, model: MaskFormer, export_format: str, output_dir, input_size: Tuple[int, int]) -> Path:
+def export_model(
+    cfg, model: MaskFormer, export_format: str, output_dir, input_size: Tuple[int, int]
+) -> Path:
     """
     Exports ``model``'s graph (see ``MaskFormerGraph``) traced on a (1, 3, H, W) example, with
     (H, W) = ``input_size`` rounded up to the model's size divisibility, to
@@ -96,14 +105,20 @@ def export_model(cfg, model: MaskFormer, export_format: str, output_dir, input_s
         with torch.no_grad(), warnings.catch_warnings():
             # shape checks inside torch.nn.functional (attention, padding) that tracing records as
             # constants; _verify checks the graph at another size
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
+            warnings.filterwarnings(
+                "ignore", category=torch.jit.TracerWarning, module="torch.nn.functional"
+            )
             _SAVERS[export_format](graph, example, str(partial_model))
             _verify(graph, export_format, str(partial_model), example, divisor)
-        partial_info.write_text(json.dumps(export_metadata(cfg, model, export_format, example_size), indent=2))
+        partial_info.write_text(
+            json.dumps(export_metadata(cfg, model, export_format, example_size), indent=2)
+        )
         os.replace(partial_model, model_file)
         os.replace(partial_info, info_file)
     finally:
         partial_model.unlink(missing_ok=True)
         partial_info.unlink(missing_ok=True)
-    logger.info(f"Exported {export_format} graph traced at {example_size[0]}x{example_size[1]} to {model_file}")
+    logger.info(
+        f"Exported {export_format} graph traced at {example_size[0]}x{example_size[1]} to {model_file}"
+    )
     return model_file

@@ -1,4 +1,5 @@
 """The traceable part of a MaskFormer: normalised image batch -> class logits and mask logits."""
+
 import copy
 from typing import Tuple
 
@@ -21,7 +22,9 @@ class MaskFormerGraph(nn.Module):
     def __init__(self, model: MaskFormer):
         super().__init__()
         if not isinstance(model, MaskFormer):
-            raise TypeError(f"Only the MaskFormer meta-architecture can be exported, got {type(model).__name__}")
+            raise TypeError(
+                f"Only the MaskFormer meta-architecture can be exported, got {type(model).__name__}"
+            )
         predictor = getattr(model.sem_seg_head, "predictor", None)
         if not isinstance(predictor, TransformerPredictor):
             raise TypeError(

@@ -3,6 +3,7 @@ The JSON file written next to an exported model: everything needed to feed the g
 its outputs into results (normalisation, padding, inference settings, class names and colours),
 plus the full config for reference.
 """
+
 import json
 from pathlib import Path
 from typing import Dict, Tuple
@@ -22,7 +23,14 @@ CLASS_METADATA_KEYS = (
     "thing_dataset_id_to_contiguous_id",
     "stuff_dataset_id_to_contiguous_id",
 )
-_REQUIRED_KEYS = ("format_version", "export_format", "device", "input", "inference", "class_metadata")
+_REQUIRED_KEYS = (
+    "format_version",
+    "export_format",
+    "device",
+    "input",
+    "inference",
+    "class_metadata",
+)
 
 
 def metadata_path(model_file) -> Path:
@@ -30,7 +38,9 @@ def metadata_path(model_file) -> Path:
     return Path(f"{model_file}.json")
 
 
-def export_metadata(cfg, model: MaskFormer, export_format: str, example_size: Tuple[int, int]) -> Dict:
+def export_metadata(
+    cfg, model: MaskFormer, export_format: str, example_size: Tuple[int, int]
+) -> Dict:
     dataset = cfg.DATASETS.TEST[0] if len(cfg.DATASETS.TEST) else None
     known = MetadataCatalog.get(dataset).as_dict() if dataset else {}
     class_metadata = {k: known[k] for k in CLASS_METADATA_KEYS if k in known}
@@ -80,8 +90,12 @@ def load_export_metadata(model_file) -> Dict:
     if missing:
         raise ValueError(f"{path}: not an export metadata file, missing {missing}")
     if info["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {info['format_version']}, this code reads {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: format_version {info['format_version']}, this code reads {FORMAT_VERSION}"
+        )
     for key in ("thing_dataset_id_to_contiguous_id", "stuff_dataset_id_to_contiguous_id"):
         if key in info["class_metadata"]:
-            info["class_metadata"][key] = {int(k): v for k, v in info["class_metadata"][key].items()}
+            info["class_metadata"][key] = {
+                int(k): v for k, v in info["class_metadata"][key].items()
+            }
     return info

@@ -3,6 +3,7 @@ Post-processing of an exported graph's outputs into exactly what ``MaskFormer.fo
 inference. It runs ``MaskFormer.inference_single`` itself, so eager and exported models share one
 implementation; ``InferenceSettings`` carries the model attributes that method reads.
 """
+
 from dataclasses import asdict, dataclass
 from typing import Dict, FrozenSet, List, Sequence, Tuple
 
@@ -62,9 +63,15 @@ def postprocess(
         per image {"sem_seg": (K, height, width)} plus "panoptic_seg" / "instances" as the
         settings ask, identical to ``MaskFormer.forward`` in eval mode.
     """
-    mask_pred_results = F.interpolate(pred_masks, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    mask_pred_results = F.interpolate(
+        pred_masks, size=tuple(padded_size), mode="bilinear", align_corners=False
+    )
     return [
         # MaskFormer's own per-image inference, with the settings standing in for the model
-        MaskFormer.inference_single(settings, mask_cls, mask_pred, {"height": h, "width": w}, image_size)
-        for mask_cls, mask_pred, image_size, (h, w) in zip(pred_logits, mask_pred_results, image_sizes, output_sizes)
+        MaskFormer.inference_single(
+            settings, mask_cls, mask_pred, {"height": h, "width": w}, image_size
+        )
+        for mask_cls, mask_pred, image_size, (h, w) in zip(
+            pred_logits, mask_pred_results, image_sizes, output_sizes
+        )
     ]

@@ -1,4 +1,5 @@
 """Running an exported MaskFormer graph (TorchScript or ONNX) as a drop-in for the eager model."""
+
 import dataclasses
 import logging
 from pathlib import Path
@@ -32,14 +33,18 @@ def load_onnx(model_file: str, device: torch.device) -> GraphFn:
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         else:
-            logger.warning(f"onnxruntime has no CUDAExecutionProvider here; running {model_file} on CPU")
+            logger.warning(
+                f"onnxruntime has no CUDAExecutionProvider here; running {model_file} on CPU"
+            )
     try:
         session = ort.InferenceSession(model_file, providers=providers)
     except Exception as e:
         raise ValueError(f"{model_file}: cannot be loaded as ONNX ({e})") from e
 
     def run(images: torch.Tensor):
-        pred_logits, pred_masks = session.run(["pred_logits", "pred_masks"], {"images": images.cpu().numpy()})
+        pred_logits, pred_masks = session.run(
+            ["pred_logits", "pred_masks"], {"images": images.cpu().numpy()}
+        )
         return torch.from_numpy(pred_logits), torch.from_numpy(pred_masks)
 
     return run
@@ -70,7 +75,9 @@ class ExportedMaskFormer:
         self.device = torch.device(device)
         suffix = Path(model_file).suffix.lower()
         if suffix not in _FORMAT_OF_SUFFIX:
-            raise ValueError(f"{model_file}: unknown model file type {suffix!r}; expected .ts, .pt or .onnx")
+            raise ValueError(
+                f"{model_file}: unknown model file type {suffix!r}; expected .ts, .pt or .onnx"
+            )
         export_format = _FORMAT_OF_SUFFIX[suffix]
         if export_format == "torchscript" and self.device.type != info["device"]:
             # traced graphs keep the device of the tensors they create (e.g. positional encodings)
@@ -80,20 +87,36 @@ class ExportedMaskFormer:
         self.graph = GRAPH_LOADERS[export_format](model_file, self.device)
         settings = InferenceSettings.from_dict(info["inference"])
         if object_mask_threshold is not None:
-            settings = dataclasses.replace(settings, object_mask_threshold=float(object_mask_threshold))
+            settings = dataclasses.replace(
+                settings, object_mask_threshold=float(object_mask_threshold)
+            )
         self.settings = settings
         self.input_format = info["input"]["image_format"]
         self.size_divisibility = info["input"]["size_divisibility"]
-        self.pixel_mean = torch.tensor(info["input"]["pixel_mean"], device=self.device).view(-1, 1, 1)
+        self.pixel_mean = torch.tensor(info["input"]["pixel_mean"], device=self.device).view(
+            -1, 1, 1
+        )
         self.pixel_std = torch.tensor(info["input"]["pixel_std"], device=self.device).view(-1, 1, 1)
-        self.metadata = Metadata(name=info.get("dataset") or Path(model_file).name, **info["class_metadata"])
+        self.metadata = Metadata(
+            name=info.get("dataset") or Path(model_file).name, **info["class_metadata"]
+        )
 
     def __call__(self, batched_inputs: List[Dict]) -> List[Dict]:
-        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
         batch = ImageList.from_tensors(images, self.size_divisibility)
         with torch.no_grad():
             pred_logits, pred_masks = self.graph(batch.tensor)
-        output_sizes = [(x.get("height", h), x.get("width", w)) for x, (h, w) in zip(batched_inputs, batch.image_sizes)]
+        output_sizes = [
+            (x.get("height", h), x.get("width", w))
+            for x, (h, w) in zip(batched_inputs, batch.image_sizes)
+        ]
         return postprocess(
-            pred_logits, pred_masks, batch.tensor.shape[-2:], batch.image_sizes, output_sizes, self.settings
+            pred_logits,
+            pred_masks,
+            batch.tensor.shape[-2:],
+            batch.image_sizes,
+            output_sizes,
+            self.settings,
         )

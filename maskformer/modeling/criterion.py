@@ -4,6 +4,7 @@ cross-entropy over K+1 classes for every query ("no object" for unmatched ones, 
 for matched queries, sigmoid focal and dice losses between predicted and ground-truth masks.
 Mask losses are normalised by the number of ground-truth masks averaged over all workers.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -25,8 +26,13 @@ def dice_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float) -> 
     return (1 - (numerator + 1) / (denominator + 1)).sum() / num_masks
 
 
-def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, num_masks: float, alpha: float = 0.25,
-                       gamma: float = 2.0) -> torch.Tensor:
+def sigmoid_focal_loss(
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    num_masks: float,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> torch.Tensor:
     """
     inputs: (M, P) mask logits, targets: (M, P) binary. Focal loss averaged over P, summed over masks,
     divided by num_masks.
@@ -50,9 +56,13 @@ def upsample_bilinear_adjoint(grad: torch.Tensor, size: Tuple[int, int]) -> torc
     """
     if grad.shape[-2] % size[0] or grad.shape[-1] % size[1]:
         low_shape = [len(grad), 1, *size]
-        return torch.ops.aten.upsample_bilinear2d_backward(grad[:, None], list(grad.shape[-2:]), low_shape, False)[:, 0]
+        return torch.ops.aten.upsample_bilinear2d_backward(
+            grad[:, None], list(grad.shape[-2:]), low_shape, False
+        )[:, 0]
     along_width = _adjoint_along_last_dim(grad, grad.shape[-1] // size[1])  # (N, H, w)
-    return _adjoint_along_last_dim(along_width.transpose(-1, -2), grad.shape[-2] // size[0]).transpose(-1, -2)
+    return _adjoint_along_last_dim(
+        along_width.transpose(-1, -2), grad.shape[-2] // size[0]
+    ).transpose(-1, -2)
 
 
 def _adjoint_along_last_dim(grad: torch.Tensor, factor: int) -> torch.Tensor:
@@ -95,8 +105,12 @@ class UpsampledMaskLoss(torch.autograd.Function):
         size, pixels = tgt.shape[-2:], tgt.shape[-2:].numel()
         focal = src.new_zeros(len(src))
         dice = src.new_zeros(len(src))
-        grads = src.new_zeros((2,) + src.shape) if ctx.needs_input_grad[0] else None  # d focal, d dice
-        chunk_elements = UpsampledMaskLoss.CHUNK_ELEMENTS["cpu" if src.device.type == "cpu" else "other"]
+        grads = (
+            src.new_zeros((2,) + src.shape) if ctx.needs_input_grad[0] else None
+        )  # d focal, d dice
+        chunk_elements = UpsampledMaskLoss.CHUNK_ELEMENTS[
+            "cpu" if src.device.type == "cpu" else "other"
+        ]
         step = max(1, chunk_elements // pixels)
         tiny = torch.finfo(src.dtype).tiny
         for start in range(0, len(src), step):
@@ -104,7 +118,9 @@ class UpsampledMaskLoss(torch.autograd.Function):
             # 0/1 targets as floats: arithmetic with them is vectorised where bool tensors are not
             # (converting from bool, or torch.where on a bool mask, is ~10x slower than from uint8)
             t = tgt[chunk].view(torch.uint8).to(src.dtype).flatten(1)
-            x = F.interpolate(src[chunk, None], size=size, mode="bilinear", align_corners=False).flatten(1)
+            x = F.interpolate(
+                src[chunk, None], size=size, mode="bilinear", align_corners=False
+            ).flatten(1)
             # a pixel's losses depend only on s = x on background, -x on foreground, through
             # q = sigmoid(s) = 1 - p_t and -log p_t = softplus(s)
             s = torch.addcmul(x, x, t, value=-2)
@@ -112,8 +128,12 @@ class UpsampledMaskLoss(torch.autograd.Function):
             # softplus(s) = s - log q. Where q underflows, every term with bce has a factor q^gamma = 0
             bce = q.clamp(min=tiny).log_().neg_().add_(s)
             q_gamma = q**gamma
-            focal_pixel = bce * q_gamma  # the focal loss without its alpha_t = 1 - alpha + (2 alpha - 1) t
-            focal[chunk] = (1 - alpha) * focal_pixel.sum(1) + (2 * alpha - 1) * torch.linalg.vecdot(focal_pixel, t)
+            focal_pixel = (
+                bce * q_gamma
+            )  # the focal loss without its alpha_t = 1 - alpha + (2 alpha - 1) t
+            focal[chunk] = (1 - alpha) * focal_pixel.sum(1) + (2 * alpha - 1) * torch.linalg.vecdot(
+                focal_pixel, t
+            )
             # the predicted probability p = sigmoid(x) is 1 - q on foreground pixels and q elsewhere
             sum_t, sum_q, sum_qt = t.sum(1), q.sum(1), torch.linalg.vecdot(q, t)
             intersection, sum_p = sum_t - sum_qt, sum_q - 2 * sum_qt + sum_t
@@ -121,11 +141,15 @@ class UpsampledMaskLoss(torch.autograd.Function):
             dice[chunk] = 1 - numerator / denominator
             if grads is None:
                 continue
-            upsampled = torch.empty((2,) + q.shape, dtype=q.dtype, device=q.device)  # d focal, d dice by d x
+            upsampled = torch.empty(
+                (2,) + q.shape, dtype=q.dtype, device=q.device
+            )  # d focal, d dice by d x
             one_minus_q = 1 - q
             # d focal_pixel / d s = alpha_t q^gamma (q + gamma (1 - q) bce), and d s / d x = sign, where
             # alpha_t sign = 1 - alpha - t
-            torch.addcmul(q, one_minus_q, bce, value=gamma, out=upsampled[0]).mul_(q_gamma).mul_((1 - alpha) - t)
+            torch.addcmul(q, one_minus_q, bce, value=gamma, out=upsampled[0]).mul_(q_gamma).mul_(
+                (1 - alpha) - t
+            )
             # d dice / d x = (numerator - 2 t denominator) / denominator^2 * p (1 - p), where p (1 - p) = q (1 - q)
             background = (numerator / denominator**2)[:, None]
             weight = torch.addcmul(background, t, (2 / denominator)[:, None], value=-1)
@@ -143,7 +167,13 @@ class UpsampledMaskLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_focal, grad_dice):
         (grads,) = ctx.saved_tensors
-        return (grad_focal * grads[0] + grad_dice * grads[1]) / ctx.num_masks, None, None, None, None
+        return (
+            (grad_focal * grads[0] + grad_dice * grads[1]) / ctx.num_masks,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -162,9 +192,17 @@ class SetCriterion(nn.Module):
     objective in expectation, far less memory at large crops.
     """
 
-    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: Dict[str, float], eos_coef: float,
-                 losses: Tuple[str, ...] = ("labels", "masks"), num_points: int = 0, oversample_ratio: float = 3.0,
-                 importance_sample_ratio: float = 0.75):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Dict[str, float],
+        eos_coef: float,
+        losses: Tuple[str, ...] = ("labels", "masks"),
+        num_points: int = 0,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.matcher = matcher
@@ -180,17 +218,25 @@ class SetCriterion(nn.Module):
 
     def loss_labels(self, outputs, targets, indices, num_masks) -> Dict[str, torch.Tensor]:
         logits = outputs["pred_logits"].float()  # (B, Q, K+1)
-        target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
+        target_classes = torch.full(
+            logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
+        )
         batch_idx, query_idx = _prediction_index(indices)
         target_classes[batch_idx, query_idx] = torch.cat(
             [t["labels"][tgt] for t, (_, tgt) in zip(targets, indices)]
         ).to(logits.device)
-        return {"loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)}
+        return {
+            "loss_ce": F.cross_entropy(logits.transpose(1, 2), target_classes, self.empty_weight)
+        }
 
-    def loss_masks(self, outputs, targets, indices, num_masks, src_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def loss_masks(
+        self, outputs, targets, indices, num_masks, src_masks: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         """``src_masks``: (M, h, w) mask logits of the matched predictions (``matched_mask_logits``)."""
         src_masks = src_masks.float()
-        tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks.device)
+        tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(
+            src_masks.device
+        )
         if len(src_masks) == 0:
             zero = outputs["pred_masks"].sum() * 0.0  # keeps the graph connected for DDP
             return {"loss_mask": zero, "loss_dice": zero}
@@ -209,23 +255,36 @@ class SetCriterion(nn.Module):
         """src (M, 1, h, w) logits, tgt (M, 1, H, W) -> point logits and labels, each (M, num_points)."""
         with torch.no_grad():
             coords = get_uncertain_point_coords_with_randomness(
-                src, _uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+                src,
+                _uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
             )
             labels = point_sample(tgt, coords, align_corners=False).squeeze(1)
         return point_sample(src, coords, align_corners=False).squeeze(1), labels
 
-    def forward(self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: Dict, targets: List[Dict[str, torch.Tensor]]
+    ) -> Dict[str, torch.Tensor]:
         num_masks = self.num_masks(targets, outputs["pred_masks"].device)
-        layers = [{k: v for k, v in outputs.items() if k != "aux_outputs"}, *outputs.get("aux_outputs", [])]
+        layers = [
+            {k: v for k, v in outputs.items() if k != "aux_outputs"},
+            *outputs.get("aux_outputs", []),
+        ]
         indices = [self.matcher(layer, targets) for layer in layers]
-        matched_masks = matched_mask_logits(layers, indices) if "masks" in self.losses else [None] * len(layers)
+        matched_masks = (
+            matched_mask_logits(layers, indices) if "masks" in self.losses else [None] * len(layers)
+        )
         losses = {}
         for i, (layer, layer_indices, masks) in enumerate(zip(layers, indices, matched_masks)):
             layer_losses = {}
             if "labels" in self.losses:
                 layer_losses.update(self.loss_labels(layer, targets, layer_indices, num_masks))
             if "masks" in self.losses:
-                layer_losses.update(self.loss_masks(layer, targets, layer_indices, num_masks, masks))
+                layer_losses.update(
+                    self.loss_masks(layer, targets, layer_indices, num_masks, masks)
+                )
             suffix = "" if i == 0 else f"_{i - 1}"
             losses.update({k + suffix: v for k, v in layer_losses.items()})
         return losses
@@ -261,7 +320,9 @@ class MatchedMaskLogits(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         embed, weight, bias, x = ctx.saved_tensors
-        if len(embed) == 0:  # no matched masks in this image: no gradients (and no filters to convolve with)
+        if (
+            len(embed) == 0
+        ):  # no matched masks in this image: no gradients (and no filters to convolve with)
             return None, None, None, None, None, None
         with_bias = bias is not None
         # autocast may have left the embeddings (and x) in half precision and the weights in float32;
@@ -269,8 +330,15 @@ class MatchedMaskLogits(torch.autograd.Function):
         embed_in_weight_dtype = embed.to(weight.dtype)
         folded = torch.einsum("nc,cikj->nikj", embed_in_weight_dtype, weight).to(x.dtype)
         grad_x, grad_folded, grad_folded_bias = torch.ops.aten.convolution_backward(
-            grad[None].to(x.dtype), x[None], folded, [len(folded)] if with_bias else None, *ctx.geometry,
-            False, [0, 0], 1, [ctx.needs_input_grad[4], True, with_bias],
+            grad[None].to(x.dtype),
+            x[None],
+            folded,
+            [len(folded)] if with_bias else None,
+            *ctx.geometry,
+            False,
+            [0, 0],
+            1,
+            [ctx.needs_input_grad[4], True, with_bias],
         )
         grad_folded = grad_folded.to(weight.dtype)
         grad_embed = torch.einsum("nikj,cikj->nc", grad_folded, weight)
@@ -301,14 +369,17 @@ def matched_mask_logits(layers: List[Dict], indices: List) -> List[torch.Tensor]
     per_image = []  # per image, its matched masks split by layer
     for b, x in enumerate(features):
         queries = [idx[b][0] for idx in indices]  # per layer
-        embed = torch.cat([layer["mask_embed"][b, q] for layer, q in zip(layers, queries)])  # (N, C)
+        embed = torch.cat(
+            [layer["mask_embed"][b, q] for layer, q in zip(layers, queries)]
+        )  # (N, C)
         if conv is None:
             masks = torch.einsum("nc,chw->nhw", embed, x)
         else:
             with torch.no_grad():  # the values, as the matcher saw them
                 values = torch.cat([layer["pred_masks"][b, q] for layer, q in zip(layers, queries)])
-            masks = MatchedMaskLogits.apply(values, embed, conv.weight, conv.bias, x,
-                                            (conv.stride, conv.padding, conv.dilation))
+            masks = MatchedMaskLogits.apply(
+                values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation)
+            )
         per_image.append(masks.split([len(q) for q in queries]))
     return [torch.cat(layer_masks) for layer_masks in zip(*per_image)]
 

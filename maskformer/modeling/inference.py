@@ -7,6 +7,7 @@ model's mask resolution exactly as the published code does, each mask on its own
 resize only the masks a task keeps. ``semantic_inference_at_mask_resolution`` is the fast semantic
 output: marginalise first, then resize the K class maps, recomputing segment borders exactly.
 """
+
 from typing import Collection, Dict, List, Optional, Tuple
 
 import torch
@@ -18,7 +19,9 @@ def upsample_to_padded(masks: torch.Tensor, padded_size: Tuple[int, int]) -> tor
     """(N, h, w) mask logits over the padded batch -> (N, H_pad, W_pad), bilinear."""
     if tuple(masks.shape[-2:]) == tuple(padded_size):
         return masks
-    return F.interpolate(_batch_of_one(masks), size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(
+        _batch_of_one(masks), size=tuple(padded_size), mode="bilinear", align_corners=False
+    )[0]
 
 
 def _batch_of_one(maps: torch.Tensor) -> torch.Tensor:
@@ -29,7 +32,9 @@ def _batch_of_one(maps: torch.Tensor) -> torch.Tensor:
     return maps.permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
 
 
-def crop_and_resize(maps: torch.Tensor, image_size: Tuple[int, int], output_size: Tuple[int, int]) -> torch.Tensor:
+def crop_and_resize(
+    maps: torch.Tensor, image_size: Tuple[int, int], output_size: Tuple[int, int]
+) -> torch.Tensor:
     """
     (N, H_pad, W_pad) -> (N, height, width): the image's region, bilinear-resized to ``output_size``
     (detectron2's ``sem_seg_postprocess``, skipping its resize when the sizes already agree, which
@@ -39,11 +44,16 @@ def crop_and_resize(maps: torch.Tensor, image_size: Tuple[int, int], output_size
     if tuple(image_size) == tuple(output_size):
         return cropped
     # as sem_seg_postprocess
-    return F.interpolate(_batch_of_one(cropped), size=tuple(output_size), mode="bilinear", align_corners=False)[0]
+    return F.interpolate(
+        _batch_of_one(cropped), size=tuple(output_size), mode="bilinear", align_corners=False
+    )[0]
 
 
 def masks_to_output_size(
-    masks: torch.Tensor, padded_size: Tuple[int, int], image_size: Tuple[int, int], output_size: Tuple[int, int]
+    masks: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
 ) -> torch.Tensor:
     """
     (N, h, w) mask logits over the padded batch -> (N, height, width): bilinear to the padded size,
@@ -100,11 +110,15 @@ def semantic_inference_at_mask_resolution(
     coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
     upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
     winner = coarse.argmax(1, keepdim=True)
-    lower = (_window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T * probs.T[winner[:, 0]]).sum(1)
+    lower = (
+        _window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T * probs.T[winner[:, 0]]
+    ).sum(1)
     runner_up = upper.scatter_(1, winner, float("-inf")).amax(1)
     # a small margin covers the different rounding of the two computations
     cells = (lower <= runner_up + 1e-5).nonzero()[:, 0]
-    coarse = coarse.view(1, height, width, num_classes).permute(0, 3, 1, 2)  # (1, K, h, w) channels-last
+    coarse = coarse.view(1, height, width, num_classes).permute(
+        0, 3, 1, 2
+    )  # (1, K, h, w) channels-last
     scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
     if len(cells):
         ys, xs = cells // width, cells % width
@@ -119,12 +133,16 @@ def semantic_inference_at_mask_resolution(
 
 def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
     """Elementwise ``extreme`` (torch.maximum / torch.minimum) over each 3x3 neighbourhood of (N, h, w) maps."""
-    padded = F.pad(maps[None], (1, 1, 1, 1), mode="replicate")[0]  # the edge repeats: no effect on extremes
+    padded = F.pad(maps[None], (1, 1, 1, 1), mode="replicate")[
+        0
+    ]  # the edge repeats: no effect on extremes
     rows = extreme(extreme(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
     return extreme(extreme(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
 
 
-def _upsample_cells(logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, stride: int) -> torch.Tensor:
+def _upsample_cells(
+    logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, stride: int
+) -> torch.Tensor:
     """
     The stride x stride bilinear upsampling (align_corners=False, as F.interpolate) of just the mask
     pixels (ys, xs) of (Q, h, w) ``logits``: (Q, N * s * s), ordered (pixel, row, column). Each
@@ -133,14 +151,20 @@ def _upsample_cells(logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, st
     """
     num_queries = logits.shape[0]
     offsets = (torch.arange(stride, dtype=logits.dtype, device=logits.device) + 0.5) / stride - 0.5
-    weights = torch.stack([(-offsets).clamp(min=0), 1 - offsets.abs(), offsets.clamp(min=0)], 1)  # (s, 3)
+    weights = torch.stack(
+        [(-offsets).clamp(min=0), 1 - offsets.abs(), offsets.clamp(min=0)], 1
+    )  # (s, 3)
     kernel = torch.einsum("ia,jb->abij", weights, weights).reshape(9, stride * stride)
     # edge-replicated border = F.interpolate's clamping of source indices at the image edge
     padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]
     padded_width = padded.shape[-1]
     window = torch.arange(3, device=logits.device)
-    window = (window[:, None] * padded_width + window).flatten()  # the 3 x 3 offsets in the flat padded map
-    neighbourhoods = padded.flatten(1).index_select(1, ((ys * padded_width + xs)[:, None] + window).flatten())
+    window = (
+        window[:, None] * padded_width + window
+    ).flatten()  # the 3 x 3 offsets in the flat padded map
+    neighbourhoods = padded.flatten(1).index_select(
+        1, ((ys * padded_width + xs)[:, None] + window).flatten()
+    )
     return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, -1)
 
 
@@ -172,15 +196,24 @@ def panoptic_inference(
 
     segments_info: List[Dict] = []
     if cur_masks.shape[0] == 0:
-        return torch.zeros(mask_pred.shape[-2:], dtype=torch.int32, device=mask_pred.device), segments_info
+        return (
+            torch.zeros(mask_pred.shape[-2:], dtype=torch.int32, device=mask_pred.device),
+            segments_info,
+        )
 
-    owner = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(0)  # (H, W): winning kept query per pixel
+    owner = (cur_scores.view(-1, 1, 1) * cur_masks).argmax(
+        0
+    )  # (H, W): winning kept query per pixel
     assigned_area = torch.bincount(owner.flatten(), minlength=len(cur_classes)).tolist()
     own_area = (cur_masks >= 0.5).flatten(1).sum(1).tolist()
     segment_of_query = [0] * len(cur_classes)  # 0: the query's pixels stay void
     stuff_segment_id: Dict[int, int] = {}
     for k, pred_class in enumerate(cur_classes.tolist()):
-        if assigned_area[k] == 0 or own_area[k] == 0 or assigned_area[k] / own_area[k] < overlap_threshold:
+        if (
+            assigned_area[k] == 0
+            or own_area[k] == 0
+            or assigned_area[k] / own_area[k] < overlap_threshold
+        ):
             continue
         isthing = pred_class in thing_ids
         if not isthing and pred_class in stuff_segment_id:
@@ -189,7 +222,9 @@ def panoptic_inference(
         segment_of_query[k] = len(segments_info) + 1
         if not isthing:
             stuff_segment_id[pred_class] = segment_of_query[k]
-        segments_info.append({"id": segment_of_query[k], "isthing": bool(isthing), "category_id": int(pred_class)})
+        segments_info.append(
+            {"id": segment_of_query[k], "isthing": bool(isthing), "category_id": int(pred_class)}
+        )
     lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=owner.device)
     return lookup[owner], segments_info
 
@@ -206,13 +241,16 @@ def instance_candidates(
     scores, top = scores.topk(min(topk, scores.numel()), sorted=False)
     labels, queries = top % num_classes, top // num_classes
     if thing_ids is not None:
-        is_thing = torch.as_tensor([int(c) in thing_ids for c in labels.tolist()], dtype=torch.bool,
-                                   device=labels.device)
+        is_thing = torch.as_tensor(
+            [int(c) in thing_ids for c in labels.tolist()], dtype=torch.bool, device=labels.device
+        )
         scores, labels, queries = scores[is_thing], labels[is_thing], queries[is_thing]
     return scores, labels, queries
 
 
-def instances_from_masks(scores: torch.Tensor, labels: torch.Tensor, mask_pred: torch.Tensor) -> Instances:
+def instances_from_masks(
+    scores: torch.Tensor, labels: torch.Tensor, mask_pred: torch.Tensor
+) -> Instances:
     """
     Instances of N (score, class, mask logits (N, H, W)) candidates: pred_masks (logit > 0),
     pred_boxes, pred_classes, and scores times the mean sigmoid probability inside the mask.

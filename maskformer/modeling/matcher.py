@@ -1,4 +1,5 @@
 """Bipartite (Hungarian) matching of predicted masks to ground-truth segments (paper Sec. 3.2)."""
+
 from typing import Dict, List, Tuple
 
 import torch
@@ -18,8 +19,9 @@ def pairwise_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return 1 - (numerator + 1) / (denominator + 1)
 
 
-def pairwise_sigmoid_focal_cost(inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25,
-                                gamma: float = 2.0) -> torch.Tensor:
+def pairwise_sigmoid_focal_cost(
+    inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """
     Sigmoid focal loss (averaged over the P pixels) of every prediction against every target.
     inputs: (N, P) mask logits; targets: (M, P) binary masks. Returns (N, M).
@@ -31,7 +33,9 @@ def pairwise_sigmoid_focal_cost(inputs: torch.Tensor, targets: torch.Tensor, alp
     # float rounding of values of order 1. If it were foreground: softplus(-x) = softplus(x) - x
     bce_neg = inputs.clamp(min=0).sub_(torch.maximum(prob, one_minus_prob).log_())
     focal_neg = prob.pow_(gamma).mul_(bce_neg)  # background term, without its weight 1 - alpha
-    focal_pos = one_minus_prob.pow_(gamma).mul_(bce_neg.sub_(inputs))  # foreground term, without alpha
+    focal_pos = one_minus_prob.pow_(gamma).mul_(
+        bce_neg.sub_(inputs)
+    )  # foreground term, without alpha
     # focal_pos @ t + focal_neg @ (1 - t), with one product and no (1 - t) copy
     difference = focal_pos.mul_(alpha).sub_(focal_neg, alpha=1 - alpha)
     return (difference @ targets.T + (1 - alpha) * focal_neg.sum(1, keepdim=True)) / inputs.shape[1]
@@ -52,7 +56,9 @@ class HungarianMatcher(nn.Module):
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
 
-    def cost_matrix(self, logits: torch.Tensor, masks: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def cost_matrix(
+        self, logits: torch.Tensor, masks: torch.Tensor, target: Dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """logits (Q, K+1), masks (Q, h, w), target labels (M,), masks (M, H, W) -> cost (Q, M)."""
         prob = logits.softmax(-1)
         cost_class = -prob[:, target["labels"]]
@@ -67,8 +73,9 @@ class HungarianMatcher(nn.Module):
         )
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
-                ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
         outputs: "pred_logits" (B, Q, K+1), "pred_masks" (B, Q, h, w);
         targets: per image "labels" (M,) and "masks" (M, H, W).
@@ -82,5 +89,7 @@ class HungarianMatcher(nn.Module):
                 continue
             cost = self.cost_matrix(logits.float(), masks.float(), target).cpu()
             rows, cols = linear_sum_assignment(cost.numpy())
-            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+            indices.append(
+                (torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64))
+            )
         return indices

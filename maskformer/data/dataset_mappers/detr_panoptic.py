@@ -1,4 +1,5 @@
 """Panoptic training mapper with DETR's augmentation (Carion et al., 2020)."""
+
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper

@@ -1,8 +1,8 @@
 """Training mapper for COCO-format panoptic datasets."""
+
 import logging
 
 import numpy as np
-
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper

@@ -1,6 +1,6 @@
 """Training mapper for semantic segmentation datasets (an image + a per-pixel label map)."""
-import numpy as np
 
+import numpy as np
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 

@@ -1,7 +1,7 @@
 """Pieces shared by the MaskFormer dataset mappers: augmentations, padding and the output dict."""
+
 import numpy as np
 import torch
-
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 

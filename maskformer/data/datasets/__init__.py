@@ -1,4 +1,5 @@
 """Dataset registrations (lazy: nothing is read at import)."""
+
 from . import (  # noqa: F401
     register_ade20k_full,
     register_ade20k_panoptic,

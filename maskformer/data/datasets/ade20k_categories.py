@@ -3,6 +3,7 @@ ADE20K-150 (SceneParsing) class facts: names (detectron2's list), the dataset's 
 visualisation palette, and which classes are "stuff" in ADE20K panoptic (100 things, 50 stuff:
 the things are the 100 classes of the ADE20K instance-segmentation release).
 """
+
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
 __all__ = ["ADE20K_150_CLASSES", "ADE20K_150_COLORS", "ADE20K_150_STUFF_IDS", "ade20k_150_isthing"]

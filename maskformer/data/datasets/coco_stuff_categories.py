@@ -2,6 +2,7 @@
 COCO-Stuff class facts: the 171 classes with annotations (the 80 COCO thing classes, ids 1-90
 with gaps, then the 91 stuff classes, ids 92-182) and the 182-id to contiguous-id mapping.
 """
+
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from .utils import distinct_colors

@@ -5,6 +5,7 @@ ADE20K-Full semantic segmentation (847 classes), as prepared by
 The class names come from ``ade20k_full_classes.json``, which the prepare script writes from
 the raw download; without it the classes are named by number.
 """
+
 import functools
 import json
 import logging

@@ -3,6 +3,7 @@ ADE20K panoptic (150 classes: 100 things, 50 stuff), as prepared by
 ``datasets/prepare_ade20k_pan_seg.py``: COCO panoptic format whose category ids are the
 0-based ADE20K-150 ids, plus the semantic labels of ``prepare_ade20k_sem_seg.py``.
 """
+
 import os
 
 from .ade20k_categories import ADE20K_150_CLASSES, ADE20K_150_COLORS, ade20k_150_isthing

@@ -1,5 +1,6 @@
 """COCO-Stuff-10k semantic segmentation (171 classes), as prepared by
 ``datasets/prepare_coco_stuff_10k_sem_seg.py``."""
+
 import os
 
 from .coco_stuff_categories import COCO_STUFF_171_CATEGORIES

@@ -1,4 +1,5 @@
 """Mapillary Vistas v1.2 semantic segmentation (65 classes; label 65 = unlabeled, ignored)."""
+
 import os
 
 from .utils import datasets_root, register_sem_seg

@@ -3,6 +3,7 @@ The built-in synthetic dataset (see :mod:`maskformer.data.synthetic`), registere
 ``maskformer_synthetic_sem_seg_{train,val}`` and ``maskformer_synthetic_panoptic_{train,val}``.
 It is generated on the first ``DatasetCatalog.get`` of any of them, not at import.
 """
+
 import functools
 import os
 

@@ -1,8 +1,8 @@
 """Helpers shared by the dataset registrations: the dataset root, colours and lazy registration."""
+
 import os
 
 import numpy as np
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import load_sem_seg
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json

@@ -4,13 +4,13 @@ inputs of any size are padded to the patch size and every stage pads its feature
 multiple of the window, so that no window is ever shrunk and the shift is always window // 2.
 Parameter names follow the released Swin/MaskFormer checkpoints so that they load unchanged.
 """
+
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
+from torch import nn
 
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
 

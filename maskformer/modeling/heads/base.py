@@ -1,4 +1,5 @@
 """What the heads have in common: a pixel decoder, a predictor reading it, and detectron2's head fields."""
+
 from typing import Dict, Optional
 
 import torch
@@ -42,7 +43,9 @@ class PixelDecoderHead(LegacyCheckpointMixin, nn.Module):
     def head_config(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
         """The constructor arguments every head reads from MODEL.SEM_SEG_HEAD, but the predictor."""
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
+            "input_shape": {
+                k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+            },
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
@@ -58,8 +61,9 @@ def predictor_in_channels(cfg, input_shape: Dict[str, ShapeSpec]) -> int:
     return input_shape[in_feature].channels
 
 
-def transformer_input(features: Dict[str, torch.Tensor], encoder_features: Optional[torch.Tensor],
-                      in_feature: str) -> torch.Tensor:
+def transformer_input(
+    features: Dict[str, torch.Tensor], encoder_features: Optional[torch.Tensor], in_feature: str
+) -> torch.Tensor:
     """The transformer decoder's input: a backbone feature, or the pixel decoder's encoder output."""
     if in_feature != "transformer_encoder":
         return features[in_feature]

@@ -1,4 +1,5 @@
 """MaskFormer's head: pixel decoder + transformer predictor."""
+
 from typing import Dict
 
 from detectron2.config import configurable
@@ -74,7 +75,10 @@ def _foldable(pixel_decoder: nn.Module) -> bool:
     """Folding needs ``fpn_features`` and a plain ``mask_features`` convolution on its output."""
     conv = getattr(pixel_decoder, "mask_features", None)
     plain_conv = (
-        isinstance(conv, nn.Conv2d) and conv.groups == 1 and conv.padding_mode == "zeros"
-        and getattr(conv, "norm", None) is None and getattr(conv, "activation", None) is None
+        isinstance(conv, nn.Conv2d)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and getattr(conv, "norm", None) is None
+        and getattr(conv, "activation", None) is None
     )
     return plain_conv and callable(getattr(pixel_decoder, "fpn_features", None))

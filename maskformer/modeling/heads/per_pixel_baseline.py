@@ -3,6 +3,7 @@ Per-pixel classification baselines of the paper's ablations (used with detectron
 PerPixelBaseline = pixel decoder + 1x1 classifier; PerPixelBaseline+ = pixel decoder + MaskFormer's
 transformer module with one query per class, whose "mask" logits are the per-pixel class scores.
 """
+
 from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
@@ -26,11 +27,16 @@ class PerPixelBaselineHead(PixelDecoderHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        return {**cls.head_config(cfg, input_shape), "predictor": cls._build_predictor(cfg, input_shape)}
+        return {
+            **cls.head_config(cfg, input_shape),
+            "predictor": cls._build_predictor(cfg, input_shape),
+        }
 
     @classmethod
     def _build_predictor(cls, cfg, input_shape) -> nn.Module:
-        predictor = Conv2d(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, kernel_size=1)
+        predictor = Conv2d(
+            cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, kernel_size=1
+        )
         weight_init.c2_msra_fill(predictor)
         return predictor
 
@@ -43,16 +49,23 @@ class PerPixelBaselineHead(PixelDecoderHead):
         outputs = self.layers(features)
         if self.training:
             return None, self.losses(outputs, targets)
-        logits = F.interpolate(outputs[-1], scale_factor=self.common_stride, mode="bilinear", align_corners=False)
+        logits = F.interpolate(
+            outputs[-1], scale_factor=self.common_stride, mode="bilinear", align_corners=False
+        )
         return logits, {}
 
     def losses(self, outputs: List[torch.Tensor], targets: torch.Tensor) -> Dict[str, torch.Tensor]:
         losses = {}
         for i, logits in enumerate(outputs):
             logits = F.interpolate(
-                logits.float(), scale_factor=self.common_stride, mode="bilinear", align_corners=False
+                logits.float(),
+                scale_factor=self.common_stride,
+                mode="bilinear",
+                align_corners=False,
             )
-            loss = F.cross_entropy(logits, targets, reduction="mean", ignore_index=self.ignore_value)
+            loss = F.cross_entropy(
+                logits, targets, reduction="mean", ignore_index=self.ignore_value
+            )
             name = "loss_sem_seg" if i == len(outputs) - 1 else f"loss_sem_seg_{i}"
             losses[name] = loss * self.loss_weight
         return losses
@@ -67,8 +80,14 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
     """
 
     @configurable
-    def __init__(self, input_shape: Dict[str, ShapeSpec], *, transformer_in_feature: str, deep_supervision: bool,
-                 **kwargs):
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        transformer_in_feature: str,
+        deep_supervision: bool,
+        **kwargs,
+    ):
         super().__init__(input_shape, **kwargs)
         self.transformer_in_feature = transformer_in_feature
         self.deep_supervision = deep_supervision
@@ -88,12 +107,16 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
                 f"PerPixelBaselinePlusHead needs one query per class: MODEL.MASK_FORMER.NUM_OBJECT_QUERIES "
                 f"({num_queries}) must equal MODEL.SEM_SEG_HEAD.NUM_CLASSES ({cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})"
             )
-        return TransformerPredictor(cfg, predictor_in_channels(cfg, input_shape), mask_classification=False)
+        return TransformerPredictor(
+            cfg, predictor_in_channels(cfg, input_shape), mask_classification=False
+        )
 
     def layers(self, features) -> List[torch.Tensor]:
         mask_features, encoder_features = self.pixel_decoder.forward_features(features)
         x = transformer_input(features, encoder_features, self.transformer_in_feature)
         predictions = self.predictor(x, mask_features)
         if self.training and self.deep_supervision:
-            return [aux["pred_masks"] for aux in predictions["aux_outputs"]] + [predictions["pred_masks"]]
+            return [aux["pred_masks"] for aux in predictions["aux_outputs"]] + [
+                predictions["pred_masks"]
+            ]
         return [predictions["pred_masks"]]

@@ -3,6 +3,7 @@ Pixel decoders (paper Sec. 3.3, "pixel-level module"): turn backbone features in
 embeddings. ``BasePixelDecoder`` is a light FPN; ``TransformerEncoderPixelDecoder`` first runs a DETR
 encoder over the coarsest feature, whose output the transformer decoder can attend to.
 """
+
 import logging
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -35,7 +36,9 @@ def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
     return model
 
 
-def _conv(in_channels, out_channels, kernel_size, norm, activation: Optional[Callable] = None) -> Conv2d:
+def _conv(
+    in_channels, out_channels, kernel_size, norm, activation: Optional[Callable] = None
+) -> Conv2d:
     """A c2_xavier-initialised conv with optional norm (bias only without norm) and activation."""
     conv = Conv2d(
         in_channels,
@@ -60,7 +63,14 @@ class BasePixelDecoder(nn.Module):
     """
 
     @configurable
-    def __init__(self, input_shape: Dict[str, ShapeSpec], *, conv_dim: int, mask_dim: int, norm: Union[str, Callable]):
+    def __init__(
+        self,
+        input_shape: Dict[str, ShapeSpec],
+        *,
+        conv_dim: int,
+        mask_dim: int,
+        norm: Union[str, Callable],
+    ):
         super().__init__()
         input_shape = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [name for name, _ in input_shape]
@@ -89,7 +99,9 @@ class BasePixelDecoder(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         return {
-            "input_shape": {k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES},
+            "input_shape": {
+                k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
+            },
             "conv_dim": cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
             "norm": cfg.MODEL.SEM_SEG_HEAD.NORM,
@@ -99,14 +111,18 @@ class BasePixelDecoder(nn.Module):
         """Output of the coarsest level and the transformer-encoder features (none here)."""
         return self.output_convs[0](x), None
 
-    def fpn_features(self, features: Dict[str, torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def fpn_features(
+        self, features: Dict[str, torch.Tensor]
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         features: name -> (B, C_i, H_i, W_i). Returns the finest FPN output (B, conv_dim, H/4, W/4), the
         input of ``mask_features``, and the transformer-encoder features or None.
         """
         names = self.in_features[::-1]
         y, encoder_features = self._coarsest(features[names[0]])
-        for name, lateral_conv, output_conv in zip(names[1:], self.lateral_convs[1:], self.output_convs[1:]):
+        for name, lateral_conv, output_conv in zip(
+            names[1:], self.lateral_convs[1:], self.output_convs[1:]
+        ):
             lateral = lateral_conv(features[name])
             y = output_conv(lateral + F.interpolate(y, size=lateral.shape[-2:], mode="nearest"))
         return y, encoder_features
@@ -117,7 +133,9 @@ class BasePixelDecoder(nn.Module):
         return self.mask_features(y), encoder_features
 
     def forward(self, features, targets=None):
-        logger.warning("The forward function of a pixel decoder is not used; call forward_features.")
+        logger.warning(
+            "The forward function of a pixel decoder is not used; call forward_features."
+        )
         return self.forward_features(features)
 
 

@@ -1,4 +1,5 @@
 """Fixed 2D sine positional encoding (as in DETR), normalised to the feature-map extent."""
+
 import math
 
 import torch
@@ -13,7 +14,9 @@ class PositionEmbeddingSine(nn.Module):
     y features first, then x features.
     """
 
-    def __init__(self, num_pos_feats: int = 64, temperature: float = 10000.0, normalize: bool = True):
+    def __init__(
+        self, num_pos_feats: int = 64, temperature: float = 10000.0, normalize: bool = True
+    ):
         super().__init__()
         self.num_pos_feats = num_pos_feats
         self.temperature = temperature
@@ -22,7 +25,9 @@ class PositionEmbeddingSine(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor = None) -> torch.Tensor:
         if mask is None:
-            mask = torch.zeros((x.shape[0], x.shape[2], x.shape[3]), device=x.device, dtype=torch.bool)
+            mask = torch.zeros(
+                (x.shape[0], x.shape[2], x.shape[3]), device=x.device, dtype=torch.bool
+            )
         not_mask = (~mask).to(torch.float32)
         y_embed = not_mask.cumsum(1)
         x_embed = not_mask.cumsum(2)
@@ -32,7 +37,9 @@ class PositionEmbeddingSine(nn.Module):
             x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
 
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        dim_t = self.temperature ** (
+            2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats
+        )
         pos_x = x_embed[..., None] / dim_t
         pos_y = y_embed[..., None] / dim_t
         # interleave sin (even frequencies) and cos (odd frequencies)

@@ -7,6 +7,7 @@ Positional encodings are added to queries and keys at every layer, never to valu
 off, attention runs the explicit softmax(QK^T)V path, which reproduces the published model's
 numbers bit for bit on CPU (the two differ by ~1e-6, enough to flip exact ties in argmax maps).
 """
+
 import copy
 from typing import Optional
 
@@ -24,8 +25,15 @@ def _clones(module: nn.Module, n: int) -> nn.ModuleList:
 
 
 class TransformerEncoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, normalize_before=False,
-                 fused_attention=False):
+    def __init__(
+        self,
+        d_model,
+        nhead,
+        dim_feedforward=2048,
+        dropout=0.1,
+        normalize_before=False,
+        fused_attention=False,
+    ):
         super().__init__()
         self.need_weights = not fused_attention
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
@@ -40,12 +48,19 @@ class TransformerEncoderLayer(nn.Module):
 
     def _attend(self, x, pos, key_padding_mask):
         q = k = _with_pos(x, pos)
-        return self.self_attn(q, k, value=x, key_padding_mask=key_padding_mask, need_weights=self.need_weights)[0]
+        return self.self_attn(
+            q, k, value=x, key_padding_mask=key_padding_mask, need_weights=self.need_weights
+        )[0]
 
     def _feedforward(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
-    def forward(self, src: Tensor, src_key_padding_mask: Optional[Tensor] = None, pos: Optional[Tensor] = None):
+    def forward(
+        self,
+        src: Tensor,
+        src_key_padding_mask: Optional[Tensor] = None,
+        pos: Optional[Tensor] = None,
+    ):
         if self.normalize_before:
             src = src + self.dropout1(self._attend(self.norm1(src), pos, src_key_padding_mask))
             return src + self.dropout2(self._feedforward(self.norm2(src)))
@@ -54,8 +69,15 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerDecoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward=2048, dropout=0.1, normalize_before=False,
-                 fused_attention=False):
+    def __init__(
+        self,
+        d_model,
+        nhead,
+        dim_feedforward=2048,
+        dropout=0.1,
+        normalize_before=False,
+        fused_attention=False,
+    ):
         super().__init__()
         self.need_weights = not fused_attention
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout)
@@ -103,7 +125,10 @@ class TransformerDecoderLayer(nn.Module):
             return tgt + self.dropout3(self._feedforward(self.norm3(tgt)))
         tgt = self.norm1(tgt + self.dropout1(self._self_attend(tgt, query_pos)))
         tgt = self.norm2(
-            tgt + self.dropout2(self._cross_attend(tgt, memory, memory_key_padding_mask, pos, query_pos))
+            tgt
+            + self.dropout2(
+                self._cross_attend(tgt, memory, memory_key_padding_mask, pos, query_pos)
+            )
         )
         return self.norm3(tgt + self.dropout3(self._feedforward(tgt)))
 
@@ -123,7 +148,9 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """Returns (num_layers, Q, B, C) normed outputs of every layer when return_intermediate, else (1, Q, B, C)."""
 
-    def __init__(self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module, return_intermediate: bool):
+    def __init__(
+        self, decoder_layer: nn.Module, num_layers: int, norm: nn.Module, return_intermediate: bool
+    ):
         super().__init__()
         self.layers = _clones(decoder_layer, num_layers)
         self.norm = norm
@@ -132,7 +159,13 @@ class TransformerDecoder(nn.Module):
     def forward(self, tgt, memory, memory_key_padding_mask=None, pos=None, query_pos=None):
         intermediate = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, memory_key_padding_mask=memory_key_padding_mask, pos=pos, query_pos=query_pos)
+            tgt = layer(
+                tgt,
+                memory,
+                memory_key_padding_mask=memory_key_padding_mask,
+                pos=pos,
+                query_pos=query_pos,
+            )
             if self.return_intermediate:
                 intermediate.append(self.norm(tgt))
         if self.return_intermediate:
@@ -154,17 +187,31 @@ def _flatten_image(x: Tensor) -> Tensor:
 class TransformerEncoderOnly(nn.Module):
     """DETR encoder over a feature map: (B, C, H, W) -> (B, C, H, W)."""
 
-    def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, dim_feedforward=2048, dropout=0.1,
-                 normalize_before=False, fused_attention=False):
+    def __init__(
+        self,
+        d_model=512,
+        nhead=8,
+        num_encoder_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        normalize_before=False,
+        fused_attention=False,
+    ):
         super().__init__()
-        layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention)
-        self.encoder = TransformerEncoder(layer, num_encoder_layers, nn.LayerNorm(d_model) if normalize_before else None)
+        layer = TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention
+        )
+        self.encoder = TransformerEncoder(
+            layer, num_encoder_layers, nn.LayerNorm(d_model) if normalize_before else None
+        )
         _xavier_init(self)
 
     def forward(self, src: Tensor, mask: Optional[Tensor], pos_embed: Tensor) -> Tensor:
         b, c, h, w = src.shape
         mask = None if mask is None else mask.flatten(1)
-        memory = self.encoder(_flatten_image(src), src_key_padding_mask=mask, pos=_flatten_image(pos_embed))
+        memory = self.encoder(
+            _flatten_image(src), src_key_padding_mask=mask, pos=_flatten_image(pos_embed)
+        )
         return memory.permute(1, 2, 0).reshape(b, c, h, w)
 
 
@@ -174,15 +221,31 @@ class Transformer(nn.Module):
     -> (hs (L, B, Q, C), memory (B, C, H, W)); the decoder starts from zero targets.
     """
 
-    def __init__(self, d_model=512, nhead=8, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=2048,
-                 dropout=0.1, normalize_before=False, return_intermediate_dec=False, fused_attention=False):
+    def __init__(
+        self,
+        d_model=512,
+        nhead=8,
+        num_encoder_layers=6,
+        num_decoder_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        normalize_before=False,
+        return_intermediate_dec=False,
+        fused_attention=False,
+    ):
         super().__init__()
-        enc_layer = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention)
+        enc_layer = TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention
+        )
         self.encoder = TransformerEncoder(
             enc_layer, num_encoder_layers, nn.LayerNorm(d_model) if normalize_before else None
         )
-        dec_layer = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention)
-        self.decoder = TransformerDecoder(dec_layer, num_decoder_layers, nn.LayerNorm(d_model), return_intermediate_dec)
+        dec_layer = TransformerDecoderLayer(
+            d_model, nhead, dim_feedforward, dropout, normalize_before, fused_attention
+        )
+        self.decoder = TransformerDecoder(
+            dec_layer, num_decoder_layers, nn.LayerNorm(d_model), return_intermediate_dec
+        )
         self.d_model = d_model
         _xavier_init(self)
 
@@ -194,6 +257,10 @@ class Transformer(nn.Module):
         mask = None if mask is None else mask.flatten(1)
         memory = self.encoder(src, src_key_padding_mask=mask, pos=pos_embed)
         hs = self.decoder(
-            torch.zeros_like(query_embed), memory, memory_key_padding_mask=mask, pos=pos_embed, query_pos=query_embed
+            torch.zeros_like(query_embed),
+            memory,
+            memory_key_padding_mask=mask,
+            pos=pos_embed,
+            query_pos=query_embed,
         )
         return hs.transpose(1, 2), memory.permute(1, 2, 0).reshape(b, c, h, w)

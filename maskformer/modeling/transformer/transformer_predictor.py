@@ -3,6 +3,7 @@ The transformer module and segmentation module of MaskFormer (paper Sec. 3.3): a
 N learned queries into per-segment embeddings, from which a linear layer predicts K+1 class logits and
 an MLP predicts mask embeddings; masks are dot products with the per-pixel embeddings.
 """
+
 from typing import Dict, List, Optional
 
 import fvcore.nn.weight_init as weight_init
@@ -110,7 +111,9 @@ class TransformerPredictor(nn.Module):
             "fused_attention": mf.FUSED_ATTENTION,
         }
 
-    def forward(self, x: torch.Tensor, mask_features: torch.Tensor, mask_conv: Optional[nn.Conv2d] = None) -> Dict:
+    def forward(
+        self, x: torch.Tensor, mask_features: torch.Tensor, mask_conv: Optional[nn.Conv2d] = None
+    ) -> Dict:
         """
         x (B, C_in, h, w): the transformer decoder's input. mask_features: the per-pixel embeddings
         (B, mask_dim, H/4, W/4), or, with ``mask_conv``, the input of the convolution producing them.
@@ -120,7 +123,9 @@ class TransformerPredictor(nn.Module):
         of the earlier decoder layers are computed in training only, where the loss reads them.
         """
         pos = self.pe_layer(x)
-        hs, _ = self.transformer(self.input_proj(x), None, self.query_embed.weight, pos)  # (L, B, Q, C)
+        hs, _ = self.transformer(
+            self.input_proj(x), None, self.query_embed.weight, pos
+        )  # (L, B, Q, C)
         with_aux = self.aux_loss and self.training
         if not with_aux:
             hs = hs[-1:]
@@ -147,16 +152,26 @@ class TransformerPredictor(nn.Module):
         return out
 
     @torch.jit.unused
-    def _aux_outputs(self, logits: Optional[torch.Tensor], masks: torch.Tensor, mask_embed: torch.Tensor,
-                     factors: Dict) -> List[Dict]:
-        aux = [{"pred_masks": m, "mask_embed": e, **factors} for m, e in zip(masks[:-1], mask_embed[:-1])]
+    def _aux_outputs(
+        self,
+        logits: Optional[torch.Tensor],
+        masks: torch.Tensor,
+        mask_embed: torch.Tensor,
+        factors: Dict,
+    ) -> List[Dict]:
+        aux = [
+            {"pred_masks": m, "mask_embed": e, **factors}
+            for m, e in zip(masks[:-1], mask_embed[:-1])
+        ]
         if logits is not None:
             for layer, c in zip(aux, logits[:-1]):
                 layer["pred_logits"] = c
         return aux
 
 
-def folded_mask_logits(mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def folded_mask_logits(
+    mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.Tensor
+) -> torch.Tensor:
     """
     Mask logits einsum("lbqc,bchw->lbqhw", mask_embed, mask_conv(x)) as one convolution of each
     image of ``x`` whose filters are its mask embeddings applied to ``mask_conv``'s filters: L*Q
@@ -166,7 +181,9 @@ def folded_mask_logits(mask_embed: torch.Tensor, mask_conv: nn.Conv2d, x: torch.
     mask_embed (L, B, Q, C), x (B, C_in, H, W) -> (L, B, Q, H, W)
     """
     num_layers, batch, num_queries, _ = mask_embed.shape
-    weights = torch.einsum("lbqc,cikj->blqikj", mask_embed, mask_conv.weight).flatten(1, 2)  # (B, L*Q, C_in, k, k)
+    weights = torch.einsum("lbqc,cikj->blqikj", mask_embed, mask_conv.weight).flatten(
+        1, 2
+    )  # (B, L*Q, C_in, k, k)
     biases = [None] * batch
     if mask_conv.bias is not None:
         biases = (mask_embed @ mask_conv.bias).transpose(0, 1).flatten(1).unbind(0)  # B x (L*Q,)
