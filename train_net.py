@@ -23,9 +23,9 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from maskformer.engine.checkpoint import atomic_open
 from maskformer.engine.config_loading import load_config
 from maskformer.engine.trainer import Trainer
+from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.train_net")
 

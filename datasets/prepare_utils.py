@@ -17,6 +17,8 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.append(_REPO_ROOT)
 
+from maskformer.utils.file_io import atomic_open  # noqa: E402
+
 __all__ = ["parse_root", "atomic_output_dir", "atomic_write_json", "list_files"]
 
 
@@ -57,15 +59,8 @@ def atomic_output_dir(path):
 
 def atomic_write_json(path, obj):
     """Write ``obj`` as JSON to a temporary file beside ``path``, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f)
 
 
 def list_files(folder, ext):

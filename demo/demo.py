@@ -13,6 +13,7 @@ images keep their input's name and size. Without --output, results are shown in 
 saved at export time unless --config-file is given.
 """
 import argparse
+import contextlib
 import glob
 import logging
 import os
@@ -35,6 +36,7 @@ import maskformer  # noqa: E402,F401  (registers the model components and datase
 from maskformer import add_maskformer_config  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
+from maskformer.utils.file_io import atomic_path  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
 
@@ -127,12 +129,13 @@ def image_output_paths(inputs: List[str], output: str) -> List[str]:
 
 
 def write_image(path: str, image_bgr):
-    """Writes under a temporary name first, so an existing file is replaced only by a complete one."""
-    root, ext = os.path.splitext(path)
-    partial = f"{root}.partial{ext}"
-    if not cv2.imwrite(partial, image_bgr):
-        raise OSError(f"{path}: OpenCV could not write the image (unsupported extension {ext!r}?)")
-    os.replace(partial, path)
+    """Writes atomically: an existing file is replaced only by a complete one."""
+    with atomic_path(path, keep_suffix=True) as partial:
+        if not cv2.imwrite(partial, image_bgr):
+            ext = os.path.splitext(path)[1]
+            raise OSError(
+                f"{path}: OpenCV could not write the image (unsupported extension {ext!r}?)"
+            )
 
 
 def run_on_images(demo: VisualizationDemo, inputs: List[str], output: Optional[str]) -> int:
@@ -177,18 +180,21 @@ def run_on_stream(
     )
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    writer, partial = None, None
-    if output_path:
-        root, ext = os.path.splitext(output_path)
-        partial = f"{root}.partial{ext}"
-        writer = cv2.VideoWriter(
-            partial, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps, (width, height)
-        )
-        if not writer.isOpened():
-            raise OSError(f"{output_path}: OpenCV cannot write this video format here")
-    frames = 0
-    start = time.perf_counter()
-    try:
+    # an existing output_path is replaced only by a complete video
+    with contextlib.ExitStack() as stack:
+        stack.callback(video.release)
+        writer = None
+        if output_path:
+            partial = stack.enter_context(atomic_path(output_path, keep_suffix=True))
+            ext = os.path.splitext(output_path)[1]
+            writer = cv2.VideoWriter(
+                partial, cv2.VideoWriter_fourcc(*VIDEO_CODECS[ext.lower()]), fps, (width, height)
+            )
+            stack.callback(writer.release)  # runs before the rename
+            if not writer.isOpened():
+                raise OSError(f"{output_path}: OpenCV cannot write this video format here")
+        frames = 0
+        start = time.perf_counter()
         for frame in tqdm.tqdm(demo.run_on_video(video), total=total, disable=writer is None):
             frames += 1
             if writer is not None:
@@ -197,16 +203,6 @@ def run_on_stream(
                 show(frame)
                 if cv2.waitKey(1) == 27:  # esc
                     break
-    except BaseException:
-        if writer is not None:
-            writer.release()
-            os.remove(partial)  # an existing output_path stays as it was
-        raise
-    finally:
-        video.release()
-    if writer is not None:
-        writer.release()
-        os.replace(partial, output_path)
     logger.info(f"{frames} frames in {time.perf_counter() - start:.2f}s")
     return frames
 

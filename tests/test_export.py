@@ -346,7 +346,7 @@ def test_failed_or_wrong_export_keeps_the_previous_one(exported, tmp_path, monke
         export_model(cfg, model, "onnx", tmp_path, TRACE_SIZE)
     monkeypatch.setitem(exporters._SAVERS, "onnx", wrong_exporter)
     with pytest.raises(
-        ValueError, match=r"model.onnx.partial: exported pred_logits differs from the model's by 1"
+        ValueError, match=r"model.onnx: exported pred_logits differs from the model's by 1"
     ):
         export_model(cfg, model, "onnx", tmp_path, TRACE_SIZE)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

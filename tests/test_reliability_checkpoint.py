@@ -88,14 +88,11 @@ def test_error_while_saving_keeps_previous_checkpoint_and_removes_partial_file(
 
 CRASH_WHILE_SAVING = textwrap.dedent(
     """
-    import importlib.util, io, os, sys
+    import io, os, sys
     import torch
 
-    # the module alone, without importing (and registering) all of maskformer: a faster start
-    spec = importlib.util.spec_from_file_location("checkpoint", {module!r})
-    checkpoint = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(checkpoint)
-    MaskFormerCheckpointer = checkpoint.MaskFormerCheckpointer
+    sys.path.insert(0, {repo!r})
+    from maskformer.engine.checkpoint import MaskFormerCheckpointer
 
     out, crash_in = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
@@ -130,9 +127,7 @@ CRASH_WHILE_SAVING = textwrap.dedent(
 @pytest.mark.parametrize("crash_in", ["checkpoint", "tag"])
 def test_process_killed_while_saving_leaves_a_loadable_last_checkpoint(tmp_path, crash_in):
     script = tmp_path / "crash.py"
-    script.write_text(
-        CRASH_WHILE_SAVING.format(module=str(REPO_ROOT / "maskformer" / "engine" / "checkpoint.py"))
-    )
+    script.write_text(CRASH_WHILE_SAVING.format(repo=str(REPO_ROOT)))
     out = tmp_path / "out"
     out.mkdir()
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -33,6 +33,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 import maskformer  # noqa: F401  (registers the project's datasets)
+from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.evaluate_pq_for_semantic_segmentation")
 
@@ -191,14 +192,6 @@ def evaluate_pq_stuff(dataset_name: str, predictions: str) -> Dict:
     return stat.summary()
 
 
-def write_json_atomically(obj, path: str) -> None:
-    """Write via a temporary file, so that a failure never leaves a truncated result behind."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def get_parser():
     parser = argparse.ArgumentParser(
         description="PQ-stuff of semantic segmentation predictions",
@@ -226,7 +219,8 @@ def main(argv=None):
         f"RQ {100 * results['RQ']:.2f} over {results['n']} classes"
     )
     if args.output:
-        write_json_atomically(results, args.output)
+        with atomic_open(args.output, "w") as f:
+            json.dump(results, f, indent=2)
     return results
 
 

@@ -10,21 +10,19 @@ an unpickler that only rebuilds numpy arrays and plain containers. A file needin
 raises :class:`UnsafeCheckpointError` naming the file and the refused global.
 """
 
-import contextlib
-import os
 import pickle
 import re
-import secrets
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
+from ..utils.file_io import atomic_open
+
 __all__ = [
     "CheckpointError",
     "UnsafeCheckpointError",
     "MaskFormerCheckpointer",
-    "atomic_open",
     "load_numpy_pickle",
     "load_torch_checkpoint",
     "save_converted_weights",
@@ -54,33 +52,6 @@ class CheckpointError(RuntimeError):
 
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file would need to run code (a pickled global outside the allowed ones)."""
-
-
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb"):
-    """
-    Open ``path`` for writing; the content replaces ``path`` only when the block ends without an
-    error (temporary file in the same folder, flush + fsync, ``os.replace``, fsync of the folder).
-    On an error the temporary file is removed and ``path`` is untouched.
-    """
-    directory, name = os.path.split(os.path.abspath(path))
-    # a dot name that does not end in ".pth": never listed as a checkpoint
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, mode.replace("w", "x")) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power loss
-    finally:
-        os.close(dir_fd)
 
 
 class _AtomicWritePathManager:

@@ -26,6 +26,8 @@ from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..utils.file_io import atomic_open
+
 __all__ = [
     "FastCOCOPanopticEvaluator",
     "PQStats",
@@ -337,7 +339,7 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
             gt_json = json.load(f)
         annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
         if self._output_dir:
-            with PathManager.open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
+            with atomic_open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
                 json.dump({**gt_json, "annotations": annotations}, f)
 
         png_of_image = {p["image_id"]: p["png_string"] for p in predictions}

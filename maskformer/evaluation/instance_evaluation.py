@@ -20,7 +20,7 @@ from detectron2.utils.file_io import PathManager
 from panopticapi.utils import rgb2id
 from PIL import Image
 
-from ..engine.checkpoint import atomic_open
+from ..utils.file_io import atomic_open
 
 __all__ = ["InstanceSegEvaluator", "panoptic_to_coco_instances"]
 

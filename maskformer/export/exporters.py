@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Tuple
@@ -10,6 +9,7 @@ from typing import Tuple
 import torch
 
 from ..maskformer_model import MaskFormer
+from ..utils.file_io import atomic_open, atomic_path
 from .graph import MaskFormerGraph
 from .metadata import export_metadata, metadata_path
 from .runtime import GRAPH_LOADERS
@@ -49,11 +49,17 @@ _SAVERS = {"torchscript": _save_torchscript, "onnx": _save_onnx}
 
 
 def _verify(
-    graph: MaskFormerGraph, export_format: str, path: str, example: torch.Tensor, step: int
+    graph: MaskFormerGraph,
+    export_format: str,
+    path: str,
+    example: torch.Tensor,
+    step: int,
+    name_in_errors: str,
 ):
     """
     Runs the saved graph at the traced size and, as a batch of two, at a larger size, and raises if
     its outputs stray from the eager graph's: a trace that froze a size would show it here.
+    Errors name ``name_in_errors`` (the file being exported), not the temporary ``path``.
     """
     run = GRAPH_LOADERS[export_format](path, example.device)
     generator = torch.Generator().manual_seed(0)
@@ -63,17 +69,19 @@ def _verify(
         try:
             outputs = run(images)
         except Exception as e:
-            raise ValueError(f"{path}: the exported graph fails on a {shape} input ({e})") from e
+            raise ValueError(
+                f"{name_in_errors}: the exported graph fails on a {shape} input ({e})"
+            ) from e
         for name, expected, actual in zip(("pred_logits", "pred_masks"), graph(images), outputs):
             if actual.shape != expected.shape:
                 raise ValueError(
-                    f"{path}: exported {name} has shape {tuple(actual.shape)} on a {shape} input, "
+                    f"{name_in_errors}: exported {name} has shape {tuple(actual.shape)} on a {shape} input, "
                     f"the model gives {tuple(expected.shape)}"
                 )
             error = (actual.to(expected.device) - expected).abs().max().item()
             if error > VERIFY_TOLERANCE * max(1.0, expected.abs().max().item()):
                 raise ValueError(
-                    f"{path}: exported {name} differs from the model's by {error:.3g} on a {shape} input"
+                    f"{name_in_errors}: exported {name} differs from the model's by {error:.3g} on a {shape} input"
                 )
 
 
@@ -97,27 +105,21 @@ def export_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     model_file = output_dir / f"model{EXPORT_FORMATS[export_format]}"
     info_file = metadata_path(model_file)
-    partial_model, partial_info = Path(f"{model_file}.partial"), Path(f"{info_file}.partial")
 
     graph = MaskFormerGraph(model)
     example = torch.zeros((1, 3) + example_size, device=model.device)
-    try:
+    # the model file replaces an earlier export only once it is verified, its metadata just before it
+    with atomic_path(str(model_file), keep_suffix=True) as partial_model:
         with torch.no_grad(), warnings.catch_warnings():
             # shape checks inside torch.nn.functional (attention, padding) that tracing records as
             # constants; _verify checks the graph at another size
             warnings.filterwarnings(
                 "ignore", category=torch.jit.TracerWarning, module="torch.nn.functional"
             )
-            _SAVERS[export_format](graph, example, str(partial_model))
-            _verify(graph, export_format, str(partial_model), example, divisor)
-        partial_info.write_text(
-            json.dumps(export_metadata(cfg, model, export_format, example_size), indent=2)
-        )
-        os.replace(partial_model, model_file)
-        os.replace(partial_info, info_file)
-    finally:
-        partial_model.unlink(missing_ok=True)
-        partial_info.unlink(missing_ok=True)
+            _SAVERS[export_format](graph, example, partial_model)
+            _verify(graph, export_format, partial_model, example, divisor, str(model_file))
+        with atomic_open(str(info_file), "w") as f:
+            json.dump(export_metadata(cfg, model, export_format, example_size), f, indent=2)
     logger.info(
         f"Exported {export_format} graph traced at {example_size[0]}x{example_size[1]} to {model_file}"
     )
