@@ -98,3 +98,7 @@ def add_maskformer_config(cfg):
 
     # robustness: skip samples that fail to load or map (logged and counted) instead of stopping
     cfg.DATALOADER.SKIP_BAD_SAMPLES = False
+
+    # a user's own datasets: spec files (YAML: dataset name -> type and folders) registered when
+    # the data loaders are built; see maskformer/data/datasets/custom.py, docs/custom_datasets.md
+    cfg.DATASETS.CUSTOM = ()

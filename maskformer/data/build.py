@@ -1,16 +1,31 @@
-"""Dataset-mapper registry, selected by ``INPUT.DATASET_MAPPER_NAME``, and bad-sample skipping."""
+"""
+The data loaders of training and evaluation: the dataset-mapper registry (selected by
+``INPUT.DATASET_MAPPER_NAME``), bad-sample skipping, and the checks of a config against its
+datasets that run before any work starts.
+"""
 
 import difflib
 import logging
 
+import torch.utils.data as torchdata
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.utils.registry import Registry
 
+from .datasets.custom import register_custom_datasets
 from .reading import BadSampleError
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
     "register_dataset_mapper",
     "build_dataset_mapper",
+    "build_train_loader",
+    "build_test_loader",
+    "check_num_classes",
     "SkipBadSamples",
 ]
 
@@ -34,10 +49,14 @@ def register_dataset_mapper(name):
     return deco
 
 
-def build_dataset_mapper(cfg, is_train=True):
+def build_dataset_mapper(cfg, is_train=True, num_samples=None):
     """
     Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``, wrapped in
     :class:`SkipBadSamples` when ``cfg.DATALOADER.SKIP_BAD_SAMPLES`` is on.
+
+    Args:
+        num_samples (int or None): size of the dataset it maps, for the error raised when every
+            sample is bad (see :class:`SkipBadSamples`).
     """
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPER_REGISTRY:
@@ -50,8 +69,131 @@ def build_dataset_mapper(cfg, is_train=True):
         )
     mapper = DATASET_MAPPER_REGISTRY.get(name)(cfg, is_train)
     if cfg.DATALOADER.SKIP_BAD_SAMPLES:
-        mapper = SkipBadSamples(mapper)
+        mapper = SkipBadSamples(mapper, num_samples)
     return mapper
+
+
+def check_num_classes(cfg):
+    """
+    Raise ValueError unless every dataset of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` whose
+    metadata lists its classes (``stuff_classes``: all classes, in contiguous-id order) has
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` of them and, where it states one, the ignore value
+    ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``. A model with fewer classes than the data cannot learn the
+    rest; one with more reports NaN for the classes no image has; another ignore value turns
+    unlabeled pixels into a class in training or in the evaluators, which read the metadata's.
+    """
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+    problems = []
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        meta = MetadataCatalog.get(name)
+        classes = meta.get("stuff_classes", None)
+        if classes is not None and len(classes) != num_classes:
+            problems.append(
+                f"dataset {name!r} has {len(classes)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES "
+                f"is {num_classes}"
+            )
+        ignore_label = meta.get("ignore_label", None)
+        if ignore_label is not None and ignore_label != ignore_value:
+            problems.append(
+                f"dataset {name!r} marks unlabeled pixels with {ignore_label} but "
+                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}"
+            )
+    if problems:
+        raise ValueError(
+            "The config does not fit its datasets:\n  "
+            + "\n  ".join(problems)
+            + "\nSet MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE to the datasets' values."
+        )
+
+
+def build_train_loader(cfg):
+    """
+    detectron2's training loader over ``DATASETS.TRAIN`` with :func:`build_dataset_mapper`, after
+    registering the config's custom datasets and :func:`check_num_classes`.
+    """
+    register_custom_datasets(cfg)
+    check_num_classes(cfg)
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+    )
+    mapper = build_dataset_mapper(cfg, is_train=True, num_samples=len(dataset))
+    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+
+
+def build_test_loader(cfg, dataset_name):
+    """
+    The evaluation loader of ``dataset_name``: one image per batch, read and checked as in
+    training by :class:`MaskFormerInferenceDatasetMapper` (errors name the file). With
+    ``DATALOADER.SKIP_BAD_SAMPLES`` a bad sample is left out of the evaluation (not replaced by
+    another image, which would count twice), with a warning naming it and a count at the end.
+    """
+    # imported here: the mapper package imports this module's registry
+    from .dataset_mappers.inference import MaskFormerInferenceDatasetMapper
+
+    register_custom_datasets(cfg)
+    check_num_classes(cfg)
+    dataset = get_detection_dataset_dicts([dataset_name], filter_empty=False)
+    mapper = MaskFormerInferenceDatasetMapper(cfg)
+    if cfg.DATALOADER.SKIP_BAD_SAMPLES:
+        mapper = SkipBadSamples(mapper)
+    loader = build_detection_test_loader(
+        dataset=_MappedDataset(dataset, mapper),
+        mapper=None,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_without_skipped,
+    )
+    return EvaluationLoader(loader, dataset_name)
+
+
+class _MappedDataset(torchdata.Dataset):
+    """``mapper(dicts[i])``, None for a skipped sample (detectron2's MapDataset would retry)."""
+
+    def __init__(self, dicts, mapper):
+        self.dicts = dicts
+        self.mapper = mapper
+
+    def __len__(self):
+        return len(self.dicts)
+
+    def __getitem__(self, index):
+        return self.mapper(self.dicts[index])
+
+
+def _without_skipped(batch):
+    return [x for x in batch if x is not None]
+
+
+class EvaluationLoader:
+    """
+    Iterates a test loader of one-image batches, leaving out the empty batches of skipped samples;
+    after the last batch it logs how many were skipped, and raises if all were.
+    """
+
+    def __init__(self, loader, dataset_name):
+        self.loader = loader
+        self.dataset_name = dataset_name
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        skipped = 0
+        for batch in self.loader:
+            if not batch:
+                skipped += 1
+                continue
+            yield batch
+        if skipped == len(self.loader):
+            raise RuntimeError(
+                f"All {skipped} images of {self.dataset_name} this process evaluates are bad "
+                f"samples (see the warnings above): nothing to evaluate."
+            )
+        if skipped:
+            logger.warning(
+                f"Evaluation of {self.dataset_name} left out {skipped} of {len(self.loader)} "
+                f"images of this process as bad samples (DATALOADER.SKIP_BAD_SAMPLES)"
+            )
 
 
 class SkipBadSamples:
@@ -59,17 +201,27 @@ class SkipBadSamples:
     Wrap a mapper so that a sample raising :class:`BadSampleError` is logged, counted and mapped
     to None, which detectron2's ``MapDataset`` answers by trying another index. Other errors
     (bugs) still propagate. Each data-loader worker holds its own copy, hence its own count.
+    When all ``num_samples`` samples of the dataset (told apart by file name) have failed, it
+    raises instead: there is nothing left to try.
     """
 
-    def __init__(self, mapper):
+    def __init__(self, mapper, num_samples=None):
         self.mapper = mapper
+        self.num_samples = num_samples
         self.num_skipped = 0
+        self._bad_files = set()
 
     def __call__(self, dataset_dict):
         try:
             return self.mapper(dataset_dict)
         except BadSampleError as e:
             self.num_skipped += 1
+            self._bad_files.add(dataset_dict.get("file_name"))
+            if self.num_samples is not None and len(self._bad_files) >= self.num_samples:
+                raise RuntimeError(
+                    f"All {self.num_samples} samples of the dataset are bad (the last: "
+                    f"{e.file_name}: {e.problem}); DATALOADER.SKIP_BAD_SAMPLES has nothing left."
+                ) from e
             logger.warning(
                 f"Skipping bad sample {e.file_name}: {e.problem} "
                 f"({self.num_skipped} skipped so far in this process)"

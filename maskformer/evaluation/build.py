@@ -1,5 +1,6 @@
 """Choice of evaluators for a dataset, by its metadata's ``evaluator_type``."""
 
+import functools
 import os
 
 from detectron2.data import MetadataCatalog
@@ -11,10 +12,13 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from ..data.build import check_num_classes
+from ..data.datasets.custom import register_custom_datasets
+from ..data.reading import read_sem_seg_label
 from .fast_panoptic import FastCOCOPanopticEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 
-__all__ = ["build_evaluator"]
+__all__ = ["build_evaluator", "semantic_label_reader"]
 
 PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg")
 SEMANTIC_TYPES = ("sem_seg", "cityscapes_sem_seg")
@@ -33,9 +37,13 @@ def build_evaluator(
       metadata has ``sem_seg_root`` and instance AP with ``MODEL.MASK_FORMER.TEST.INSTANCE_ON``;
     - "cityscapes_sem_seg" / "cityscapes_instance": detectron2's Cityscapes evaluators.
 
-    With ``semantic_only`` (test-time augmentation, which predicts "sem_seg" only) just the
+    Semantic ground truth is read by the training reader and checked (values outside the classes
+    raise, naming the file). With ``DATALOADER.SKIP_BAD_SAMPLES`` images the evaluation loader
+    skipped are left out of panoptic quality too. With ``semantic_only`` (test-time augmentation, which predicts "sem_seg" only) just the
     semantic evaluator is built. Files go to ``output_folder`` (default OUTPUT_DIR/inference).
     """
+    register_custom_datasets(cfg)
+    check_num_classes(cfg)
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
     meta = MetadataCatalog.get(dataset_name)
     evaluator_type = meta.get("evaluator_type", None)
@@ -57,7 +65,14 @@ def build_evaluator(
     elif evaluator_type == "cityscapes_instance":
         evaluators.append(CityscapesInstanceEvaluator(dataset_name))
     elif has_semantic_gt:
-        evaluators.append(SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder))
+        evaluators.append(
+            SemSegEvaluator(
+                dataset_name,
+                distributed=True,
+                output_dir=output_folder,
+                sem_seg_loading_fn=semantic_label_reader(dataset_name),
+            )
+        )
     if evaluator_type in PANOPTIC_TYPES and not semantic_only:
         test = cfg.MODEL.MASK_FORMER.TEST
         if not test.PANOPTIC_ON:
@@ -65,7 +80,32 @@ def build_evaluator(
                 f"Dataset {dataset_name!r} is evaluated with panoptic quality, which needs the model's "
                 f"panoptic output: set MODEL.MASK_FORMER.TEST.PANOPTIC_ON True."
             )
-        evaluators.append(FastCOCOPanopticEvaluator(dataset_name, output_folder))
+        evaluators.append(
+            FastCOCOPanopticEvaluator(
+                dataset_name, output_folder, allow_missing=cfg.DATALOADER.SKIP_BAD_SAMPLES
+            )
+        )
         if test.INSTANCE_ON:
             evaluators.append(InstanceSegEvaluator(dataset_name, output_folder))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+def semantic_label_reader(dataset_name):
+    """
+    ``SemSegEvaluator``'s ``sem_seg_loading_fn`` for ``dataset_name``: the training reader
+    (:func:`~maskformer.data.reading.read_sem_seg_label`) with the metadata's classes, ignore value
+    and stored offset, so a label value outside the classes is an error naming the file instead of
+    a count in another class's row.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    return functools.partial(
+        _read_label,
+        num_classes=len(meta.stuff_classes),
+        ignore_label=meta.ignore_label,
+        offset=meta.get("sem_seg_offset", 0),
+        stored_ignore=meta.get("sem_seg_stored_ignore", None),
+    )
+
+
+def _read_label(file_name, dtype=int, **kwargs):
+    return read_sem_seg_label(file_name, **kwargs).astype(dtype)

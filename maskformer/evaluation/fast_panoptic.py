@@ -14,6 +14,7 @@ predictions' PNGs from memory instead of writing them to a temporary folder firs
 
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 from collections import OrderedDict
@@ -26,6 +27,8 @@ from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
+from ..data.datasets.utils import read_panoptic_json
+from ..data.reading import read_panoptic_ids
 from ..utils.file_io import atomic_open
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "pq_results",
     "read_panoptic_png",
 ]
+
+logger = logging.getLogger(__name__)
 
 VOID = 0
 
@@ -230,10 +235,13 @@ def image_pq_stats(
 
 
 def _job_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict]) -> List[PQStats]:
-    """jobs: (gt PNG, predicted PNG, gt annotation, predicted annotation), PNGs as paths or bytes."""
+    """
+    jobs: (gt PNG path, predicted PNG as a path or bytes, gt annotation, predicted annotation).
+    Ground truth goes through the training reader (errors name the file).
+    """
     return [
         image_pq_stats(
-            read_panoptic_png(gt_png), read_panoptic_png(pred_png), gt_ann, pred_ann, categories
+            read_panoptic_ids(gt_png), read_panoptic_png(pred_png), gt_ann, pred_ann, categories
         )
         for gt_png, pred_png, gt_ann, pred_ann in jobs
     ]
@@ -295,8 +303,7 @@ def pq_compute(
     with "pq", "sq", "rq", "n", and "per_class"), printing nothing. ``num_workers``: see
     ``accumulate_pq_stats``.
     """
-    with PathManager.open(gt_json_file) as f:
-        gt_json = json.load(f)
+    gt_json = read_panoptic_json(gt_json_file)
     with PathManager.open(pred_json_file) as f:
         pred_json = json.load(f)
     gt_folder = gt_folder or gt_json_file.replace(".json", "")
@@ -323,9 +330,21 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
     predicted PNGs are decoded from memory; predictions.json is still written to ``output_dir``.
     """
 
-    def __init__(self, dataset_name: str, output_dir: Optional[str] = None, num_workers: int = 0):
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: Optional[str] = None,
+        num_workers: int = 0,
+        allow_missing: bool = False,
+    ):
+        """
+        Args:
+            allow_missing: images without a prediction (skipped as bad samples) are left out of
+                the ground truth, with a warning, instead of being an error.
+        """
         super().__init__(dataset_name, output_dir)
         self._num_workers = num_workers
+        self._allow_missing = allow_missing
 
     def evaluate(self):
         comm.synchronize()
@@ -333,11 +352,18 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
         if not comm.is_main_process():
             return None
 
-        gt_json_file = PathManager.get_local_path(self._metadata.panoptic_json)
+        gt_json = read_panoptic_json(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        with open(gt_json_file) as f:
-            gt_json = json.load(f)
         annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
+        if self._allow_missing:
+            predicted = {p["image_id"] for p in predictions}
+            kept = [a for a in gt_json["annotations"] if a["image_id"] in predicted]
+            if len(kept) < len(gt_json["annotations"]):
+                logger.warning(
+                    f"Panoptic quality of {len(kept)} of {len(gt_json['annotations'])} images: "
+                    f"the others were skipped as bad samples"
+                )
+            gt_json = {**gt_json, "annotations": kept}
         if self._output_dir:
             with atomic_open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
                 json.dump({**gt_json, "annotations": annotations}, f)

@@ -17,9 +17,9 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
-from panopticapi.utils import rgb2id
-from PIL import Image
 
+from ..data.datasets.utils import read_panoptic_json
+from ..data.reading import read_panoptic_ids
 from ..utils.file_io import atomic_open
 
 __all__ = ["InstanceSegEvaluator", "panoptic_to_coco_instances"]
@@ -32,8 +32,7 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
     COCO instance-segmentation ground truth (RLE masks) made of the thing segments of a
     COCO-format panoptic annotation file and its PNG folder. Crowd segments keep ``iscrowd``.
     """
-    with PathManager.open(panoptic_json) as f:
-        panoptic = json.load(f)
+    panoptic = read_panoptic_json(panoptic_json)
     things = [c for c in panoptic["categories"] if c.get("isthing")]
     thing_ids = {c["id"] for c in things}
     annotations = []
@@ -41,9 +40,7 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
         segments = [s for s in ann["segments_info"] if s["category_id"] in thing_ids]
         if not segments:
             continue
-        png = os.path.join(panoptic_root, ann["file_name"])
-        with PathManager.open(png, "rb") as f:
-            ids = rgb2id(np.asarray(Image.open(f).convert("RGB"), dtype=np.uint32))
+        ids = read_panoptic_ids(os.path.join(panoptic_root, ann["file_name"]))
         for seg in segments:
             mask = ids == seg["id"]
             if not mask.any():

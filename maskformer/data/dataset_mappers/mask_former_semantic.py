@@ -5,12 +5,13 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper
-from ..reading import check_label_values, check_same_size, read_label_map
+from ..reading import check_same_size
 from .utils import (
     build_maskformer_augmentations,
     mapper_output,
     pad_bottom_right,
     read_sample_image,
+    read_sample_label,
     transformable,
 )
 
@@ -24,7 +25,7 @@ class MaskFormerSemanticDatasetMapper:
     ``size_divisibility`` and turns the label map into one binary mask per class present
     (the ignore value excluded): MaskFormer's mask-classification targets.
 
-    Training only; inference uses detectron2's ``DatasetMapper``.
+    Training only; inference uses :class:`MaskFormerInferenceDatasetMapper`.
     """
 
     @configurable
@@ -77,9 +78,8 @@ class MaskFormerSemanticDatasetMapper:
         image = read_sample_image(dataset_dict, self.image_format)
         original_size = image.shape[:2]
         label_file = dataset_dict["sem_seg_file_name"]
-        label = read_label_map(label_file)
+        label = read_sample_label(dataset_dict, self.num_classes, self.ignore_label)
         check_same_size(label_file, label, image)
-        check_label_values(label_file, label, self.num_classes, self.ignore_label)
 
         aug_input = T.AugInput(image, sem_seg=transformable(label))
         self.augmentations(aug_input)

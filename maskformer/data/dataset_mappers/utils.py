@@ -5,13 +5,14 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from ..reading import BadSampleError, read_image
+from ..reading import BadSampleError, read_image, read_sem_seg_label
 from ..transforms import ColorAugSSD
 
 __all__ = [
     "build_flip",
     "build_maskformer_augmentations",
     "read_sample_image",
+    "read_sample_label",
     "transformable",
     "pad_bottom_right",
     "mapper_output",
@@ -70,6 +71,22 @@ def read_sample_image(dataset_dict, image_format):
             f"{expected[1]}x{expected[0]}",
         )
     return image
+
+
+def read_sample_label(dataset_dict, num_classes, ignore_label):
+    """
+    ``dataset_dict["sem_seg_file_name"]`` as (H, W) class ids in [0, num_classes) or
+    ``ignore_label`` (:func:`read_sem_seg_label`). Datasets whose files store the classes with an
+    offset or another ignore value say so in the dict ("sem_seg_offset", "sem_seg_stored_ignore",
+    see :func:`maskformer.data.datasets.custom.register_folder_sem_seg`).
+    """
+    return read_sem_seg_label(
+        dataset_dict["sem_seg_file_name"],
+        num_classes,
+        ignore_label,
+        offset=dataset_dict.get("sem_seg_offset", 0),
+        stored_ignore=dataset_dict.get("sem_seg_stored_ignore"),
+    )
 
 
 def transformable(label):
