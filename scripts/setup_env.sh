@@ -18,6 +18,13 @@ fi
 PY="$VENV/bin/python"
 "$PY" -m pip install -q -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -c "import torch, torchvision, scipy, cv2, panopticapi" 
+# Test set-up only (tests/test_hf_interop.py compares with transformers' MaskFormer; never a runtime
+# dependency): transformers and the few packages its import needs, --no-deps so that nothing
+# replaces torch or numpy.
+"$PY" -m pip install -q --no-deps transformers==5.23.0 huggingface-hub==2.4.0 tokenizers==0.23.3 \
+    regex==2026.11.19 httpx2==2.16.2 httpcore2==2.16.2 anyio==4.16.0 h11==0.16.0 idna==3.20 \
+    truststore==0.10.5 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "from transformers import MaskFormerForInstanceSegmentation"
 
 if ! "$PY" -c "import detectron2" >/dev/null 2>&1; then
   # The wheel is tagged for Python 3.10 but its Python code runs on 3.11; its compiled _C is never loaded.
