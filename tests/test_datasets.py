@@ -11,6 +11,7 @@ from maskformer.data.datasets.register_ade20k_full import (
     ADE20K_FULL_CLASSES_JSON,
     register_all_ade20k_full,
 )
+from maskformer.data.datasets.utils import load_panoptic_json, panoptic_metadata
 
 SEM_SEG = {  # name: (number of classes, ignore label)
     "ade20k_sem_seg_train": (150, 255),
@@ -116,3 +117,73 @@ def test_ade20k_full_names_from_json(tmp_path, reregister_ade20k_full, caplog):
     meta = MetadataCatalog.get("ade20k_full_sem_seg_train")
     assert meta.stuff_classes[5] == "thing 5" and len(meta.stuff_colors) == 847
     assert meta.sem_seg_root == str(folder / "annotations_detectron2" / "training")
+
+
+# ---------------------------------------------------------------- broken panoptic annotations
+
+CATEGORIES = [
+    {"id": 1, "name": "thing", "isthing": 1, "color": [1, 2, 3]},
+    {"id": 7, "name": "stuff", "isthing": 0, "color": [4, 5, 6]},
+]
+GOOD_JSON = {
+    "images": [{"id": 0, "file_name": "a.png", "height": 4, "width": 4}],
+    "annotations": [
+        {
+            "image_id": 0,
+            "file_name": "a.png",
+            "segments_info": [{"id": 5, "category_id": 7, "iscrowd": 0, "area": 16}],
+        }
+    ],
+    "categories": CATEGORIES,
+}
+
+
+def load(path):
+    return load_panoptic_json(str(path), "images", "panoptic", panoptic_metadata(CATEGORIES))
+
+
+def test_panoptic_json_is_read_with_contiguous_ids_and_the_images_file_names(tmp_path):
+    path = tmp_path / "pan.json"
+    path.write_text(json.dumps(GOOD_JSON))
+    (d,) = load(path)
+    assert d["file_name"] == os.path.join("images", "a.png")  # not a.jpg as detectron2 guesses
+    assert d["pan_seg_file_name"] == os.path.join("panoptic", "a.png")
+    assert d["segments_info"][0]["category_id"] == 1 and d["segments_info"][0]["isthing"] is False
+
+
+@pytest.mark.parametrize(
+    "content,problem",
+    [
+        (json.dumps(GOOD_JSON)[:50], "is not valid JSON"),
+        ("<html>not json</html>", "is not valid JSON"),
+        ("[]", "holds a JSON list"),
+        (json.dumps({"images": [], "categories": CATEGORIES}), "has no 'annotations'"),
+    ],
+    ids=["truncated", "not_json", "list", "no_annotations"],
+)
+def test_broken_panoptic_json_names_its_path(tmp_path, content, problem):
+    """Before: bare JSONDecodeError / TypeError / KeyError: 'annotations', naming no file."""
+    path = tmp_path / "pan.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=problem) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+def test_unknown_category_names_the_file_and_the_id(tmp_path):
+    """Before: KeyError: 99."""
+    broken = json.loads(json.dumps(GOOD_JSON))
+    broken["annotations"][0]["segments_info"][0]["category_id"] = 99
+    path = tmp_path / "pan.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="category_id 99, which is not one of") as info:
+        load(path)
+    assert str(path) in str(info.value) and "a.png" in str(info.value)
+
+
+def test_panoptic_dataset_without_images_blames_the_json(tmp_path):
+    """Before: 'No images found in <image folder>!'."""
+    path = tmp_path / "pan.json"
+    path.write_text(json.dumps({**GOOD_JSON, "annotations": []}))
+    with pytest.raises(ValueError, match=f"{path} lists no annotations"):
+        load(path)

@@ -39,10 +39,11 @@ def register(tmp_path):
         MetadataCatalog.remove(name)
 
 
-def evaluate(dataset_name, inputs, outputs, output_dir, panoptic=False):
+def evaluate(dataset_name, inputs, outputs, output_dir, panoptic=False, skip_bad=False):
     cfg = get_cfg()
     add_maskformer_config(cfg)
     cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = panoptic
+    cfg.DATALOADER.SKIP_BAD_SAMPLES = skip_bad
     evaluator = build_evaluator(cfg, dataset_name, str(output_dir))
     evaluator.reset()
     evaluator.process(inputs, outputs)
@@ -243,3 +244,16 @@ def test_pq_when_no_image_has_a_thing(panoptic_dataset, tmp_path):
     res = res["panoptic_seg"]
     # panopticapi would divide by zero here (no thing category has any segment); the things mean is 0
     assert res["PQ_st"] == pytest.approx(100) and res["PQ_th"] == 0
+
+
+def test_pq_leaves_out_images_skipped_as_bad_samples_only_under_skip(panoptic_dataset, tmp_path):
+    """With DATALOADER.SKIP_BAD_SAMPLES the evaluation loader drops bad images: PQ of the rest."""
+    name = panoptic_dataset("stuff", "both")
+    stuff = torch.ones(4, 4, dtype=torch.int32)
+    outputs = [{"panoptic_seg": (stuff, [{"id": 1, "isthing": False, "category_id": STUFF}])}]
+    with pytest.raises(KeyError, match="no prediction for the images with ids \\[2\\]"):
+        evaluate(name, inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True)
+    res = evaluate(
+        name, inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True, skip_bad=True
+    )
+    assert res["panoptic_seg"]["PQ_st"] == pytest.approx(100)
