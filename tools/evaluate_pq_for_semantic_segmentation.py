@@ -4,7 +4,8 @@ PQ-stuff of semantic-segmentation predictions, the per-region metric of the pape
 (Sec. 4.1, after Kirillov et al.'s panoptic quality): every class is treated as "stuff", so
 each image has one segment per class present, in the ground truth and in the prediction alike.
 
-Matching and scoring follow panopticapi: a predicted and a ground-truth segment of the same class
+Matching and scoring are panopticapi's, computed by the panoptic evaluator's own core
+(``maskformer.evaluation.fast_panoptic``): a predicted and a ground-truth segment of the same class
 match when IoU > 0.5, where the IoU leaves out predicted pixels that fall on unlabeled (ignore)
 ground truth; an unmatched predicted segment lying mostly (> 50%) on unlabeled pixels is not a
 false positive. Per class, PQ = sum(IoU of matches) / (TP + FP/2 + FN/2), SQ = sum(IoU) / TP,
@@ -28,11 +29,12 @@ from typing import Dict, Iterator, Tuple
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation.sem_seg_evaluation import load_image_into_numpy_array
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
 import maskformer  # noqa: F401  (registers the project's datasets)
+from maskformer.data import reading
+from maskformer.evaluation.fast_panoptic import PQStats, image_pq_stats
 from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.evaluate_pq_for_semantic_segmentation")
@@ -42,15 +44,22 @@ NO_PREDICTION = -1
 
 
 class PQStuffStat:
-    """Per-class accumulators of matched IoU, TP, FP and FN over images."""
+    """
+    Per-class PQ statistics over images, each class one "stuff" segment per image: the label maps
+    become panoptic maps (segment id = class + 1, 0 = void for unlabeled ground truth and pixels
+    without a prediction) scored by the panoptic evaluator's own per-image core,
+    :func:`maskformer.evaluation.fast_panoptic.image_pq_stats`.
+    """
 
     def __init__(self, num_classes: int, ignore_label: int):
         self.num_classes = num_classes
         self.ignore_label = ignore_label
-        self.iou = np.zeros(num_classes)
-        self.tp = np.zeros(num_classes, dtype=np.int64)
-        self.fp = np.zeros(num_classes, dtype=np.int64)
-        self.fn = np.zeros(num_classes, dtype=np.int64)
+        self.categories = {c: {"id": c, "isthing": 0} for c in range(num_classes)}
+        self.stats = PQStats(self.categories)
+
+    tp = property(lambda self: self.stats.tp)
+    fp = property(lambda self: self.stats.fp)
+    fn = property(lambda self: self.stats.fn)
 
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
         """
@@ -58,52 +67,41 @@ class PQStuffStat:
             gt: (H, W) ints in [0, K) or ignore_label
             pred: (H, W) ints; values outside [0, K) are pixels without a prediction
         """
-        K = self.num_classes
-        void = gt == self.ignore_label
-        pred = np.where((pred >= 0) & (pred < K), pred, K)  # K: no prediction
-        gt_area = np.bincount(gt[~void], minlength=K)
-        pred_area = np.bincount(pred.ravel(), minlength=K + 1)[:K]
-        pred_on_void = np.bincount(pred[void], minlength=K + 1)[:K]
-        same = (gt == pred) & ~void
-        intersection = np.bincount(gt[same], minlength=K)
-
-        union = gt_area + pred_area - intersection - pred_on_void
-        iou = np.divide(intersection, union, out=np.zeros(K), where=union > 0)
-        matched = (gt_area > 0) & (pred_area > 0) & (iou > 0.5)
-        mostly_void = pred_on_void > 0.5 * pred_area
-        self.tp += matched
-        self.iou += np.where(matched, iou, 0.0)
-        self.fn += (gt_area > 0) & ~matched
-        self.fp += (pred_area > 0) & ~matched & ~mostly_void
+        gt_ids = np.where(gt == self.ignore_label, 0, gt + 1)
+        pred_ids = np.where((pred >= 0) & (pred < self.num_classes), pred + 1, 0)
+        gt_area = np.bincount(gt_ids.ravel(), minlength=self.num_classes + 1)
+        gt_ann = {
+            "segments_info": [
+                {"id": c + 1, "category_id": c, "area": int(gt_area[c + 1]), "iscrowd": 0}
+                for c in np.flatnonzero(gt_area[1:])
+            ]
+        }
+        pred_ann = {
+            "segments_info": [
+                {"id": int(i), "category_id": int(i) - 1} for i in np.unique(pred_ids) if i
+            ]
+        }
+        self.stats += image_pq_stats(gt_ids, pred_ids, gt_ann, pred_ann, self.categories)
 
     def summary(self) -> Dict:
         """PQ, SQ, RQ (in [0, 1]) averaged over the classes that occur, and per class."""
-        present = (self.tp + self.fp + self.fn) > 0
-        denominator = self.tp + 0.5 * self.fp + 0.5 * self.fn
-        pq = np.divide(self.iou, denominator, out=np.zeros(self.num_classes), where=present)
-        sq = np.divide(self.iou, self.tp, out=np.zeros(self.num_classes), where=self.tp > 0)
-        rq = np.divide(self.tp, denominator, out=np.zeros(self.num_classes), where=present)
-        n = int(present.sum())
-        per_class = {
-            int(c): {"PQ": float(pq[c]), "SQ": float(sq[c]), "RQ": float(rq[c])}
-            for c in np.flatnonzero(present)
-        }
-        if n == 0:
-            return {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0, "n": 0, "per_class": per_class}
+        means, per_class = self.stats.average(self.categories, isthing=None)
+        present = (self.stats.tp + self.stats.fp + self.stats.fn) > 0
         return {
-            "PQ": float(pq[present].mean()),
-            "SQ": float(sq[present].mean()),
-            "RQ": float(rq[present].mean()),
-            "n": n,
-            "per_class": per_class,
+            "PQ": means["pq"],
+            "SQ": means["sq"],
+            "RQ": means["rq"],
+            "n": means["n"],
+            "per_class": {
+                c: {k.upper(): float(v) for k, v in per_class[c].items()}
+                for c in np.flatnonzero(present).tolist()
+            },
         }
 
 
 def read_label_map(path: str) -> np.ndarray:
-    try:
-        return load_image_into_numpy_array(path, dtype=np.int64)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read label map {path}: {e}") from e
+    """A label-map PNG through the training reader, as int64 (errors name the file)."""
+    return reading.read_label_map(path).astype(np.int64)
 
 
 def png_predictions(directory: str, dataset_dicts) -> Iterator[Tuple[Dict, np.ndarray]]:
