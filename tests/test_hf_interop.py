@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
@@ -30,6 +31,7 @@ from maskformer.interop.hf import (
     check_fits,
     hf_config_from_cfg,
     is_hf_checkpoint,
+    load_hf_checkpoint,
     load_hf_state_dict,
     write_hf_folder,
 )
@@ -374,6 +376,43 @@ def test_hf_to_ours_gives_transformers_outputs(name):
     assert_close(our_outputs(ours, rgb), hf_outputs(hf, rgb))
 
 
+def test_ours_to_hub_folder_to_ours_gives_identical_tensors(tmp_path):
+    cfg_dict = cfg_from_hf_config(SMALL["resnet50"])
+    cfg = our_cfg(cfg_dict)
+    torch.manual_seed(3)
+    ours = build_model(cfg).eval()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg_dict))
+    torch.save({"model": ours.state_dict()}, tmp_path / "model_final.pth")
+    run = [
+        sys.executable,
+        str(REPO_ROOT / "tools" / "convert-d2-to-hf-maskformer.py"),
+        "--config-file",
+        str(tmp_path / "config.yaml"),
+        "--weights",
+        str(tmp_path / "model_final.pth"),
+        "--output",
+        str(tmp_path / "hub"),
+    ]
+    result = subprocess.run(run, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "hub")) == [
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["id2label"]["4"] == "class_4"
+
+    checkpoint = load_hf_checkpoint(str(tmp_path / "hub"), ours)  # what the checkpointer loads
+    original = ours.state_dict()
+    assert checkpoint["model"].keys() == original.keys()
+    assert all(torch.equal(checkpoint["model"][k], original[k]) for k in original)
+    incompatible = DetectionCheckpointer(build_model(cfg))._load_model(checkpoint)
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    misfit = build_model(our_cfg(cfg_from_hf_config(SMALL["swin_tiny"])))
+    with pytest.raises(MismatchError, match="backbone: checkpoint resnet, model swin"):
+        load_hf_checkpoint(str(tmp_path / "hub" / "model.safetensors"), misfit)
+
+
 @pytest.mark.parametrize("name", ["swin_tiny", "swin_base_window12", "resnet50"])
 def test_ours_to_hf_loads_strictly_and_gives_our_outputs(name, tmp_path):
     transformers = pytest.importorskip(
@@ -395,13 +434,12 @@ def test_ours_to_hf_loads_strictly_and_gives_our_outputs(name, tmp_path):
     np.testing.assert_allclose(
         np.array(processor.image_mean) * 255, cfg.MODEL.PIXEL_MEAN, rtol=1e-6
     )
-
-    # ours -> hub folder -> ours: the same tensors
-    back, hf_config = load_hf_state_dict(str(tmp_path))
+    # and back through transformers' own save_pretrained: the same tensors
+    hf.save_pretrained(str(tmp_path / "saved"))
+    back, _ = load_hf_state_dict(str(tmp_path / "saved"))
     original = ours.state_dict()
     assert back.keys() == original.keys()
     assert all(torch.equal(back[k], original[k]) for k in original)
-    check_fits(ours, hf_config)
 
 
 def test_save_pretrained_folder_converts_and_runs_in_the_demo(tmp_path):
@@ -453,6 +491,17 @@ def test_save_pretrained_folder_converts_and_runs_in_the_demo(tmp_path):
         pytest.skip(
             "the demo draws id2label names once add_maskformer_config adds DATASETS.METADATA_FILE and load_config calls register_metadata_file"
         )
+    from maskformer.engine.config_loading import load_config as load_config_file
+
+    loaded = load_config_file(str(out / "config.yaml"), need_datasets=False)
+    # what the demo draws with (and evaluators name classes by)
+    assert MetadataCatalog.get(loaded.DATASETS.TEST[0]).stuff_classes == [
+        "wall",
+        "sky",
+        "floor",
+        "tree",
+        "road",
+    ]
     import cv2
 
     cv2.imwrite(

@@ -5,6 +5,7 @@ from .hf import (
     UnsupportedArchitectureError,
     check_fits,
     is_hf_checkpoint,
+    load_hf_checkpoint,
     load_hf_state_dict,
 )
 from .metadata_file import add_metadata_file_config, register_metadata_file, write_metadata_file
@@ -15,6 +16,7 @@ __all__ = [
     "check_fits",
     "is_hf_checkpoint",
     "load_hf_state_dict",
+    "load_hf_checkpoint",
     "add_metadata_file_config",
     "register_metadata_file",
     "write_metadata_file",

@@ -36,6 +36,7 @@ __all__ = [
     "UnsupportedArchitectureError",
     "is_hf_checkpoint",
     "load_hf_state_dict",
+    "load_hf_checkpoint",
     "read_hf_folder",
     "check_fits",
     "architecture_of_hf_config",
@@ -107,6 +108,19 @@ def load_hf_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[dic
         return hf_to_ours(state_dict, source=weights), hf_config
     except ValueError as e:
         raise CheckpointError(str(e)) from e
+
+
+def load_hf_checkpoint(path: str, model: Optional[torch.nn.Module] = None) -> dict:
+    """
+    A hub folder or weights file as the checkpoint dict detectron2's ``Checkpointer`` loads
+    (``{"model": state dict in our names, "__author__": ...}``), after :func:`check_fits` of
+    ``model`` where the folder has a ``config.json``: one error listing every mismatch instead
+    of a wall of shape warnings.
+    """
+    state_dict, hf_config = load_hf_state_dict(path)
+    if model is not None and hf_config is not None:
+        check_fits(model, hf_config, source=path)
+    return {"model": state_dict, "__author__": f"transformers ({path})"}
 
 
 def read_hf_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict]]:
