@@ -85,7 +85,7 @@ def check_num_classes(cfg):
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     problems = []
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    for name in dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)):
         meta = MetadataCatalog.get(name)
         classes = meta.get("stuff_classes", None)
         if classes is not None and len(classes) != num_classes:

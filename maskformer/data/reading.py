@@ -19,6 +19,7 @@ __all__ = [
     "read_image",
     "read_label_map",
     "read_sem_seg_label",
+    "to_class_ids",
     "read_panoptic_ids",
     "panoptic_segment_index",
     "check_same_size",
@@ -114,13 +115,22 @@ def read_sem_seg_label(file_name, num_classes, ignore_label, offset=0, stored_ig
     Returns:
         np.ndarray: (H, W) integers in [0, num_classes) or ``ignore_label``.
     """
-    label = read_label_map(file_name)
-    stored_ignore = ignore_label if stored_ignore is None else stored_ignore
-    if offset or stored_ignore != ignore_label:
-        unlabeled = label == stored_ignore
-        label = label.astype(np.int64) - offset
-        label[unlabeled] = ignore_label
+    label = to_class_ids(read_label_map(file_name), ignore_label, offset, stored_ignore)
     check_label_values(file_name, label, num_classes, ignore_label)
+    return label
+
+
+def to_class_ids(label, ignore_label, offset=0, stored_ignore=None):
+    """
+    Stored label values -> class ids: v - ``offset``, and ``ignore_label`` where v is
+    ``stored_ignore`` (default ``ignore_label``). Returns ``label`` itself when nothing changes.
+    """
+    stored_ignore = ignore_label if stored_ignore is None else stored_ignore
+    if not offset and stored_ignore == ignore_label:
+        return label
+    unlabeled = label == stored_ignore
+    label = label.astype(np.int64) - offset
+    label[unlabeled] = ignore_label
     return label
 
 
