@@ -46,7 +46,7 @@ def main(argv=None):
     base = os.path.basename(os.path.normpath(hf_config.get("_name_or_path") or args.hf_dir))
     dataset = "hf_" + re.sub(r"\W+", "_", base)
     cfg["DATASETS"] = {"TRAIN": [], "TEST": [dataset], "METADATA_FILE": "classes.json"}
-    cfg["MODEL"]["WEIGHTS"] = "model_final.pth"
+    cfg["MODEL"]["WEIGHTS"] = os.path.abspath(os.path.join(args.output, "model_final.pth"))
 
     os.makedirs(args.output, exist_ok=True)
     with atomic_open(os.path.join(args.output, "model_final.pth"), "wb") as f:

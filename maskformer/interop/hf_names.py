@@ -137,6 +137,10 @@ class _Template:
             pattern = pattern.replace(re.escape("{part}"), part)
         self.regex = re.compile("^" + pattern + r"(?P<rest>.*)$")
 
+    def indices(self, match: re.Match) -> Dict[str, int]:
+        """The index values of a match of this (hf-side) template."""
+        return {m.group(2): int(match.group(m.group(2))) for m in _INDEX.finditer(self.prefix)}
+
     def hf_indices(self, match: re.Match) -> Dict[str, int]:
         """The hf-side index values of a match of this (our-side) template."""
         values = {}
@@ -190,10 +194,7 @@ def hf_to_ours(
             m = hf.regex.match(name)
             if m is None:
                 continue
-            target = ours.format(
-                {k: int(v) for k, v in m.groupdict().items() if k.isalpha() and len(k) == 1},
-                rest=m.group("rest"),
-            )
+            target = ours.format(hf.indices(m), rest=m.group("rest"))
             if rule.parts:
                 groups.setdefault(target, {})[m.group("part")] = (rule.parts, value)
             else:
