@@ -15,10 +15,8 @@ float32, channels-first, uncompiled backbone.
 import argparse
 import subprocess
 import sys
-import types
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import (
     build_r50_ade20k,
@@ -30,7 +28,7 @@ from benchmarks.common import (
     reset_peak_rss,
     set_threads,
 )
-from maskformer.modeling.criterion import dice_loss, sigmoid_focal_loss
+from maskformer.modeling.mask_factors import MaskFactors, PixelConv
 from maskformer.solver import build_optimizer
 
 NUM_CLASSES = 150
@@ -53,30 +51,15 @@ COMPILED = "torch.compile"  # with --compile only: its first steps compile for t
 LOSSES = VARIANTS[2:5]
 
 
-def published_loss_masks(self, outputs, targets, indices, num_masks, src_masks):
-    """The published mask losses, as the baseline: float targets, all masks upsampled at once."""
-    tgt_masks = torch.cat([t["masks"][tgt] for t, (_, tgt) in zip(targets, indices)]).to(src_masks)
-    src = F.interpolate(
-        src_masks[:, None], size=tgt_masks.shape[-2:], mode="bilinear", align_corners=False
-    )
-    src, tgt = src.flatten(1), tgt_masks.flatten(1)
-    return {
-        "loss_mask": sigmoid_focal_loss(src, tgt, num_masks),
-        "loss_dice": dice_loss(src, tgt, num_masks),
-    }
-
-
 def without_mask_factors(predictor_forward):
     """
-    The predictor's forward without the "mask_embed" / "mask_features" / "mask_conv" outputs, so
-    that the mask loss reads the matched masks out of all the predicted ones, as the published code does.
+    The predictor's forward without its "mask_factors" output, so that the mask loss reads the
+    matched masks out of all the predicted ones, as the published code does.
     """
 
     def forward(*args, **kwargs):
         outputs = predictor_forward(*args, **kwargs)
-        for layer in (outputs, *outputs.get("aux_outputs", [])):
-            for key in ("mask_embed", "mask_features", "mask_conv"):
-                layer.pop(key, None)
+        outputs.pop("mask_factors", None)
         return outputs
 
     return forward
@@ -84,8 +67,8 @@ def without_mask_factors(predictor_forward):
 
 def build_variant(variant: str):
     model = build_r50_ade20k(VARIANT_SETTINGS.get(variant, {})).train()
-    if variant == "published loss":
-        model.criterion.loss_masks = types.MethodType(published_loss_masks, model.criterion)
+    if variant == "published loss":  # float targets, all matched masks upsampled at once
+        model.criterion.fused_mask_loss = False
         model.sem_seg_head.predictor.forward = without_mask_factors(
             model.sem_seg_head.predictor.forward
         )
@@ -162,22 +145,20 @@ def measure_loss_memory(variant: str, crop: int) -> None:
     ).requires_grad_()
     pixel_embed = mask_conv(features)
 
-    def layer_outputs():
-        embed = (
-            torch.randn(2, 100, mask_conv.out_channels, generator=generator) / 16
-        ).requires_grad_()
-        layer = {
-            "pred_logits": torch.randn(
-                2, 100, NUM_CLASSES + 1, generator=generator
-            ).requires_grad_(),
-            "pred_masks": torch.einsum("bqc,bchw->bqhw", embed, pixel_embed),
+    embed = torch.randn(num_layers, 2, 100, mask_conv.out_channels, generator=generator) / 16
+    embed.requires_grad_()
+    layers = [
+        {
+            "pred_logits": torch.randn(2, 100, NUM_CLASSES + 1, generator=generator),
+            "pred_masks": torch.einsum("bqc,bchw->bqhw", layer_embed, pixel_embed),
         }
-        if variant != "published loss":  # which reads the matched masks out of pred_masks
-            layer.update(mask_embed=embed, mask_features=features, mask_conv=mask_conv)
-        return layer
-
-    outputs = layer_outputs()
-    outputs["aux_outputs"] = [layer_outputs() for _ in range(num_layers - 1)]
+        for layer_embed in embed
+    ]
+    for layer in layers:
+        layer["pred_logits"].requires_grad_()
+    outputs = {**layers[-1], "aux_outputs": layers[:-1]}
+    if variant != "published loss":  # which reads the matched masks out of pred_masks
+        outputs["mask_factors"] = MaskFactors(embed, features, PixelConv.of(mask_conv))
     batch = make_batch(crop)
     images = model.preprocess_image(batch)
     targets = model.prepare_targets([x["instances"] for x in batch], images)

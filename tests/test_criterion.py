@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from maskformer.modeling.criterion import SetCriterion, dice_loss, sigmoid_focal_loss
+from maskformer.modeling.mask_factors import MaskFactors
 from maskformer.modeling.matcher import HungarianMatcher
 
 
@@ -159,7 +160,7 @@ def test_matched_masks_from_embeddings_give_the_same_losses_and_gradients(num_po
         masks = torch.einsum("bqc,bchw->bqhw", embed, features)
         outputs = {"pred_logits": logits, "pred_masks": masks}
         if with_embed:
-            outputs.update(mask_embed=embed, mask_features=features)
+            outputs["mask_factors"] = MaskFactors(embed[None], features)
         torch.manual_seed(1)  # the same sampled points
         losses = criterion(outputs, targets)
         grads = torch.autograd.grad(losses["loss_mask"] + losses["loss_dice"], [embed, features])
@@ -170,3 +171,47 @@ def test_matched_masks_from_embeddings_give_the_same_losses_and_gradients(num_po
     for grad, grad_embed in zip(grads, grads_embed):
         assert torch.allclose(grad_embed, grad, rtol=0, atol=1e-12)
         assert grad.abs().sum() > 0
+
+
+def test_fused_and_plain_mask_losses_agree_in_value_and_gradient():
+    """
+    The default fused full-resolution losses against the plain upsample-then-losses path, through
+    the criterion (float32, which it computes the losses in; tests/test_kernels.py checks the fused
+    kernel in float64): the two round differently, by a few float32 ulps.
+    """
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 4, requires_grad=True)
+    masks = torch.randn(2, 5, 6, 6, requires_grad=True)
+    aux_masks = torch.randn(2, 5, 6, 6, requires_grad=True)
+    outputs = {
+        "pred_logits": logits,
+        "pred_masks": masks,
+        "aux_outputs": [{"pred_logits": logits, "pred_masks": aux_masks}],
+    }
+    targets = [
+        {"labels": torch.tensor([0, 2]), "masks": torch.rand(2, 24, 24) > 0.5},
+        {"labels": torch.tensor([1]), "masks": torch.rand(1, 24, 24) > 0.5},
+    ]
+    matcher = HungarianMatcher(1, 20, 1)
+    results = []
+    for fused in (True, False):
+        criterion = SetCriterion(3, matcher, {}, eos_coef=0.1, fused_mask_loss=fused)
+        losses = criterion(outputs, targets)
+        grads = torch.autograd.grad(sum(losses.values()), [logits, masks, aux_masks])
+        results.append((losses, grads))
+    (fused, fused_grads), (plain, plain_grads) = results
+    assert (
+        list(fused)
+        == list(plain)
+        == [f"{n}{s}" for s in ("", "_0") for n in ("loss_ce", "loss_mask", "loss_dice")]
+    )
+    for name, value in plain.items():
+        assert fused[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    for fused_grad, plain_grad in zip(fused_grads, plain_grads):
+        assert plain_grad.abs().sum() > 0
+        assert torch.allclose(fused_grad, plain_grad, rtol=1e-4, atol=1e-6 * plain_grad.abs().max())
+
+
+def test_criterion_computes_both_losses():
+    with pytest.raises(ValueError, match="'labels' and 'masks'"):
+        SetCriterion(3, HungarianMatcher(1, 20, 1), {}, eos_coef=0.1, losses=("labels",))

@@ -9,17 +9,9 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from maskformer.modeling.criterion import (
-    MatchedMaskLogits,
-    SetCriterion,
-    UpsampledMaskLoss,
-    dice_loss,
-    sigmoid_focal_loss,
-    upsample_bilinear_adjoint,
-)
+from maskformer.modeling.criterion import SetCriterion, sigmoid_focal_loss
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
 from maskformer.modeling.matcher import HungarianMatcher
-from maskformer.modeling.transformer.transformer_predictor import folded_mask_logits
 from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
 
 
@@ -124,44 +116,6 @@ def test_bfloat16_training_autocast_losses():
     sum(losses.values()).backward()
 
 
-@pytest.mark.parametrize(
-    "low_size, size", [((6, 7), (24, 28)), ((6, 7), (18, 14)), ((5, 5), (5, 5)), ((6, 7), (23, 29))]
-)  # the last through aten
-def test_upsample_bilinear_adjoint_is_the_upsampling_backward(low_size, size):
-    torch.manual_seed(0)
-    x = torch.randn(3, *low_size, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(3, *size, dtype=torch.float64)
-    upsampled = F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    expected = torch.autograd.grad(upsampled, x, grad)[0]
-    assert torch.allclose(
-        upsample_bilinear_adjoint(grad, low_size), expected, rtol=1e-12, atol=1e-14
-    )
-
-
-@pytest.mark.parametrize("chunk_elements", [64, 1 << 20])
-@pytest.mark.parametrize(
-    "size", [(23, 29), (24, 28)]
-)  # aten's upsampling backward, the strided adjoint
-def test_upsampled_mask_loss_equals_upsampling_then_losses(monkeypatch, chunk_elements, size):
-    monkeypatch.setitem(UpsampledMaskLoss.CHUNK_ELEMENTS, "cpu", chunk_elements)
-    torch.manual_seed(0)
-    src = 3 * torch.randn(5, 6, 7, dtype=torch.float64)
-    src[0, 0, :3] = torch.tensor([-800.0, 800.0, 40.0])  # sigmoid underflows to 0, rounds to 1
-    src.requires_grad_()
-    tgt = torch.rand(5, *size) > 0.4
-    focal, dice = UpsampledMaskLoss.apply(src, tgt, 3.0)
-    upsampled = F.interpolate(
-        src[:, None], size=size, mode="bilinear", align_corners=False
-    ).flatten(1)
-    expected_focal = sigmoid_focal_loss(upsampled, tgt.flatten(1).double(), 3.0)
-    expected_dice = dice_loss(upsampled, tgt.flatten(1).double(), 3.0)
-    assert focal.item() == pytest.approx(expected_focal.item(), rel=1e-12)
-    assert dice.item() == pytest.approx(expected_dice.item(), rel=1e-12)
-    grad = torch.autograd.grad(0.3 * focal + 1.7 * dice, src)[0]
-    expected_grad = torch.autograd.grad(0.3 * expected_focal + 1.7 * expected_dice, src)[0]
-    assert torch.allclose(grad, expected_grad, rtol=1e-9, atol=1e-15)
-
-
 def test_criterion_rejects_soft_target_masks():
     class FirstToFirst(torch.nn.Module):
         def forward(self, outputs, targets):
@@ -200,78 +154,6 @@ def test_matcher_resizes_bool_targets_like_float_ones():
     assert torch.allclose(from_bool, expected, atol=1e-5)
 
 
-def test_folded_mask_logits_equal_the_mask_features_dot_products():
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1).double()
-    x = torch.randn(2, 6, 9, 7, dtype=torch.float64)
-    mask_embed = torch.randn(3, 2, 4, 5, dtype=torch.float64)  # (L, B, Q, C)
-    expected = torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x))
-    result = folded_mask_logits(mask_embed, conv, x)
-    assert result.shape == (3, 2, 4, 9, 7)
-    assert torch.allclose(result, expected, rtol=0, atol=1e-12)
-    conv.bias = None
-    assert torch.allclose(
-        folded_mask_logits(mask_embed, conv, x),
-        torch.einsum("lbqc,bchw->lbqhw", mask_embed, conv(x)),
-        rtol=0,
-        atol=1e-12,
-    )
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_matched_mask_logits_backward_is_the_folded_convolutions(bias):
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1, bias=bias).double()
-    x = torch.randn(6, 9, 7, dtype=torch.float64, requires_grad=True)
-    embed = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)  # (N, C)
-    upstream = torch.randn(4, 9, 7, dtype=torch.float64)
-    expected = folded_mask_logits(embed[None, None], conv, x[None])[0, 0]
-    inputs = [embed, x, *conv.parameters()]
-    expected_grads = torch.autograd.grad((expected * upstream).sum(), inputs)
-    values = expected.detach() + 0.5  # the forward passes the given values through unchanged
-    result = MatchedMaskLogits.apply(
-        values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation)
-    )
-    assert torch.equal(result, values)
-    grads = torch.autograd.grad((result * upstream).sum(), inputs)
-    assert len(grads) == (4 if bias else 3)
-    for grad, expected_grad in zip(grads, expected_grads):
-        assert torch.allclose(grad, expected_grad, rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize(
-    "embed_dtype, x_dtype", [(torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)]
-)
-def test_matched_mask_logits_backward_with_autocast_dtypes(embed_dtype, x_dtype):
-    """Autocast leaves half-precision embeddings (and maybe features) next to float32 weights."""
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(6, 5, kernel_size=3, padding=1)
-    x = torch.randn(6, 9, 7).to(x_dtype).requires_grad_()
-    embed = torch.randn(4, 5).to(embed_dtype).requires_grad_()
-    upstream = torch.randn(4, 9, 7)
-    inputs = [embed, x, *conv.parameters()]
-    values = folded_mask_logits(embed.detach().float()[None, None], conv, x.detach().float()[None])[
-        0, 0
-    ]
-    result = MatchedMaskLogits.apply(
-        values, embed, conv.weight, conv.bias, x, (conv.stride, conv.padding, conv.dilation)
-    )
-    grads = torch.autograd.grad(
-        (result * upstream).sum(), inputs
-    )  # outside autocast, as backward runs
-    exact = [t.detach().double().requires_grad_() for t in inputs]
-    embed64, x64, weight64, bias64 = exact
-    folded = F.conv2d(
-        x64[None], torch.einsum("nc,cikj->nikj", embed64, weight64), embed64 @ bias64, padding=1
-    )[0]
-    expected = torch.autograd.grad((folded * upstream.double()).sum(), exact)
-    for grad, expected_grad, tensor in zip(grads, expected, inputs):
-        assert grad.dtype == tensor.dtype
-        assert torch.allclose(
-            grad.double(), expected_grad, rtol=0.05, atol=0.05 * expected_grad.abs().max()
-        )
-
-
 def test_fold_mask_embed_in_inference_only():
     default, folded = _pair(**{"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True})
     assert folded.sem_seg_head.fold_mask_embed
@@ -297,17 +179,55 @@ def test_fold_mask_embed_in_inference_only():
     assert seen == [(2, 32, images.shape[2] // 4, images.shape[3] // 4)]  # (B, MASK_DIM, H/4, W/4)
 
 
-def test_fold_mask_embed_needs_a_plain_mask_features_conv():
+def test_a_declared_foldable_decoder_needs_a_plain_mask_features_conv():
     head = build_model(tiny_cfg()).sem_seg_head
     decoder = head.pixel_decoder
     decoder.mask_features = torch.nn.Sequential(decoder.mask_features, torch.nn.ReLU())
-    with pytest.raises(
-        ValueError, match="FOLD_MASK_EMBED needs a pixel decoder .* BasePixelDecoder"
-    ):
+    with pytest.raises(ValueError, match="declares mask_features_foldable, but .* not a plain"):
         MaskFormerHead(
-            input_shape={},
             num_classes=NUM_CLASSES,
             pixel_decoder=decoder,
+            transformer_predictor=head.predictor,
+            transformer_in_feature="res5",
+        )
+
+
+class UndeclaredPixelDecoder(torch.nn.Module):
+    """A new pixel decoder with the same layers as BasePixelDecoder, not declaring foldability."""
+
+    def __init__(self, base):
+        super().__init__()
+        self.base = base
+        self.mask_features = base.mask_features
+
+    def fpn_features(self, features):
+        raise AssertionError("a decoder that does not declare foldability is not split")
+
+    def forward_features(self, features):
+        return self.base.forward_features(features)
+
+
+def test_a_pixel_decoder_that_does_not_declare_foldability_gets_the_plain_computation():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.DROPOUT": 0.0})).train()
+    head = model.sem_seg_head
+    plain = MaskFormerHead(
+        num_classes=NUM_CLASSES,
+        pixel_decoder=UndeclaredPixelDecoder(head.pixel_decoder),
+        transformer_predictor=head.predictor,
+        transformer_in_feature="res5",
+    ).train()
+    assert head.foldable and not plain.foldable
+    features = model.backbone(torch.randn(1, 3, 64, 64))
+    folded_outputs, plain_outputs = head(features), plain(features)
+    # the loss recomputes the matched masks from the per-pixel embeddings themselves
+    assert plain_outputs["mask_factors"].pixel_conv is None
+    assert folded_outputs["mask_factors"].pixel_conv is not None
+    assert torch.allclose(plain_outputs["pred_masks"], folded_outputs["pred_masks"], atol=1e-5)
+    with pytest.raises(ValueError, match="FOLD_MASK_EMBED needs a pixel decoder that declares"):
+        MaskFormerHead(
+            num_classes=NUM_CLASSES,
+            pixel_decoder=UndeclaredPixelDecoder(head.pixel_decoder),
             transformer_predictor=head.predictor,
             transformer_in_feature="res5",
             fold_mask_embed=True,

@@ -1,9 +1,8 @@
-"""What the heads have in common: a pixel decoder, a predictor reading it, and detectron2's head fields."""
+"""What the heads have in common: a pixel decoder and a predictor reading it."""
 
 from typing import Dict, Optional
 
 import torch
-from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
@@ -14,27 +13,12 @@ from .legacy import LegacyCheckpointMixin
 class PixelDecoderHead(LegacyCheckpointMixin, nn.Module):
     """
     Base of the heads: ``pixel_decoder`` and ``predictor`` sub-modules (the published parameter
-    names), plus the fields of detectron2's semantic-segmentation heads (``in_features`` finest
-    first, ``ignore_value``, ``common_stride`` 4, ``loss_weight``, ``num_classes``).
-    Subclasses implement ``from_config`` on top of ``head_config`` and ``forward``.
+    names) and ``num_classes``. Subclasses implement ``from_config`` on top of ``head_config``, and
+    ``forward``.
     """
 
-    @configurable
-    def __init__(
-        self,
-        input_shape: Dict[str, ShapeSpec],
-        *,
-        num_classes: int,
-        pixel_decoder: nn.Module,
-        predictor: nn.Module,
-        loss_weight: float = 1.0,
-        ignore_value: int = -1,
-    ):
+    def __init__(self, *, num_classes: int, pixel_decoder: nn.Module, predictor: nn.Module):
         super().__init__()
-        self.in_features = [k for k, _ in sorted(input_shape.items(), key=lambda kv: kv[1].stride)]
-        self.ignore_value = ignore_value
-        self.common_stride = 4
-        self.loss_weight = loss_weight
         self.num_classes = num_classes
         self.pixel_decoder = pixel_decoder
         self.predictor = predictor
@@ -43,13 +27,8 @@ class PixelDecoderHead(LegacyCheckpointMixin, nn.Module):
     def head_config(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
         """The constructor arguments every head reads from MODEL.SEM_SEG_HEAD, but the predictor."""
         return {
-            "input_shape": {
-                k: v for k, v in input_shape.items() if k in cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES
-            },
-            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "pixel_decoder": build_pixel_decoder(cfg, input_shape),
-            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
         }
 
 

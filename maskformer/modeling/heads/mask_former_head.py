@@ -1,6 +1,6 @@
 """MaskFormer's head: pixel decoder + transformer predictor."""
 
-from typing import Dict
+from typing import Dict, Optional
 
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -15,36 +15,46 @@ from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 class MaskFormerHead(PixelDecoderHead):
     """
     forward(features: name -> (B, C, H_i, W_i)) -> the predictor's dict
-    ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), and in training the mask factors and
-    "aux_outputs"; see ``TransformerPredictor``).
+    ("pred_logits" (B, Q, K+1), "pred_masks" (B, Q, H/4, W/4), and in training "aux_outputs" and
+    "mask_factors"; see ``TransformerPredictor``).
     The transformer decoder reads either a backbone feature or, with TRANSFORMER_IN_FEATURE
     "transformer_encoder", the output of the pixel decoder's transformer encoder.
 
-    ``fold_mask_embed`` (inference): the mask embeddings are folded into the pixel decoder's
-    ``mask_features`` convolution, which then outputs the Q mask logits directly instead of mask_dim
-    per-pixel embeddings (``folded_mask_logits``; same values up to float rounding). In training the
-    loss folds its matched embeddings into that convolution whenever the pixel decoder allows it
-    (``BasePixelDecoder`` and subclasses), which makes the backward pass cheaper.
+    Folding (``kernels.folded_masks``): where the pixel decoder declares that its last layer,
+    ``mask_features``, is a plain convolution of ``fpn_features``' output (its class attribute
+    ``mask_features_foldable``, as ``BasePixelDecoder``), the loss back-propagates its matched masks
+    through the matched embeddings folded into that convolution, and with ``fold_mask_embed``
+    inference computes the Q mask logits as one folded convolution instead of mask_dim per-pixel
+    embeddings (same values up to float rounding). Other pixel decoders get the plain products.
     """
 
     @configurable
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
+        input_shape: Optional[Dict[str, ShapeSpec]] = None,
         *,
+        num_classes: int,
+        pixel_decoder: nn.Module,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
         fold_mask_embed: bool = False,
-        **head_fields,
+        loss_weight: float = 1.0,
+        ignore_value: int = -1,
     ):
-        """``head_fields``: ``PixelDecoderHead``'s keywords (num_classes, pixel_decoder, loss_weight, ignore_value)."""
-        super().__init__(input_shape, predictor=transformer_predictor, **head_fields)
+        """
+        ``input_shape``, ``loss_weight`` and ``ignore_value`` are the published constructor's
+        arguments, accepted and unused: the pixel decoder is built for the input shape, and the
+        criterion computes MaskFormer's loss.
+        """
+        super().__init__(
+            num_classes=num_classes, pixel_decoder=pixel_decoder, predictor=transformer_predictor
+        )
         self.transformer_in_feature = transformer_in_feature
-        self.foldable = _foldable(self.pixel_decoder)
+        self.foldable = declares_foldable(pixel_decoder)
         if fold_mask_embed and not self.foldable:
             raise ValueError(
-                f"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder with fpn_features() and a plain "
-                f"mask_features convolution (as BasePixelDecoder); {type(self.pixel_decoder).__name__} has not"
+                "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder that declares "
+                f"mask_features_foldable (as BasePixelDecoder); {type(pixel_decoder).__name__} does not"
             )
         self.fold_mask_embed = fold_mask_embed
 
@@ -71,9 +81,14 @@ class MaskFormerHead(PixelDecoderHead):
         return self.predictor(x, pixel_features, mask_conv)
 
 
-def _foldable(pixel_decoder: nn.Module) -> bool:
-    """Folding needs ``fpn_features`` and a plain ``mask_features`` convolution on its output."""
-    conv = getattr(pixel_decoder, "mask_features", None)
+def declares_foldable(pixel_decoder: nn.Module) -> bool:
+    """
+    Whether ``pixel_decoder`` declares ``mask_features_foldable``: its ``forward_features(f)`` is
+    ``mask_features(fpn_features(f)[0])``, with ``mask_features`` a plain convolution (checked here).
+    """
+    if not getattr(type(pixel_decoder), "mask_features_foldable", False):
+        return False
+    conv = pixel_decoder.mask_features
     plain_conv = (
         isinstance(conv, nn.Conv2d)
         and conv.groups == 1
@@ -81,4 +96,9 @@ def _foldable(pixel_decoder: nn.Module) -> bool:
         and getattr(conv, "norm", None) is None
         and getattr(conv, "activation", None) is None
     )
-    return plain_conv and callable(getattr(pixel_decoder, "fpn_features", None))
+    if not plain_conv:
+        raise ValueError(
+            f"{type(pixel_decoder).__name__} declares mask_features_foldable, but its mask_features "
+            f"is not a plain convolution (no norm, activation or groups): {conv}"
+        )
+    return True

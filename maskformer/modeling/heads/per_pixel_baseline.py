@@ -22,14 +22,35 @@ from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 class PerPixelBaselineHead(PixelDecoderHead):
     """
     forward(features, targets (B, H, W) or None) -> (None, losses) in training,
-    (class logits (B, K, H, W) at input resolution, {}) in inference.
+    (class logits (B, K, H, W) at input resolution, {}) in inference. ``ignore_value`` is read by
+    detectron2's SemanticSegmentor too (to pad the targets).
     """
+
+    common_stride = 4  # of the pixel decoder's output
+
+    @configurable
+    def __init__(
+        self,
+        input_shape: Optional[Dict[str, ShapeSpec]] = None,
+        *,
+        num_classes: int,
+        pixel_decoder: nn.Module,
+        predictor: nn.Module,
+        loss_weight: float = 1.0,
+        ignore_value: int = -1,
+    ):
+        """``input_shape``: the published constructor's argument, accepted and unused."""
+        super().__init__(num_classes=num_classes, pixel_decoder=pixel_decoder, predictor=predictor)
+        self.loss_weight = loss_weight
+        self.ignore_value = ignore_value
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         return {
             **cls.head_config(cfg, input_shape),
             "predictor": cls._build_predictor(cfg, input_shape),
+            "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
+            "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
     @classmethod
@@ -82,12 +103,13 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
     @configurable
     def __init__(
         self,
-        input_shape: Dict[str, ShapeSpec],
+        input_shape: Optional[Dict[str, ShapeSpec]] = None,
         *,
         transformer_in_feature: str,
         deep_supervision: bool,
         **kwargs,
     ):
+        """``kwargs``: ``PerPixelBaselineHead``'s keywords."""
         super().__init__(input_shape, **kwargs)
         self.transformer_in_feature = transformer_in_feature
         self.deep_supervision = deep_supervision

@@ -62,6 +62,12 @@ class BasePixelDecoder(nn.Module):
     (``mask_features``) gives the per-pixel embeddings. Modules are numbered from the finest level.
     """
 
+    #: ``forward_features(f)`` is ``mask_features(fpn_features(f)[0])``, ``mask_features`` a plain
+    #: convolution, into which the mask embeddings can be folded (see ``MaskFormerHead``). A pixel
+    #: decoder without this declaration gets the plain computation; a subclass that changes
+    #: ``forward_features`` sets it False.
+    mask_features_foldable = True
+
     @configurable
     def __init__(
         self,
@@ -92,7 +98,6 @@ class BasePixelDecoder(nn.Module):
         self.lateral_convs = lateral_convs[::-1]
         self.output_convs = output_convs[::-1]
 
-        self.mask_dim = mask_dim
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=3, stride=1, padding=1)
         weight_init.c2_xavier_fill(self.mask_features)
 
@@ -162,8 +167,13 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         mask_dim: int,
         norm: Union[str, Callable],
     ):
-        super().__init__(input_shape, conv_dim=conv_dim, mask_dim=mask_dim, norm=norm)
-        coarsest = max(input_shape.values(), key=lambda s: s.stride)
+        coarsest_name, coarsest = max(input_shape.items(), key=lambda kv: kv[1].stride)
+        # the FPN's coarsest level reads the encoder's output, of conv_dim channels
+        fpn_input_shape = {
+            **input_shape,
+            coarsest_name: ShapeSpec(channels=conv_dim, stride=coarsest.stride),
+        }
+        super().__init__(fpn_input_shape, conv_dim=conv_dim, mask_dim=mask_dim, norm=norm)
         self.input_proj = Conv2d(coarsest.channels, conv_dim, kernel_size=1)
         weight_init.c2_xavier_fill(self.input_proj)
         self.transformer = TransformerEncoderOnly(
@@ -176,12 +186,9 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
             fused_attention=fused_attention,
         )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
-        # the coarsest output conv now reads the encoder output (conv_dim channels)
-        output_conv = _conv(conv_dim, conv_dim, 3, norm, F.relu)
+        # the published parameter order has the coarsest level's conv after the encoder
         name = f"layer_{len(self.in_features)}"
-        delattr(self, name)
-        self.add_module(name, output_conv)
-        self.output_convs[0] = output_conv
+        self.add_module(name, self._modules.pop(name))
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):

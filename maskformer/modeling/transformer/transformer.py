@@ -246,7 +246,6 @@ class Transformer(nn.Module):
         self.decoder = TransformerDecoder(
             dec_layer, num_decoder_layers, nn.LayerNorm(d_model), return_intermediate_dec
         )
-        self.d_model = d_model
         _xavier_init(self)
 
     def forward(self, src: Tensor, mask: Optional[Tensor], query_embed: Tensor, pos_embed: Tensor):
