@@ -11,6 +11,7 @@ the fast settings with MODEL.COMPILE (needs a C++ compiler on CPU).
 """
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Dict
@@ -30,8 +31,12 @@ from benchmarks.common import (
     set_threads,
 )
 from maskformer.modeling.inference import (
+    crop_and_resize,
+    image_inference,
     masks_to_output_size,
     semantic_inference,
+)
+from maskformer.modeling.kernels.semantic_at_mask_resolution import (
     semantic_inference_at_mask_resolution,
 )
 
@@ -78,13 +83,13 @@ def stage_functions(model, inputs) -> Dict:
     padded_size = tuple(images.tensor.shape[-2:])
 
     def postprocess():
-        return model.inference_single(
+        return image_inference(
             outputs["pred_logits"][0].float(),
             outputs["pred_masks"][0].float(),
-            inputs[0],
-            images.image_sizes[0],
             padded_size,
-            model.sem_seg_fast,
+            images.image_sizes[0],
+            images.image_sizes[0],
+            model.inference_settings,
         )
 
     def published_code_postprocess():
@@ -131,8 +136,10 @@ def argmax_agreement(
             mask_cls, masks_to_output_size(mask_pred, padded_size, padded_size, padded_size)
         )
         exact = masks_to_output_size(exact, padded_size, image_size, output_size)
-    fast = semantic_inference_at_mask_resolution(
-        mask_cls, mask_pred, padded_size, image_size, output_size
+    fast = crop_and_resize(
+        semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size),
+        image_size,
+        output_size,
     )
     return (exact.argmax(0) == fast.argmax(0)).double().mean().item()
 
@@ -263,11 +270,15 @@ def main(args):
         # random weights give nearly constant masks, which the fast path finds easy: time it on
         # trained-like outputs too
         mask_cls, mask_pred = cases["high-contrast synthetic outputs, seed 0"]
+        settings = {
+            fast: dataclasses.replace(model.inference_settings, sem_seg_fast=fast)
+            for fast in (False, True)
+        }
         post = interleaved_timings(
             {
                 fast: (
-                    lambda fast=fast: model.inference_single(
-                        mask_cls, mask_pred, inputs[0], padded, padded, fast
+                    lambda fast=fast: image_inference(
+                        mask_cls, mask_pred, padded, padded, padded, settings[fast]
                     )
                 )
                 for fast in (False, True)

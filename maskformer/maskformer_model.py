@@ -10,17 +10,7 @@ from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
 from .modeling.criterion import SetCriterion
-from .modeling.inference import (
-    crop_and_resize,
-    instance_candidates,
-    instances_from_masks,
-    masks_to_output_size,
-    panoptic_inference,
-    panoptic_queries,
-    semantic_inference,
-    semantic_inference_at_mask_resolution,
-    upsample_to_padded,
-)
+from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
 
 
@@ -34,8 +24,11 @@ class MaskFormer(nn.Module):
     plus "panoptic_seg": (ids (height, width) int32, segments_info) with PANOPTIC_ON and
     "instances" with INSTANCE_ON.
 
+    Inference (``maskformer.modeling.inference``) follows ``inference_settings``, built from the
+    published constructor's arguments (thing classes from ``metadata``).
+
     Speed options (all off by default, which reproduces the published outputs): ``sem_seg_fast``
-    (semantic scores marginalised at mask resolution, see ``semantic_inference_at_mask_resolution``),
+    (semantic scores marginalised at mask resolution, see ``InferenceSettings``),
     ``inference_amp_dtype`` (autocast of backbone and head in inference), ``channels_last`` (model and
     input in NHWC), ``torch_compile`` (torch.compile of backbone and head, state_dict keys unchanged).
     """
@@ -68,19 +61,23 @@ class MaskFormer(nn.Module):
         self.sem_seg_head = sem_seg_head
         self.criterion = criterion
         self.num_queries = num_queries
-        self.object_mask_threshold = object_mask_threshold
-        self.overlap_threshold = overlap_threshold
         self.metadata = metadata
         self.size_divisibility = (
             size_divisibility if size_divisibility >= 0 else backbone.size_divisibility
         )
-        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
-        self.panoptic_on = panoptic_on
-        self.instance_on = instance_on
-        self.test_topk_per_image = test_topk_per_image
-        self.sem_seg_fast = sem_seg_fast
+        thing_ids = getattr(metadata, "thing_dataset_id_to_contiguous_id", None) or {}
+        self.inference_settings = InferenceSettings(
+            sem_seg_postprocess_before_inference=bool(sem_seg_postprocess_before_inference),
+            panoptic_on=bool(panoptic_on),
+            instance_on=bool(instance_on),
+            object_mask_threshold=float(object_mask_threshold),
+            overlap_threshold=float(overlap_threshold),
+            test_topk_per_image=int(test_topk_per_image),
+            thing_ids=frozenset(int(i) for i in thing_ids.values()),
+            sem_seg_fast=bool(sem_seg_fast),
+        )
         self.inference_amp_dtype = inference_amp_dtype
         self.channels_last = channels_last
         if channels_last:
@@ -109,7 +106,6 @@ class MaskFormer(nn.Module):
             matcher=matcher,
             weight_dict=weight_dict,
             eos_coef=mf.NO_OBJECT_WEIGHT,
-            losses=("labels", "masks"),
             num_points=mf.TRAIN_NUM_POINTS,
             oversample_ratio=mf.OVERSAMPLE_RATIO,
             importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
@@ -144,15 +140,6 @@ class MaskFormer(nn.Module):
     def device(self):
         return self.pixel_mean.device
 
-    @property
-    def thing_ids(self) -> set:
-        mapping = (
-            getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
-            if self.metadata
-            else None
-        )
-        return set(mapping.values()) if mapping else set()
-
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
@@ -178,71 +165,18 @@ class MaskFormer(nn.Module):
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
-        padded_size = tuple(images.tensor.shape[-2:])
-        return [
-            self.inference_single(
-                mask_cls.float(), mask_pred.float(), x, image_size, padded_size, self.sem_seg_fast
-            )
-            for mask_cls, mask_pred, x, image_size in zip(
-                outputs["pred_logits"], outputs["pred_masks"], batched_inputs, images.image_sizes
-            )
+        output_sizes = [
+            (x.get("height", h), x.get("width", w))
+            for x, (h, w) in zip(batched_inputs, images.image_sizes)
         ]
-
-    def inference_single(
-        self,
-        mask_cls,
-        mask_pred,
-        inputs: Dict,
-        image_size,
-        padded_size=None,
-        sem_seg_fast: bool = False,
-    ) -> Dict:
-        """
-        mask_cls (Q, K+1) and mask_pred (Q, h, w) logits of one image -> its outputs. mask_pred covers
-        the padded batch of size ``padded_size`` (default: mask_pred is already at that size).
-        Only the masks a task keeps are resized to the output size, which gives the same values as
-        resizing all of them. ``sem_seg_fast``: see ``semantic_inference_at_mask_resolution``.
-        """
-        output_size = (inputs.get("height", image_size[0]), inputs.get("width", image_size[1]))
-        padded_size = tuple(padded_size or mask_pred.shape[-2:])
-        output_masks = (
-            None  # all masks at the output size, when the semantic output needs them anyway
+        return inference(
+            outputs["pred_logits"],
+            outputs["pred_masks"],
+            images.tensor.shape[-2:],
+            images.image_sizes,
+            output_sizes,
+            self.inference_settings,
         )
-        if sem_seg_fast:
-            sem_seg = semantic_inference_at_mask_resolution(
-                mask_cls, mask_pred, padded_size, image_size, output_size
-            )
-        elif self.sem_seg_postprocess_before_inference:
-            output_masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
-            sem_seg = semantic_inference(mask_cls, output_masks)
-        else:
-            sem_seg = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
-            sem_seg = crop_and_resize(sem_seg, image_size, output_size)
-
-        def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
-            if output_masks is not None:
-                return output_masks[queries]
-            return masks_to_output_size(mask_pred[queries], padded_size, image_size, output_size)
-
-        result = {"sem_seg": sem_seg}
-        if self.panoptic_on:
-            keep = panoptic_queries(mask_cls, self.object_mask_threshold)
-            result["panoptic_seg"] = panoptic_inference(
-                mask_cls[keep],
-                masks_at_output_size(keep),
-                self.thing_ids,
-                self.object_mask_threshold,
-                self.overlap_threshold,
-            )
-        if self.instance_on:
-            scores, labels, queries = instance_candidates(
-                mask_cls, self.test_topk_per_image, self.thing_ids if self.panoptic_on else None
-            )
-            unique_queries, position = queries.unique(return_inverse=True)
-            result["instances"] = instances_from_masks(
-                scores, labels, masks_at_output_size(unique_queries)[position]
-            )
-        return result
 
     def prepare_targets(self, instances, images: ImageList) -> List[Dict[str, torch.Tensor]]:
         """Per image "labels" (M,) and "masks" (M, H_pad, W_pad) zero-padded to the batch size."""

@@ -13,26 +13,24 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 from maskformer import add_maskformer_config
 from maskformer.modeling.inference import (
-    _upsample_cells,
     crop_and_resize,
+    image_inference,
     instance_inference,
     masks_to_output_size,
     panoptic_inference,
     semantic_inference,
-    semantic_inference_at_mask_resolution,
 )
 from tests.conftest import require_reference
-from tests.decision_margins import assert_argmax_agrees
 from tests.test_golden import assert_inference_agrees
 from tests.test_model import NUM_CLASSES, _image, tiny_cfg
 
 
-def published_inference(model, mask_cls, mask_pred, padded_size, image_size, output_size):
+def published_inference(settings, mask_cls, mask_pred, padded_size, image_size, output_size):
     """The published post-processing of one image: every mask upsampled to the padded size first."""
     mask_pred = F.interpolate(
         mask_pred[None], size=padded_size, mode="bilinear", align_corners=False
     )[0]
-    if model.sem_seg_postprocess_before_inference:
+    if settings.sem_seg_postprocess_before_inference:
         mask_pred = sem_seg_postprocess(mask_pred, image_size, *output_size)
         sem_seg = semantic_inference(mask_cls, mask_pred)
     else:
@@ -40,20 +38,20 @@ def published_inference(model, mask_cls, mask_pred, padded_size, image_size, out
             semantic_inference(mask_cls, mask_pred), image_size, *output_size
         )
     result = {"sem_seg": sem_seg}
-    if model.panoptic_on:
+    if settings.panoptic_on:
         result["panoptic_seg"] = panoptic_inference(
             mask_cls,
             mask_pred,
-            model.thing_ids,
-            model.object_mask_threshold,
-            model.overlap_threshold,
+            settings.thing_ids,
+            settings.object_mask_threshold,
+            settings.overlap_threshold,
         )
-    if model.instance_on:
+    if settings.instance_on:
         result["instances"] = instance_inference(
             mask_cls,
             mask_pred,
-            model.test_topk_per_image,
-            model.thing_ids if model.panoptic_on else None,
+            settings.test_topk_per_image,
+            settings.thing_ids if settings.panoptic_on else None,
         )
     return result
 
@@ -95,35 +93,23 @@ def test_default_post_processing_equals_the_published_computation(settings):
         thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
         stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4},
     )
-    model = build_model(tiny_cfg(**settings)).eval()
+    settings = build_model(tiny_cfg(**settings)).inference_settings
     mask_cls, mask_pred = segment_outputs(8, NUM_CLASSES, (16, 24))
     mask_cls[:3] = mask_cls[:3] * 3  # confident queries, so that panoptic keeps some
-    inputs = {"height": 45, "width": 70}
-    result = model.inference_single(mask_cls, mask_pred, inputs, (60, 90), padded_size=(64, 96))
-    expected = published_inference(model, mask_cls, mask_pred, (64, 96), (60, 90), (45, 70))
+    result = image_inference(mask_cls, mask_pred, (64, 96), (60, 90), (45, 70), settings)
+    expected = published_inference(settings, mask_cls, mask_pred, (64, 96), (60, 90), (45, 70))
     assert torch.allclose(result["sem_seg"], expected["sem_seg"], atol=1e-6)
-    if model.panoptic_on:
+    if settings.panoptic_on:
         assert torch.equal(result["panoptic_seg"][0], expected["panoptic_seg"][0])
         assert (
             result["panoptic_seg"][1] == expected["panoptic_seg"][1] and result["panoptic_seg"][1]
         )
-    if model.instance_on:
+    if settings.instance_on:
         got, want = result["instances"], expected["instances"]
         order_got, order_want = got.scores.argsort(), want.scores.argsort()
         assert torch.equal(got.pred_masks[order_got], want.pred_masks[order_want])
         assert torch.allclose(got.scores[order_got], want.scores[order_want])
         assert torch.equal(got.pred_classes[order_got], want.pred_classes[order_want])
-
-
-def test_inference_single_accepts_masks_already_at_padded_size():
-    """The export code calls inference_single with padded-size masks and the model's settings."""
-    model = build_model(tiny_cfg()).eval()
-    mask_cls, mask_pred = segment_outputs(8, NUM_CLASSES, (16, 16))
-    padded = F.interpolate(mask_pred[None], size=(64, 64), mode="bilinear", align_corners=False)[0]
-    at_padded = model.inference_single(mask_cls, padded, {}, (64, 60))
-    at_mask_size = model.inference_single(mask_cls, mask_pred, {}, (64, 60), padded_size=(64, 64))
-    assert at_padded["sem_seg"].shape == (NUM_CLASSES, 64, 60)
-    assert torch.equal(at_padded["sem_seg"], at_mask_size["sem_seg"])
 
 
 def test_crop_and_resize_skips_only_a_no_op_resize():
@@ -136,65 +122,20 @@ def test_crop_and_resize_skips_only_a_no_op_resize():
     )
 
 
-def test_upsampled_cells_match_interpolate_including_the_edges():
-    logits = torch.randn(3, 5, 6)
-    full = F.interpolate(logits[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
-    ys, xs = torch.tensor([0, 4, 2, 0]), torch.tensor([0, 5, 3, 5])
-    cells = _upsample_cells(logits, ys, xs, 4).view(
-        3, len(ys), 4, 4
-    )  # (Q, N * 4 * 4), (pixel, row, column)
-    for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
-        assert torch.allclose(cells[:, n], full[:, 4 * y : 4 * y + 4, 4 * x : 4 * x + 4], atol=1e-6)
-
-
-@pytest.mark.parametrize("seed", range(3))
-def test_fast_semantic_argmax_is_the_published_one(seed):
-    mask_cls, mask_pred = segment_outputs(10, 7, (24, 32), seed)
-    padded = (96, 128)
-    exact = semantic_inference(
-        mask_cls, F.interpolate(mask_pred[None], size=padded, mode="bilinear")[0]
-    )
-    fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded, (90, 120), (90, 120))
-    assert fast.shape == (7, 90, 120)
-    assert fast.stride()[0] == 1  # pixel-major: the K scores of a pixel are contiguous
-    # recomputed pixels round differently from interpolate: exact agreement away from float-error ties
-    assert_argmax_agrees(fast, exact[:, :90, :120], tolerance=2e-6)
-    # away from borders the scores are upsampled, not recomputed: they differ a little
-    difference = (fast - exact[:, :90, :120]).abs().max()
-    assert 1e-4 < difference < 1.0
-    # resized to another output size, the kinds of pixels mix: nearly all still agree
-    exact_resized = sem_seg_postprocess(exact, (90, 120), 60, 75)
-    fast_resized = semantic_inference_at_mask_resolution(
-        mask_cls, mask_pred, padded, (90, 120), (60, 75)
-    )
-    agreement = (exact_resized.argmax(0) == fast_resized.argmax(0)).float().mean().item()
+def test_fast_semantic_path_falls_back_where_the_padded_size_is_no_multiple():
+    settings = build_model(
+        tiny_cfg(**{"MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True})
+    ).inference_settings
+    mask_cls, mask_pred = segment_outputs(6, NUM_CLASSES, (10, 10))
+    result = image_inference(mask_cls, mask_pred, (37, 41), (37, 41), (30, 35), settings)
+    expected = published_inference(settings, mask_cls, mask_pred, (37, 41), (37, 41), (30, 35))
+    assert torch.allclose(result["sem_seg"], expected["sem_seg"], atol=1e-6)
+    # a whole multiple takes the fast path: other values, the same argmax (>= 99.9%)
+    fast = image_inference(mask_cls, mask_pred, (40, 40), (40, 40), (40, 40), settings)
+    exact = published_inference(settings, mask_cls, mask_pred, (40, 40), (40, 40), (40, 40))
+    assert not torch.allclose(fast["sem_seg"], exact["sem_seg"], atol=1e-6)
+    agreement = (fast["sem_seg"].argmax(0) == exact["sem_seg"].argmax(0)).float().mean()
     assert agreement >= 0.999
-    assert fast_resized.stride()[0] == 1  # the resize keeps the layout
-
-
-def test_fast_semantic_is_exact_where_every_cell_is_recomputed():
-    """Two classes almost tied everywhere: no cell is safe, so every score is computed exactly."""
-    mask_pred = torch.randn(2, 8, 8)
-    mask_cls = torch.tensor([[3.0, 3.0, 0.0], [3.0, 3.0001, 0.0]])
-    exact = semantic_inference(
-        mask_cls, F.interpolate(mask_pred[None], size=(32, 32), mode="bilinear")[0]
-    )
-    fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (32, 32), (32, 32), (32, 32))
-    assert torch.allclose(fast, exact, atol=1e-6)
-
-
-def test_fast_semantic_falls_back_when_the_padded_size_is_not_a_multiple():
-    mask_cls, mask_pred = segment_outputs(6, 3, (10, 10))
-    exact = sem_seg_postprocess(
-        semantic_inference(
-            mask_cls, F.interpolate(mask_pred[None], size=(37, 41), mode="bilinear")[0]
-        ),
-        (37, 41),
-        37,
-        41,
-    )
-    fast = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (37, 41), (37, 41), (37, 41))
-    assert torch.allclose(fast, exact, atol=1e-6)
 
 
 def test_fast_semantic_model_option():
@@ -205,7 +146,7 @@ def test_fast_semantic_model_option():
     inputs = [{"image": _image(50, 70), "height": 100, "width": 140}]
     with torch.no_grad():
         a, b = exact(inputs)[0]["sem_seg"], fast(inputs)[0]["sem_seg"]
-    assert fast.sem_seg_fast and b.shape == a.shape == (NUM_CLASSES, 100, 140)
+    assert fast.inference_settings.sem_seg_fast and b.shape == a.shape == (NUM_CLASSES, 100, 140)
     assert (a.argmax(0) == b.argmax(0)).float().mean() >= 0.999
 
 

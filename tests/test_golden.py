@@ -15,7 +15,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from maskformer import add_maskformer_config
-from maskformer.modeling.inference import masks_to_output_size
+from maskformer.modeling.inference import image_inference, masks_to_output_size
 from tests.conftest import require_reference
 from tests.decision_margins import (
     assert_argmax_agrees,
@@ -81,12 +81,13 @@ def _masks_at_output_size(data, i: int, head_outputs=None) -> torch.Tensor:
 
 
 def _golden_panoptic_decisions(model, data, i: int, class_error: float, mask_error: float):
+    settings = model.inference_settings
     return panoptic_decisions(
         data["head_outputs"]["pred_logits"][i],
         _masks_at_output_size(data, i),
-        model.thing_ids,
-        model.object_mask_threshold,
-        model.overlap_threshold,
+        settings.thing_ids,
+        settings.object_mask_threshold,
+        settings.overlap_threshold,
         class_error,
         mask_error,
     )
@@ -207,12 +208,13 @@ def test_post_processing_of_the_published_head_outputs(golden):
     head = data["head_outputs"]
     padded_size = tuple(data["padded_input_shape"][-2:])
     for i, (image, expected) in enumerate(zip(data["inputs"], data["inference_results"])):
-        result = model.inference_single(
+        result = image_inference(
             head["pred_logits"][i],
             head["pred_masks"][i],
-            image,
-            tuple(image["image"].shape[-2:]),
             padded_size,
+            tuple(image["image"].shape[-2:]),
+            (image["height"], image["width"]),
+            model.inference_settings,
         )
         assert _relative_error(result["sem_seg"], expected["sem_seg"]) < 1e-6
         assert_argmax_agrees(result["sem_seg"], expected["sem_seg"], 1e-6)

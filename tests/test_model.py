@@ -152,7 +152,7 @@ def test_postprocessing_order_options(before):
     with torch.no_grad():
         (result,) = model([{"image": _image(45, 60), "height": 90, "width": 120}])
     assert result["sem_seg"].shape == (NUM_CLASSES, 90, 120)
-    assert model.sem_seg_postprocess_before_inference == before
+    assert model.inference_settings.sem_seg_postprocess_before_inference == before
 
 
 def test_instance_output():

@@ -1,18 +1,127 @@
 """
 Turning per-query (class, mask) pairs into task outputs (paper Sec. 3.4).
 
-The task functions take one image's ``mask_cls`` (Q, K+1) class logits and ``mask_pred`` (Q, H, W)
-mask logits at the output resolution. ``masks_to_output_size`` brings mask logits there from the
-model's mask resolution exactly as the published code does, each mask on its own, so a caller can
-resize only the masks a task keeps. ``semantic_inference_at_mask_resolution`` is the fast semantic
-output: marginalise first, then resize the K class maps, recomputing segment borders exactly.
+``inference`` is the one entry point, for the eager model and for an exported graph's outputs
+alike: per image, with one ``InferenceSettings``, the semantic scores and, as the settings ask, the
+panoptic segments and instances. The task functions take one image's ``mask_cls`` (Q, K+1) class
+logits and ``mask_pred`` (Q, H, W) mask logits at the output resolution. ``masks_to_output_size``
+brings mask logits there from the model's mask resolution exactly as the published code does, each
+mask on its own, so that only the masks a task keeps are resized (the same values as resizing all).
+With ``sem_seg_fast`` the semantic scores are marginalised at mask resolution
+(``kernels.semantic_at_mask_resolution``).
 """
 
-from typing import Collection, Dict, List, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Collection, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
+
+from .kernels.semantic_at_mask_resolution import (
+    semantic_inference_at_mask_resolution,
+    whole_stride,
+)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """
+    What turns a MaskFormer's outputs into results: the semantic order (masks resized to the output
+    size before marginalising, else after), the panoptic and instance outputs with their thresholds
+    (``thing_ids``: contiguous ids of the thing classes), and the fast semantic path.
+    """
+
+    sem_seg_postprocess_before_inference: bool
+    panoptic_on: bool
+    instance_on: bool
+    object_mask_threshold: float
+    overlap_threshold: float
+    test_topk_per_image: int
+    thing_ids: FrozenSet[int]
+    sem_seg_fast: bool = False
+
+    @classmethod
+    def from_model(cls, model) -> "InferenceSettings":
+        """The settings of a ``MaskFormer``."""
+        return model.inference_settings
+
+    def to_dict(self) -> Dict:
+        return {**asdict(self), "thing_ids": sorted(self.thing_ids)}
+
+    @classmethod
+    def from_dict(cls, values: Dict) -> "InferenceSettings":
+        return cls(**{**values, "thing_ids": frozenset(int(i) for i in values["thing_ids"])})
+
+
+def inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_sizes: Sequence[Tuple[int, int]],
+    output_sizes: Sequence[Tuple[int, int]],
+    settings: InferenceSettings,
+) -> List[Dict]:
+    """
+    pred_logits (B, Q, K+1) class logits and pred_masks (B, Q, h, w) mask logits of a batch padded
+    to ``padded_size`` (H_pad, W_pad); per image its (height, width) inside the padded batch and the
+    (height, width) of its results. Returns per image {"sem_seg": (K, height, width)} plus
+    "panoptic_seg" (ids (height, width) int32, segments_info) and "instances" as the settings ask.
+    """
+    return [
+        image_inference(mask_cls.float(), mask_pred.float(), padded_size, size, output, settings)
+        for mask_cls, mask_pred, size, output in zip(
+            pred_logits, pred_masks, image_sizes, output_sizes
+        )
+    ]
+
+
+def image_inference(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    settings: InferenceSettings,
+) -> Dict:
+    """``inference`` of one image: mask_cls (Q, K+1), mask_pred (Q, h, w) over the padded batch."""
+    padded_size = tuple(padded_size)
+    output_masks = None  # all masks at the output size, when the semantic output needs them anyway
+    if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
+        output_masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
+        sem_seg = semantic_inference(mask_cls, output_masks)
+    else:  # marginalised over the padded batch (fast: at mask resolution), then cropped and resized
+        if settings.sem_seg_fast and whole_stride(mask_pred.shape[-2:], padded_size):
+            scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size)
+        else:
+            scores = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
+        sem_seg = crop_and_resize(scores, image_size, output_size)
+
+    def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
+        if output_masks is not None:
+            return output_masks[queries]
+        return masks_to_output_size(mask_pred[queries], padded_size, image_size, output_size)
+
+    result = {"sem_seg": sem_seg}
+    thing_ids = settings.thing_ids
+    if settings.panoptic_on:
+        keep = panoptic_queries(mask_cls, settings.object_mask_threshold)
+        result["panoptic_seg"] = panoptic_inference(
+            mask_cls[keep],
+            masks_at_output_size(keep),
+            thing_ids,
+            settings.object_mask_threshold,
+            settings.overlap_threshold,
+        )
+    if settings.instance_on:
+        scores, labels, queries = instance_candidates(
+            mask_cls, settings.test_topk_per_image, thing_ids if settings.panoptic_on else None
+        )
+        unique_queries, position = queries.unique(return_inverse=True)
+        result["instances"] = instances_from_masks(
+            scores, labels, masks_at_output_size(unique_queries)[position]
+        )
+    return result
 
 
 def upsample_to_padded(masks: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
@@ -69,103 +178,6 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     """
     probs = F.softmax(mask_cls, dim=-1)[:, :-1]
     return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
-
-
-def semantic_inference_at_mask_resolution(
-    mask_cls: torch.Tensor,
-    mask_pred: torch.Tensor,
-    padded_size: Tuple[int, int],
-    image_size: Tuple[int, int],
-    output_size: Tuple[int, int],
-) -> torch.Tensor:
-    """
-    Fast semantic inference, (K, height, width). The published computation upsamples the Q mask
-    logits to the padded size and takes sigmoid and marginalisation there (K*Q multiply-adds per
-    padded pixel), then crops and resizes. Here sigmoid and marginalisation happen at mask resolution
-    and the K class maps are upsampled instead: the same up to the sigmoid's curvature.
-
-    Both values of a class score at a padded pixel lie between the marginalised minimum and maximum
-    of each query's sigmoid over the 3x3 mask pixels around it (bilinear weights are convex). Where
-    the winning class's lower bound beats every other class's upper bound, both computations pick
-    the same class; every other mask pixel has its padded pixels recomputed the published way. So
-    the argmax equals the published one wherever no resize to a different output size mixes the
-    two kinds of pixels. Needs the padded size to be a whole multiple of the mask size (the model's
-    stride 4); otherwise computes the published way throughout.
-
-    The scores are computed and returned pixel-major (the (K, H, W) result has strides (1, W*K, K),
-    channels-last): upsampling, recomputing pixels and the consumer's argmax over classes then all
-    read and write contiguous runs of K.
-    """
-    num_queries, height, width = mask_pred.shape
-    stride = padded_size[0] // height
-    if (height * stride, width * stride) != tuple(padded_size):
-        scores = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
-        return crop_and_resize(scores, image_size, output_size)
-
-    probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-    num_classes = probs.shape[1]
-    sigmoid = mask_pred.sigmoid()
-    # per mask pixel (rows of h*w): class scores and their upper bounds over the 3x3 neighbourhood,
-    # and the lower bound of the winning class alone
-    coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
-    upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
-    winner = coarse.argmax(1, keepdim=True)
-    lower = (
-        _window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T * probs.T[winner[:, 0]]
-    ).sum(1)
-    runner_up = upper.scatter_(1, winner, float("-inf")).amax(1)
-    # a small margin covers the different rounding of the two computations
-    cells = (lower <= runner_up + 1e-5).nonzero()[:, 0]
-    coarse = coarse.view(1, height, width, num_classes).permute(
-        0, 3, 1, 2
-    )  # (1, K, h, w) channels-last
-    scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
-    if len(cells):
-        ys, xs = cells // width, cells % width
-        exact = _upsample_cells(mask_pred, ys, xs, stride).sigmoid().T @ probs  # (N * s * s, K)
-        within_cell = torch.arange(stride, device=cells.device)
-        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
-        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
-        pixels = (rows * width * stride + columns).flatten()
-        scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
-    return crop_and_resize(scores, image_size, output_size)
-
-
-def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
-    """Elementwise ``extreme`` (torch.maximum / torch.minimum) over each 3x3 neighbourhood of (N, h, w) maps."""
-    padded = F.pad(maps[None], (1, 1, 1, 1), mode="replicate")[
-        0
-    ]  # the edge repeats: no effect on extremes
-    rows = extreme(extreme(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
-    return extreme(extreme(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
-
-
-def _upsample_cells(
-    logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, stride: int
-) -> torch.Tensor:
-    """
-    The stride x stride bilinear upsampling (align_corners=False, as F.interpolate) of just the mask
-    pixels (ys, xs) of (Q, h, w) ``logits``: (Q, N * s * s), ordered (pixel, row, column). Each
-    output pixel mixes the 2 x 2 of the pixel's 3 x 3 neighbourhood nearest to it, by weights that
-    depend only on its position inside the pixel: one (9, s * s) matrix for all.
-    """
-    num_queries = logits.shape[0]
-    offsets = (torch.arange(stride, dtype=logits.dtype, device=logits.device) + 0.5) / stride - 0.5
-    weights = torch.stack(
-        [(-offsets).clamp(min=0), 1 - offsets.abs(), offsets.clamp(min=0)], 1
-    )  # (s, 3)
-    kernel = torch.einsum("ia,jb->abij", weights, weights).reshape(9, stride * stride)
-    # edge-replicated border = F.interpolate's clamping of source indices at the image edge
-    padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]
-    padded_width = padded.shape[-1]
-    window = torch.arange(3, device=logits.device)
-    window = (
-        window[:, None] * padded_width + window
-    ).flatten()  # the 3 x 3 offsets in the flat padded map
-    neighbourhoods = padded.flatten(1).index_select(
-        1, ((ys * padded_width + xs)[:, None] + window).flatten()
-    )
-    return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, -1)
 
 
 def panoptic_queries(mask_cls: torch.Tensor, object_mask_threshold: float) -> torch.Tensor:

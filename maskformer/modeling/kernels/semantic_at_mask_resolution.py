@@ -1,0 +1,105 @@
+"""
+Semantic inference (paper Sec. 3.4) with the marginalisation at mask resolution. The plain
+computation upsamples the Q mask logits to the padded size and marginalises there,
+
+    semantic_inference(mask_cls, F.interpolate(mask_pred[None], padded_size, mode="bilinear")[0]),
+
+K*Q multiply-adds per padded pixel. Here sigmoid and marginalisation happen at mask resolution and
+the K class maps are upsampled instead: the scores differ by the sigmoid's curvature, and the argmax
+over classes is the plain computation's at every pixel, because every pixel where the two could
+disagree is recomputed the plain way:
+
+both values of a class score at a padded pixel lie between the marginalised minimum and maximum of
+each query's sigmoid over the 3x3 mask pixels around it (bilinear weights are convex). Where the
+winning class's lower bound beats every other class's upper bound, both computations pick the same
+class; every other mask pixel has its padded pixels recomputed. Needs the padded size to be a whole
+multiple of the mask size, the same on both axes (``whole_stride``).
+
+The scores are computed and returned pixel-major (the (K, H, W) result has strides (1, W*K, K),
+channels-last): upsampling, recomputing pixels and the consumer's argmax over classes then all read
+and write contiguous runs of K.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+
+def whole_stride(mask_size: Tuple[int, int], padded_size: Tuple[int, int]) -> Optional[int]:
+    """The integer factor s with padded_size = s * mask_size on both axes, None if there is none."""
+    stride = padded_size[0] // mask_size[0]
+    if (mask_size[0] * stride, mask_size[1] * stride) != tuple(padded_size):
+        return None
+    return stride
+
+
+def semantic_inference_at_mask_resolution(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, padded_size: Tuple[int, int]
+) -> torch.Tensor:
+    """
+    mask_cls (Q, K+1) class logits, mask_pred (Q, h, w) mask logits -> (K, H_pad, W_pad) class
+    scores, pixel-major; padded_size must be ``whole_stride`` times (h, w).
+    """
+    num_queries, height, width = mask_pred.shape
+    stride = whole_stride((height, width), padded_size)
+    if stride is None:
+        raise ValueError(f"padded size {tuple(padded_size)} is no multiple of {(height, width)}")
+    probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
+    num_classes = probs.shape[1]
+    sigmoid = mask_pred.sigmoid()
+    # per mask pixel (rows of h*w): class scores and their upper bounds over the 3x3 neighbourhood,
+    # and the lower bound of the winning class alone
+    coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
+    upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
+    winner = coarse.argmax(1, keepdim=True)
+    lower = _window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T
+    lower = (lower * probs.T[winner[:, 0]]).sum(1)
+    runner_up = upper.scatter_(1, winner, float("-inf")).amax(1)
+    # a small margin covers the different rounding of the two computations
+    cells = (lower <= runner_up + 1e-5).nonzero()[:, 0]
+    # (1, K, h, w) channels-last
+    coarse = coarse.view(1, height, width, num_classes).permute(0, 3, 1, 2)
+    scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    if len(cells):
+        ys, xs = cells // width, cells % width
+        exact = upsample_cells(mask_pred, ys, xs, stride).sigmoid().T @ probs  # (N * s * s, K)
+        within_cell = torch.arange(stride, device=cells.device)
+        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
+        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
+        pixels = (rows * width * stride + columns).flatten()
+        scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
+    return scores
+
+
+def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
+    """Elementwise ``extreme`` (torch.maximum / minimum) over each 3x3 neighbourhood of (N, h, w) maps."""
+    # the edge repeats: no effect on extremes
+    padded = F.pad(maps[None], (1, 1, 1, 1), mode="replicate")[0]
+    rows = extreme(extreme(padded[:, :-2], padded[:, 1:-1]), padded[:, 2:])
+    return extreme(extreme(rows[:, :, :-2], rows[:, :, 1:-1]), rows[:, :, 2:])
+
+
+def upsample_cells(
+    logits: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """
+    The stride x stride bilinear upsampling (align_corners=False, as F.interpolate) of just the mask
+    pixels (ys, xs) of (Q, h, w) ``logits``: (Q, N * s * s), ordered (pixel, row, column). Each
+    output pixel mixes the 2 x 2 of the pixel's 3 x 3 neighbourhood nearest to it, by weights that
+    depend only on its position inside the pixel: one (9, s * s) matrix for all.
+    """
+    num_queries = logits.shape[0]
+    offsets = (torch.arange(stride, dtype=logits.dtype, device=logits.device) + 0.5) / stride - 0.5
+    # (s, 3)
+    weights = torch.stack([(-offsets).clamp(min=0), 1 - offsets.abs(), offsets.clamp(min=0)], 1)
+    kernel = torch.einsum("ia,jb->abij", weights, weights).reshape(9, stride * stride)
+    # edge-replicated border = F.interpolate's clamping of source indices at the image edge
+    padded = F.pad(logits[None], (1, 1, 1, 1), mode="replicate")[0]
+    padded_width = padded.shape[-1]
+    window = torch.arange(3, device=logits.device)
+    window = (window[:, None] * padded_width + window).flatten()  # 3 x 3 offsets in the flat map
+    neighbourhoods = padded.flatten(1).index_select(
+        1, ((ys * padded_width + xs)[:, None] + window).flatten()
+    )
+    return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, -1)
