@@ -4,11 +4,15 @@ Loading a config safely, with errors that say what to change.
 :func:`load_config` = detectron2's defaults + the MaskFormer keys, then a YAML file (with its
 ``_BASE_`` files), then command-line overrides, then a check that every registry name and dataset
 it refers to exists. YAML python tags (``!!python/...``, which run code while loading) are refused
-unless ``allow_unsafe``. Unknown keys and names are all reported at once, with close matches.
+unless ``allow_unsafe``, except the published configs' ``!!python/object/apply:eval`` of a list or
+number expression, which is evaluated without running code (:mod:`.config_expression`). Unknown
+keys and names are all reported at once, with close matches; a ``_BASE_`` cycle names its files.
 """
 
 import difflib
-from typing import Iterable, List, Sequence
+import logging
+import os
+from typing import Any, Dict, Iterable, List, Sequence, Tuple
 
 import torch
 import yaml
@@ -16,16 +20,156 @@ from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from detectron2.utils.file_io import PathManager
+from fvcore.common.config import BASE_KEY
 
 from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
+from .config_expression import UnsafeExpressionError, evaluate_expression
 
-__all__ = ["ConfigError", "load_config", "check_registered_names", "use_cpu_without_cuda"]
+__all__ = [
+    "ConfigError",
+    "SafeYamlCfgNode",
+    "load_config",
+    "check_registered_names",
+    "use_cpu_without_cuda",
+]
+
+logger = logging.getLogger(__name__)
+
+EVAL_TAG = "tag:yaml.org,2002:python/object/apply:eval"
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used as is; the message says what to change."""
+
+
+def _construct_eval(loader: yaml.SafeLoader, node: yaml.Node):
+    """The value of ``!!python/object/apply:eval ["EXPRESSION"]``, evaluated without running code."""
+    if not (
+        isinstance(node, yaml.SequenceNode)
+        and len(node.value) == 1
+        and isinstance(node.value[0], yaml.ScalarNode)
+    ):
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"the tag {node.tag!r} needs a list holding one expression string, as in "
+            f'!!python/object/apply:eval ["[int(x * 0.1 * 512) for x in range(5, 21)]"]',
+            node.start_mark,
+        )
+    expression = loader.construct_scalar(node.value[0])
+    try:
+        return evaluate_expression(expression)
+    except UnsafeExpressionError as e:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"the expression {expression!r} is not evaluated: {e}", node.start_mark
+        ) from e
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """yaml's safe loader plus the published configs' eval tag (add_constructor copies the table)."""
+
+
+_ConfigYamlLoader.add_constructor(EVAL_TAG, _construct_eval)
+
+
+class SafeYamlCfgNode(CfgNode):
+    """
+    detectron2's CfgNode whose YAML files are read with :class:`_ConfigYamlLoader` (python tags
+    refused unless ``allow_unsafe``), whose ``_BASE_`` cycles and missing bases raise a
+    :class:`ConfigError` naming the files, and whose version handling is detectron2's.
+    """
+
+    @classmethod
+    def load_yaml_with_base(
+        cls, filename: str, allow_unsafe: bool = False, _including: Tuple[str, ...] = ()
+    ) -> Dict[str, Any]:
+        """
+        The YAML file as a dict, merged over its ``_BASE_`` files (a path or a list of paths,
+        relative to the file); ``_including``: the files whose ``_BASE_`` led here.
+        """
+        key = _file_key(filename)
+        if key in _including:
+            cycle = " -> ".join(_including[_including.index(key) :] + (key,))
+            raise ConfigError(
+                f"Config file {_including[0]}: its _BASE_ files form a cycle: {cycle}"
+            )
+        loaded = _read_yaml(filename, allow_unsafe)
+        bases = loaded.pop(BASE_KEY, [])
+        merged: Dict[str, Any] = {}
+        for base in [bases] if isinstance(bases, str) else bases:
+            path = _resolve_base(str(base), filename)
+            if not PathManager.isfile(path):
+                raise ConfigError(f"Config file {filename}: its _BASE_ {path} does not exist.")
+            _merge_dict(
+                cls.load_yaml_with_base(path, allow_unsafe, _including + (key,)), merged, path
+            )
+        _merge_dict(loaded, merged, filename)
+        return merged
+
+
+def _file_key(filename: str) -> str:
+    if "://" in filename:
+        return filename
+    return os.path.normpath(os.path.abspath(os.path.expanduser(filename)))
+
+
+def _resolve_base(base: str, filename: str) -> str:
+    base = os.path.expanduser(base)
+    if base.startswith("/") or "://" in base:
+        return base
+    return os.path.join(os.path.dirname(filename), base)
+
+
+def _read_yaml(filename: str, allow_unsafe: bool) -> Dict[str, Any]:
+    try:
+        with PathManager.open(filename, "r") as f:
+            try:
+                loaded = yaml.load(f, Loader=_ConfigYamlLoader)
+            except yaml.constructor.ConstructorError as e:
+                if not allow_unsafe:
+                    raise ConfigError(_refusal(e, filename)) from e
+                logger.warning(f"Loading config {filename} with yaml.unsafe_load (allow_unsafe)")
+                f.seek(0)
+                loaded = yaml.unsafe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {filename} is not valid YAML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file {filename} is not text (UTF-8): {e}") from e
+    if loaded is None:  # an empty file
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(
+            f"Config file {filename} must hold a mapping of keys to values, "
+            f"not a {type(loaded).__name__}"
+        )
+    return loaded
+
+
+def _refusal(error: yaml.constructor.ConstructorError, filename: str) -> str:
+    mark = error.problem_mark
+    where = f"{mark.name}, line {mark.line + 1}" if mark else filename
+    return (
+        f"Refusing to load config {where}: {error.problem}. Python tags run code while the file "
+        f"is read; only !!python/object/apply:eval of a list or number expression (literals, "
+        f"arithmetic, int/float/round, range, list comprehensions) is evaluated, without running "
+        f"code. Remove the tag, or pass allow_unsafe=True (train_net.py --allow-unsafe-config) "
+        f"if you trust the file."
+    )
+
+
+def _merge_dict(a: Dict[str, Any], b: Dict[str, Any], source: str) -> None:
+    """Merge ``a`` (read from ``source``) into ``b``; the values of ``a`` win."""
+    for k, v in a.items():
+        if isinstance(v, dict) and k in b:
+            if not isinstance(b[k], dict):
+                raise ConfigError(
+                    f"Config file {source}: {k} is a mapping here but a value in a _BASE_ file"
+                )
+            _merge_dict(v, b[k], source)
+        else:
+            b[k] = v
 
 
 def load_config(
@@ -48,6 +192,7 @@ def load_config(
     """
     cfg = get_cfg()
     add_maskformer_config(cfg)
+    cfg = SafeYamlCfgNode(cfg)
     _merge_file(cfg, path, allow_unsafe)
     _merge_overrides(cfg, list(opts))
     check_registered_names(cfg, source=path, need_datasets=need_datasets)
@@ -62,31 +207,23 @@ def use_cpu_without_cuda(cfg: CfgNode) -> bool:
     return False
 
 
-def _merge_file(cfg: CfgNode, path: str, allow_unsafe: bool) -> None:
+def _merge_file(cfg: SafeYamlCfgNode, path: str, allow_unsafe: bool) -> None:
     if not PathManager.isfile(path):
         raise ConfigError(f"Config file {path} does not exist.")
     try:
         cfg.merge_from_file(path, allow_unsafe=allow_unsafe)
-    except yaml.constructor.ConstructorError as e:
-        mark = e.problem_mark
-        where = f"{mark.name}, line {mark.line + 1}" if mark else path
-        raise ConfigError(
-            f"Refusing to load config {where}: {e.problem}. Python tags run code while the file "
-            f"is read. Remove the tag, or pass allow_unsafe=True (train_net.py --allow-unsafe-config) "
-            f"if you trust the file."
-        ) from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path} is not valid YAML: {e}") from e
+    except ConfigError:
+        raise
     except KeyError as e:
         # yacs stops at the first unknown key; read the file again to report all of them
-        loaded = CfgNode.load_yaml_with_base(path, allow_unsafe=allow_unsafe)
+        loaded = SafeYamlCfgNode.load_yaml_with_base(path, allow_unsafe=allow_unsafe)
         unknown = list(_unknown_keys(loaded, cfg))
         if not unknown:
             raise ConfigError(f"Config file {path}: {e}") from e
         raise ConfigError(
             f"Config file {path} sets unknown keys:\n{_describe_unknown(unknown, cfg)}"
         ) from e
-    except (OSError, ValueError, AssertionError) as e:  # missing _BASE_, type mismatch, version
+    except (OSError, ValueError, AssertionError) as e:  # type mismatch, version
         raise ConfigError(f"Config file {path}: {e}") from e
 
 
