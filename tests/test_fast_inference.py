@@ -15,13 +15,13 @@ from maskformer import add_maskformer_config
 from maskformer.modeling.inference import (
     crop_and_resize,
     image_inference,
-    instance_inference,
     masks_to_output_size,
     panoptic_inference,
     semantic_inference,
 )
 from tests.conftest import require_reference
 from tests.test_golden import assert_inference_agrees
+from tests.test_inference import instance_inference
 from tests.test_model import NUM_CLASSES, _image, tiny_cfg
 
 

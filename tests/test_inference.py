@@ -3,9 +3,20 @@
 import pytest
 import torch
 
-from maskformer.modeling.inference import instance_inference, panoptic_inference, semantic_inference
+from maskformer.modeling.inference import (
+    instance_candidates,
+    instances_from_masks,
+    panoptic_inference,
+    semantic_inference,
+)
 
 BIG = 20.0  # a logit that makes a probability ~1
+
+
+def instance_inference(mask_cls, mask_pred, topk, thing_ids=None):
+    """The instance output of the published code: the top-k (query, class) pairs with their masks."""
+    scores, labels, queries = instance_candidates(mask_cls, topk, thing_ids)
+    return instances_from_masks(scores, labels, mask_pred[queries])
 
 
 def _logits(rows):

@@ -276,18 +276,3 @@ def instances_from_masks(
     result.scores = scores * mask_scores
     result.pred_classes = labels
     return result
-
-
-def instance_inference(
-    mask_cls: torch.Tensor,
-    mask_pred: torch.Tensor,
-    topk: int,
-    thing_ids: Optional[Collection[int]] = None,
-) -> Instances:
-    """
-    Instance output (this project's addition, for COCO AP): the ``instance_candidates`` with their
-    masks (``instances_from_masks``). Returns Instances with pred_masks (N, H, W) bool, pred_boxes,
-    scores, pred_classes.
-    """
-    scores, labels, queries = instance_candidates(mask_cls, topk, thing_ids)
-    return instances_from_masks(scores, labels, mask_pred[queries])
