@@ -4,6 +4,8 @@ fused attention and torch.compile of the model; the low-memory mask loss and the
 resizing against the computations they replace.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from detectron2.modeling import build_model
 
 from maskformer.modeling.criterion import SetCriterion, sigmoid_focal_loss
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
+from maskformer.modeling.mask_factors import MaskFactors
 from maskformer.modeling.matcher import HungarianMatcher
 from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
 
@@ -244,6 +247,13 @@ def test_aux_outputs_in_training_only():
         model.train()
         outputs = model.sem_seg_head(model.backbone(images))
     assert len(outputs["aux_outputs"]) == 1  # DEC_LAYERS 2
+    # what the loss reads besides the masks is one typed object, and no output holds a module
+    assert isinstance(outputs["mask_factors"], MaskFactors)
+    assert outputs["mask_factors"].mask_embed.shape == (2, 1, 8, 32)  # (L, B, Q, MASK_DIM)
+    values = [*outputs.values(), *(v for aux in outputs["aux_outputs"] for v in aux.values())]
+    values += [getattr(outputs["mask_factors"], f.name) for f in dataclasses.fields(MaskFactors)]
+    assert not any(isinstance(v, torch.nn.Module) for v in values)
+    assert set(outputs["aux_outputs"][0]) == {"pred_logits", "pred_masks"}
 
 
 def test_training_folds_the_matched_masks_with_the_same_losses_and_gradients():
