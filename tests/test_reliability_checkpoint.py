@@ -237,5 +237,5 @@ def test_caffe2_pkl_blobs_drop_momentum_and_use_name_matching(tmp_path):
 def test_pkl_that_is_not_a_pickle_gives_a_clear_error(tmp_path):
     path = tmp_path / "model.pkl"
     path.write_bytes(b"<html>404 Not Found</html>")
-    with pytest.raises(CheckpointError, match=f"Cannot read {path} as a pickled checkpoint"):
+    with pytest.raises(CheckpointError, match=rf"{path} \(truncated or corrupted\?\): it is not a"):
         MaskFormerCheckpointer(small_model()).load(str(path))

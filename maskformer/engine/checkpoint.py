@@ -1,26 +1,38 @@
 """
-Checkpoints that survive a crash mid-save and load without running code from the file.
+The checkpointer of training and evaluation: detectron2's, with atomic writes, reading through
+:func:`maskformer.engine.weights_file.read_weights` (never runs code from a file), a strict mode
+that refuses a checkpoint not fitting the model, and a resume that survives a damaged pointer.
 
-Writing: every file (checkpoint, then the ``last_checkpoint`` tag naming it) goes to a temporary
-file in the same folder, is flushed and fsynced, then renamed over its target. A kill at any
-moment leaves the previous file or the new one, never a truncated one where a resume would read it.
+Writing: every file (checkpoint, then the ``last_checkpoint`` tag naming it) goes through
+:func:`maskformer.utils.file_io.atomic_open`. A kill at any moment leaves the previous file or the
+new one, never a truncated one where a resume would read it.
 
-Reading: ``.pth``/``.pt`` with ``torch.load(weights_only=True)``; detectron2/Caffe2 ``.pkl`` with
-an unpickler that only rebuilds numpy arrays and plain containers. A file needing anything else
-raises :class:`UnsafeCheckpointError` naming the file and the refused global.
+Resuming: ``last_checkpoint`` names the checkpoint to continue from. When it is missing, empty,
+not text, or names a missing or damaged file, the newest readable ``model_*.pth`` is used instead,
+with a warning; with none, resuming fails with an error saying why.
 """
 
+import os
 import pickle
 import re
+import zipfile
+from typing import List, Optional, Tuple
+from urllib.parse import parse_qs
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.utils.file_io import PathManager
 
 from ..utils.file_io import atomic_open
+from .weights_file import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_numpy_pickle,
+    load_torch_checkpoint,
+    read_weights,
+)
 
 __all__ = [
     "CheckpointError",
+    "CheckpointMismatchError",
     "UnsafeCheckpointError",
     "MaskFormerCheckpointer",
     "load_numpy_pickle",
@@ -28,30 +40,11 @@ __all__ = [
     "save_converted_weights",
 ]
 
-# What detectron2 / Caffe2 model-zoo pickles need: numpy arrays and scalars (pickle protocols 2-5),
-# ordered dicts, and the bytes decoding of protocol-2 pickles written by Python 3.
-_PKL_ALLOWED_GLOBALS = frozenset(
-    [
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),
-    ]
-)
+_CHECKPOINT_NAME = re.compile(r"model_(\d+|final)\.pth")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be read (missing, truncated, corrupted or refused)."""
-
-
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint file would need to run code (a pickled global outside the allowed ones)."""
+class CheckpointMismatchError(CheckpointError):
+    """A checkpoint whose parameters do not fit the model (shapes or missing names)."""
 
 
 class _AtomicWritePathManager:
@@ -69,57 +62,6 @@ class _AtomicWritePathManager:
         return getattr(self._path_manager, name)
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    def __init__(self, file, filename):
-        super().__init__(file, encoding="latin1")  # Python 2 pickles of the Caffe2 model zoo
-        self.filename = filename
-
-    def find_class(self, module, name):
-        if (module, name) not in _PKL_ALLOWED_GLOBALS:
-            raise UnsafeCheckpointError(
-                f"Refusing to load {self.filename}: it contains the pickled global {module}.{name}, "
-                f"but a .pkl checkpoint may only hold numpy arrays and plain containers. "
-                f"Do not use this file unless you trust its source; if you do, convert it to a "
-                f"state dict of tensors or arrays yourself."
-            )
-        return super().find_class(module, name)
-
-
-def load_numpy_pickle(filename: str):
-    """Unpickle ``filename`` allowing only numpy arrays/scalars and plain containers."""
-    with PathManager.open(filename, "rb") as f:
-        try:
-            return _NumpyUnpickler(f, filename).load()
-        except UnsafeCheckpointError:
-            raise
-        except Exception as e:  # truncated or not a pickle
-            raise CheckpointError(f"Cannot read {filename} as a pickled checkpoint: {e}") from e
-
-
-def load_torch_checkpoint(filename: str):
-    """``torch.load(weights_only=True)`` of ``filename`` to CPU, with errors that name the file."""
-    try:
-        with PathManager.open(filename, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        # torch's message is long; its "Unsupported global: GLOBAL x.y" part is what matters
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if refused is None:
-            raise CheckpointError(
-                f"Cannot read checkpoint {filename} (truncated or corrupted?): {e}"
-            ) from e
-        raise UnsafeCheckpointError(
-            f"Refusing to load {filename}: it contains the pickled global {refused.group(1)}, and "
-            f"checkpoints are read with torch.load(weights_only=True), which only rebuilds tensors and "
-            f"plain containers. Do not use this file unless you trust its source."
-        ) from e
-    # e.g. "PytorchStreamReader failed reading zip archive"; an empty file or text end the unpickler early
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:
-        raise CheckpointError(
-            f"Cannot read checkpoint {filename} (truncated or corrupted?): {type(e).__name__} {e}"
-        ) from e
-
-
 def save_converted_weights(path: str, weights: dict, author: str) -> None:
     """
     Write backbone weights converted from another library's checkpoint as a detectron2 ``.pkl``,
@@ -130,34 +72,129 @@ def save_converted_weights(path: str, weights: dict, author: str) -> None:
         pickle.dump({"model": weights, "__author__": author, "matching_heuristics": True}, f)
 
 
-def _as_detectron2_checkpoint(data: dict) -> dict:
-    """A loaded ``.pkl`` in the form detectron2 loads: its model zoo format as is, Caffe2 blobs converted."""
-    if "model" in data and "__author__" in data:
-        return data
-    weights = data.get("blobs", data)  # detection models keep their weights under "blobs"
-    weights = {k: v for k, v in weights.items() if not k.endswith("_momentum")}
-    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
-
-
 class MaskFormerCheckpointer(DetectionCheckpointer):
     """
-    :class:`DetectionCheckpointer` with atomic writes (see the module doc) and loading that never
-    executes pickled code. Same arguments as DetectionCheckpointer.
+    :class:`DetectionCheckpointer` with atomic writes, safe reading and a resilient resume (see
+    the module doc). Same arguments as DetectionCheckpointer, plus:
+
+    strict: loading raises :class:`CheckpointMismatchError` listing every model parameter the
+        checkpoint lacks or holds in another shape, instead of skipping it (which leaves it
+        randomly initialised). For evaluation; fine-tuning from weights with another head keeps
+        detectron2's skip-with-a-warning.
     """
 
-    def __init__(self, model, save_dir="", *, save_to_disk=None, **checkpointables):
+    def __init__(self, model, save_dir="", *, save_to_disk=None, strict=False, **checkpointables):
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
         self.path_manager = _AtomicWritePathManager(self.path_manager)
+        self.strict = strict
+        self._loading = None
+
+    def load(self, path, checkpointables=None):
+        self._loading = path
+        try:
+            if path and "://" not in path and os.path.isdir(path):
+                # fvcore loads files only; read_weights reads the folders a format registers
+                self.logger.info(f"Loading from the folder {path} ...")
+                checkpoint = read_weights(path).checkpoint
+                self._log_incompatible_keys(self._load_model(checkpoint))
+                return {k: v for k, v in checkpoint.items() if k != "model"}
+            return super().load(path, checkpointables)
+        finally:
+            self._loading = None
 
     def _load_file(self, filename):
-        if filename.endswith(".pkl"):
-            data = load_numpy_pickle(filename)
-            if not isinstance(data, dict):
-                raise CheckpointError(
-                    f"{filename} holds a {type(data).__name__}, not a dict of weights"
-                )
-            return _as_detectron2_checkpoint(data)
-        return super()._load_file(filename)
+        loaded = read_weights(filename)
+        checkpoint = loaded.checkpoint
+        self.logger.info(f"Read {filename} as a {loaded.format} checkpoint")
+        # detectron2's "path?matching_heuristics=True" switch for weights named by suffix
+        url = self._parsed_url_during_load
+        queries = parse_qs(url.query) if url is not None else {}
+        if queries.pop("matching_heuristics", ["False"]) == ["True"]:
+            checkpoint["matching_heuristics"] = True
+        if queries:
+            raise ValueError(f"{url.geturl()}: unknown queries {queries}")
+        return checkpoint
 
-    def _torch_load(self, filename):
-        return load_torch_checkpoint(filename)
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if not self.strict:
+            return incompatible
+        reshaped = {name for name, _, _ in incompatible.incorrect_shapes}
+        problems = [
+            f"  {name}: {tuple(ckpt)} in the checkpoint, {tuple(model)} in the model"
+            for name, ckpt, model in incompatible.incorrect_shapes
+        ] + [
+            f"  {name}: not in the checkpoint"
+            for name in incompatible.missing_keys
+            if name not in reshaped
+        ]
+        if problems:
+            raise CheckpointMismatchError(
+                f"{self._loading} does not fit the model ({len(problems)} parameters); its "
+                f"weights would be left random:\n" + "\n".join(problems) + "\nUse the config the "
+                f"checkpoint was trained with (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES)."
+            )
+        return incompatible
+
+    # ----------------------------------------------------------------------------------- resume
+
+    def has_checkpoint(self) -> bool:
+        return self.path_manager.exists(self._tag_path()) or bool(self._saved_checkpoints())
+
+    def get_checkpoint_file(self) -> str:
+        """The checkpoint to resume from: the tagged one, else the newest readable one."""
+        path, problem = self._tagged_checkpoint()
+        if problem is None:
+            return path
+        for candidate in self._saved_checkpoints():
+            if _looks_complete(candidate):
+                self.logger.warning(f"{problem}: resuming from {candidate}, the newest readable")
+                return candidate
+        raise CheckpointError(
+            f"Cannot resume from {self.save_dir}: {problem}, and no readable model_*.pth is "
+            f"there. Run without --resume to start again."
+        )
+
+    def _tag_path(self) -> str:
+        return os.path.join(self.save_dir, "last_checkpoint")
+
+    def _tagged_checkpoint(self) -> Tuple[Optional[str], Optional[str]]:
+        """(the checkpoint ``last_checkpoint`` names, None) or (None, what is wrong with it)."""
+        tag = self._tag_path()
+        if not self.path_manager.exists(tag):
+            return None, f"there is no {tag}"
+        with self.path_manager.open(tag, "rb") as f:
+            content = f.read()
+        try:
+            name = content.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None, f"{tag} is not text"
+        if not name:
+            return None, f"{tag} is empty"
+        path = os.path.join(self.save_dir, name)
+        if not self.path_manager.isfile(path):
+            return None, f"{tag} names {name}, which does not exist"
+        if not _looks_complete(path):
+            return None, f"{tag} names {name}, which is truncated or corrupted"
+        return path, None
+
+    def _saved_checkpoints(self) -> List[str]:
+        """This folder's ``model_*.pth``, newest (final, then highest iteration) first."""
+        if not self.save_dir or not self.path_manager.isdir(self.save_dir):
+            return []
+        found = [
+            (float("inf") if m.group(1) == "final" else int(m.group(1)), name)
+            for name in self.path_manager.ls(self.save_dir)
+            for m in [_CHECKPOINT_NAME.fullmatch(name)]
+            if m
+        ]
+        return [os.path.join(self.save_dir, name) for _, name in sorted(found, reverse=True)]
+
+
+def _looks_complete(path: str) -> bool:
+    """Whether ``path`` (a torch zip checkpoint) has its zip directory: a truncated one lacks it."""
+    try:
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
