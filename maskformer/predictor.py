@@ -1,0 +1,325 @@
+"""
+Predictions from Python: a MaskFormer (or a model exported by ``tools/export_model.py``) applied to
+image files, numpy arrays or PIL images, in batches, with results as plain numpy arrays.
+
+    predictor = Predictor("configs/synthetic/maskformer_R18_panoptic.yaml", weights="model_final.pth")
+    result = predictor("photo.jpg")              # one input -> one Prediction
+    results = predictor([path, array, pil_image], batch_size=4)   # a list -> a list
+
+Images get the test-time resize of the config (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST); results are at
+each image's own size. numpy arrays are (H, W, 3) uint8 in BGR order by default, as ``cv2.imread``
+gives them (detectron2's convention); pass ``format="RGB"`` for arrays from PIL, skimage or
+matplotlib. (H, W) grayscale arrays are accepted. PIL images are converted from their own mode.
+Images of one batch are padded to a common size, as in detectron2's batched inference; results can
+then differ slightly from those of one image at a time.
+"""
+
+import dataclasses
+import logging
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.data.detection_utils import convert_PIL_to_numpy
+from detectron2.modeling import build_model
+from detectron2.utils.file_io import PathManager
+from PIL import Image
+
+from .data.reading import read_image
+from .engine.checkpoint import MaskFormerCheckpointer
+from .engine.config_loading import load_config, use_cpu_without_cuda
+
+__all__ = ["InstancePredictions", "Prediction", "Predictor", "Segment", "plural"]
+
+logger = logging.getLogger(__name__)
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
+# weights file names Predictor.from_folder looks for, in this order
+FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl", "model_final.safetensors")
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 class', '2 classes', '0 segments'."""
+    if count == 1:
+        return f"1 {noun}"
+    return f"{count} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{count} {noun}s"
+
+
+@dataclasses.dataclass
+class Segment:
+    """One panoptic segment: its ``id`` in ``panoptic_seg``, contiguous class id, and pixel count."""
+
+    id: int
+    category_id: int
+    class_name: str
+    isthing: bool
+    area: int
+    score: Optional[float] = None  # None where the model does not report one
+
+
+@dataclasses.dataclass
+class InstancePredictions:
+    """N instances of one image of size (H, W); boxes are XYXY in pixels."""
+
+    masks: np.ndarray  # (N, H, W) bool
+    boxes: np.ndarray  # (N, 4) float32
+    scores: np.ndarray  # (N,) float32
+    classes: np.ndarray  # (N,) int64 contiguous class ids
+    class_names: List[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """
+    Results of one image of size (H, W). ``sem_seg``: the label map (argmax over classes);
+    ``sem_seg_scores``: the (K, H, W) class scores, when asked for; ``panoptic_seg`` (0 = void) with
+    ``segments_info`` and ``instances``: when the model produces them (else None).
+    """
+
+    sem_seg: np.ndarray  # (H, W) int32 contiguous class ids
+    sem_seg_scores: Optional[np.ndarray] = None  # (K, H, W) float32
+    panoptic_seg: Optional[np.ndarray] = None  # (H, W) int32 segment ids
+    segments_info: Optional[List[Segment]] = None
+    instances: Optional[InstancePredictions] = None
+
+
+class Predictor:
+    """
+    ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1)``: the model of a
+    config file (or a CfgNode) with ``opts`` overrides ``[KEY, VALUE, ...]``; ``weights`` replaces
+    MODEL.WEIGHTS (read without running pickled code); ``device`` replaces MODEL.DEVICE (a CUDA
+    device falls back to CPU where CUDA is missing, with a warning).
+
+    Attributes: ``cfg`` (frozen), ``model``, ``metadata`` (class names of DATASETS.TEST[0], else
+    DATASETS.TRAIN[0]; generic names "class 0", ... with a warning when neither has any),
+    ``class_names``, ``input_format`` (the model's channel order), ``tasks`` (the outputs the model
+    produces: "sem_seg", "panoptic_seg", "instances").
+    """
+
+    def __init__(
+        self,
+        config_file: Union[str, CfgNode],
+        weights: Optional[str] = None,
+        opts: Optional[Sequence[str]] = None,
+        device: Optional[str] = None,
+        batch_size: int = 1,
+    ):
+        if isinstance(config_file, CfgNode):
+            cfg = config_file.clone()
+            cfg.merge_from_list(list(opts or []))
+        else:
+            cfg = load_config(config_file, opts or [], need_datasets=False)
+        if weights is not None:
+            cfg.MODEL.WEIGHTS = str(weights)
+        if device is not None:
+            cfg.MODEL.DEVICE = str(device)
+        if use_cpu_without_cuda(cfg):
+            logger.warning("CUDA is not available: running on CPU")
+        cfg.freeze()
+        _check_weights_file(cfg.MODEL.WEIGHTS)
+        model = build_model(cfg)
+        model.eval()
+        if cfg.MODEL.WEIGHTS:
+            MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+        else:
+            logger.warning(
+                "No weights given (MODEL.WEIGHTS is empty): the model is randomly initialised"
+            )
+        settings = model.inference_settings
+        self._setup(cfg, model, _class_metadata(cfg), cfg.INPUT.FORMAT, settings, batch_size)
+
+    @classmethod
+    def from_folder(cls, folder: str, opts=None, device=None, batch_size: int = 1) -> "Predictor":
+        """
+        The model of a training run's folder (``OUTPUT_DIR``): its ``config.yaml`` and the first of
+        ``FOLDER_WEIGHTS`` found there, else the checkpoint ``last_checkpoint`` names.
+        """
+        config_file = os.path.join(folder, "config.yaml")
+        if not PathManager.isfile(config_file):
+            raise FileNotFoundError(f"{folder}: no config.yaml in this folder")
+        return cls(config_file, _folder_weights(folder), opts, device, batch_size)
+
+    @classmethod
+    def from_exported(
+        cls,
+        model_file: str,
+        cfg: CfgNode,
+        object_mask_threshold: Optional[float] = None,
+        batch_size: int = 1,
+    ) -> "Predictor":
+        """A model file of ``tools/export_model.py``; ``cfg`` gives the resize and the device."""
+        from .export import ExportedMaskFormer  # onnxruntime and the exporters only when asked for
+
+        model = ExportedMaskFormer(model_file, cfg.MODEL.DEVICE, object_mask_threshold)
+        self = cls.__new__(cls)
+        # the export's class names, where it has them, say how many classes it predicts
+        num_classes = len(getattr(model.metadata, "stuff_classes", None) or []) or None
+        self._setup(
+            cfg, model, model.metadata, model.input_format, model.settings, batch_size, num_classes
+        )
+        return self
+
+    def _setup(self, cfg, model, metadata, input_format, settings, batch_size, num_classes=None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg = cfg
+        self.model = model
+        self.input_format = input_format
+        self.batch_size = batch_size
+        num_classes = num_classes or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        self.metadata = _with_class_names(metadata, num_classes)
+        self.class_names = list(self.metadata.stuff_classes[:num_classes])
+        self.tasks = ("sem_seg",)
+        self.tasks += ("panoptic_seg",) if settings.panoptic_on else ()
+        self.tasks += ("instances",) if settings.instance_on else ()
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
+
+    def __call__(
+        self,
+        images: Union[ImageInput, Sequence[ImageInput]],
+        batch_size: Optional[int] = None,
+        scores: bool = False,
+        format: str = "BGR",
+    ) -> Union[Prediction, List[Prediction]]:
+        """
+        One image (path, array, PIL image) -> its Prediction; a list -> a list in the same order.
+        ``format``: channel order of numpy (H, W, 3) arrays, "BGR" or "RGB". ``scores``: also
+        return the per-class scores. Raises ValueError naming a file that cannot be read.
+        """
+        if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
+            return self([images], batch_size, scores, format)[0]
+        batch_size = batch_size or self.batch_size
+        images = list(images)
+        results = []
+        for start in range(0, len(images), batch_size):
+            batch = [self.load_image(x, format) for x in images[start : start + batch_size]]
+            results += self.predict(batch, scores)
+        return results
+
+    def load_image(self, image: ImageInput, format: str = "BGR") -> np.ndarray:
+        """Any accepted input -> (H, W, 3) uint8 in the model's channel order (``input_format``)."""
+        if format not in ("BGR", "RGB"):
+            raise ValueError(f"format must be 'BGR' or 'RGB', got {format!r}")
+        if isinstance(image, (str, os.PathLike)):
+            return read_image(os.fspath(image), self.input_format)  # errors name the file
+        if isinstance(image, Image.Image):
+            return np.ascontiguousarray(convert_PIL_to_numpy(image, self.input_format))
+        if not isinstance(image, np.ndarray):
+            raise TypeError(
+                f"An image is a file path, a numpy array or a PIL image, not {type(image).__name__}"
+            )
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 (0..255), got {image.dtype}")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(
+                f"numpy images are (H, W, 3) or (H, W) grayscale; got shape {image.shape}"
+            )
+        return np.ascontiguousarray(image if format == self.input_format else image[:, :, ::-1])
+
+    def predict(self, images: List[np.ndarray], scores: bool = False) -> List[Prediction]:
+        """One batch of (H, W, 3) uint8 arrays in ``input_format`` (as ``load_image`` gives)."""
+        inputs = []
+        for image in images:
+            resized = self.resize.get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
+            inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        with torch.no_grad():
+            outputs = self.model(inputs)
+        return [self.to_prediction(output, scores) for output in outputs]
+
+    def to_prediction(self, output: Dict, scores: bool = False) -> Prediction:
+        """The model's output dict of one image (``MaskFormer.forward``) -> a Prediction."""
+        sem_seg = output["sem_seg"]
+        result = Prediction(
+            sem_seg=sem_seg.argmax(dim=0).to(torch.int32).cpu().numpy(),
+            sem_seg_scores=sem_seg.float().cpu().numpy() if scores else None,
+        )
+        if "panoptic_seg" in output:
+            ids, segments = output["panoptic_seg"]
+            result.panoptic_seg = ids.to(torch.int32).cpu().numpy()
+            areas = np.bincount(result.panoptic_seg.ravel(), minlength=1 + len(segments))
+            result.segments_info = [
+                Segment(
+                    id=int(s["id"]),
+                    category_id=int(s["category_id"]),
+                    class_name=self.class_names[s["category_id"]],
+                    isthing=bool(s["isthing"]),
+                    area=int(areas[s["id"]]) if s["id"] < len(areas) else 0,
+                    score=float(s["score"]) if "score" in s else None,
+                )
+                for s in segments
+            ]
+        if "instances" in output:
+            instances = output["instances"].to("cpu")
+            classes = instances.pred_classes.numpy().astype(np.int64)
+            result.instances = InstancePredictions(
+                masks=instances.pred_masks.numpy().astype(bool),
+                boxes=instances.pred_boxes.tensor.numpy().astype(np.float32),
+                scores=instances.scores.numpy().astype(np.float32),
+                classes=classes,
+                class_names=[self.class_names[c] for c in classes],
+            )
+        return result
+
+
+def _check_weights_file(weights: str) -> None:
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"Weights file {weights} does not exist")
+
+
+def _folder_weights(folder: str) -> str:
+    for name in FOLDER_WEIGHTS:
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    pointer = os.path.join(folder, "last_checkpoint")
+    if os.path.isfile(pointer):
+        with open(pointer, "r", encoding="utf-8", errors="replace") as f:
+            name = f.read().strip()
+        if name and os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise FileNotFoundError(
+        f"{folder}: no weights found (looked for {', '.join(FOLDER_WEIGHTS)} and last_checkpoint)"
+    )
+
+
+def _class_metadata(cfg: CfgNode) -> Metadata:
+    """The metadata of DATASETS.TEST[0], else of DATASETS.TRAIN[0] (empty when neither is known)."""
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        if name in MetadataCatalog.list():
+            return MetadataCatalog.get(name)
+    return Metadata(name="(no dataset)")
+
+
+def _with_class_names(metadata: Metadata, num_classes: int) -> Metadata:
+    """
+    A copy of ``metadata`` that names every class: its own ``stuff_classes``, or generic names
+    "class 0", ... (with a warning) when it has none. Too few names for the model is an error.
+    """
+    names = getattr(metadata, "stuff_classes", None)
+    values = {k: v for k, v in metadata.as_dict().items() if k != "name"}
+    if not names:
+        logger.warning(
+            f"Dataset {metadata.name!r} has no class names (stuff_classes) in its metadata: "
+            f'naming the {plural(num_classes, "class")} "class 0" ... "class {num_classes - 1}"'
+        )
+        names = [f"class {i}" for i in range(num_classes)]
+        values["stuff_classes"] = names
+        values.setdefault("thing_classes", names)
+    elif len(names) < num_classes:
+        raise ValueError(
+            f"Dataset {metadata.name!r} names {plural(len(names), 'class')} (stuff_classes) but "
+            f"the model predicts {num_classes} (MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
+        )
+    return Metadata(name=metadata.name, **values)
