@@ -267,3 +267,60 @@ def test_label_offset_and_stored_ignore_are_converted(folder_dataset):
     evaluator = build_evaluator(make_cfg(name), name)
     label = evaluator.sem_seg_loading_fn(sample_file(name, 0, "sem_seg_file_name"))
     assert label[0].tolist() == [255, 0, 1, 2]
+
+
+def test_num_classes_mismatch_stops_the_training_mapper(folder_dataset):
+    """Trainer.build_train_loader builds the mapper before the first iteration."""
+    from maskformer.data import build_dataset_mapper
+
+    name = folder_dataset(labels(1))
+    cfg = make_cfg(name, **{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": NUM_CLASSES + 1})
+    cfg.DATASETS.TRAIN = (name,)
+    with pytest.raises(ValueError, match="has 3 classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES is 4"):
+        build_dataset_mapper(cfg, is_train=True)
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("uint16", None),
+        ("uint16_wide", r"label values \[513\]"),
+        ("palette", r"label values \[7\]"),
+    ],
+)
+def test_16_bit_and_palette_labels_are_read_as_stored_values(tmp_path, kind, expected):
+    """16-bit values are not cut to their high byte; palette indices are the stored values."""
+    values = np.array([[0, 1, 2, 255]], np.uint16).repeat(3, 0)
+    label_file = str(tmp_path / "label.png")
+    if kind == "palette":
+        palette = Image.fromarray(np.array([[0, 1, 2, 7]], np.uint8).repeat(3, 0), mode="P")
+        palette.putpalette([v for i in range(256) for v in (i, 255 - i, 0)])
+        palette.save(label_file)
+    else:
+        if kind == "uint16_wide":
+            values[0, 0] = 513
+        Image.fromarray(values).save(label_file)
+    image_file = str(tmp_path / "image.png")
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(image_file)
+    sample = {"file_name": image_file, "sem_seg_file_name": label_file}
+    cfg = make_cfg("unused")
+    cfg.INPUT.MIN_SIZE_TEST = 0
+    mapper = MaskFormerInferenceDatasetMapper(cfg)
+    if expected:
+        with pytest.raises(BadSampleError, match=expected):
+            mapper(sample)
+        return
+    mapper(sample)
+    evaluator_reader = semantic_label_reader_for(cfg, tmp_path)
+    assert evaluator_reader(label_file).tolist() == values.tolist()
+
+
+def semantic_label_reader_for(cfg, tmp_path):
+    """The evaluator's label reader of a 3-class dataset (registered for the call)."""
+    from maskformer.evaluation.build import semantic_label_reader
+
+    MetadataCatalog.get("reader_only").set(stuff_classes=["a", "b", "c"], ignore_label=255)
+    try:
+        return semantic_label_reader("reader_only")
+    finally:
+        MetadataCatalog.remove("reader_only")

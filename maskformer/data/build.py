@@ -52,12 +52,16 @@ def register_dataset_mapper(name):
 def build_dataset_mapper(cfg, is_train=True, num_samples=None):
     """
     Build the mapper named by ``cfg.INPUT.DATASET_MAPPER_NAME``, wrapped in
-    :class:`SkipBadSamples` when ``cfg.DATALOADER.SKIP_BAD_SAMPLES`` is on.
+    :class:`SkipBadSamples` when ``cfg.DATALOADER.SKIP_BAD_SAMPLES`` is on, after registering the
+    config's custom datasets and :func:`check_num_classes` (so that a training run stops on a
+    mismatch before its first iteration).
 
     Args:
         num_samples (int or None): size of the dataset it maps, for the error raised when every
             sample is bad (see :class:`SkipBadSamples`).
     """
+    register_custom_datasets(cfg)
+    check_num_classes(cfg)
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in DATASET_MAPPER_REGISTRY:
         known = sorted(k for k, _ in DATASET_MAPPER_REGISTRY)
@@ -109,11 +113,11 @@ def check_num_classes(cfg):
 
 def build_train_loader(cfg):
     """
-    detectron2's training loader over ``DATASETS.TRAIN`` with :func:`build_dataset_mapper`, after
-    registering the config's custom datasets and :func:`check_num_classes`.
+    detectron2's training loader over ``DATASETS.TRAIN`` with :func:`build_dataset_mapper`, which
+    is told the dataset's size (an error instead of detectron2's "Sample larger than population"
+    when every sample is bad under ``DATALOADER.SKIP_BAD_SAMPLES``).
     """
     register_custom_datasets(cfg)
-    check_num_classes(cfg)
     dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
