@@ -1,23 +1,6 @@
-"""Interoperability with other MaskFormer implementations (Hugging Face transformers' hub format)."""
-
-from .hf import (
-    MismatchError,
-    UnsupportedArchitectureError,
-    check_fits,
-    is_hf_checkpoint,
-    load_hf_checkpoint,
-    load_hf_state_dict,
-)
-from .metadata_file import add_metadata_file_config, register_metadata_file, write_metadata_file
-
-__all__ = [
-    "MismatchError",
-    "UnsupportedArchitectureError",
-    "check_fits",
-    "is_hf_checkpoint",
-    "load_hf_state_dict",
-    "load_hf_checkpoint",
-    "add_metadata_file_config",
-    "register_metadata_file",
-    "write_metadata_file",
-]
+"""
+Interoperability with other MaskFormer implementations; import the modules directly (they are
+read by the config and checkpoint loaders, so this package imports nothing on its own):
+``hf`` (Hugging Face hub folders), ``hf_names`` (their parameter names), ``metadata_file``
+(class names that come with a checkpoint).
+"""

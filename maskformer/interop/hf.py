@@ -26,7 +26,8 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 
-from ..engine.checkpoint import CheckpointError, load_torch_checkpoint
+# the module, not its names: the checkpoint loader may import this module while it is loading
+from ..engine import checkpoint as engine_checkpoint
 from ..utils.file_io import atomic_open, atomic_path
 from .hf_names import hf_to_ours, ours_to_hf
 
@@ -37,6 +38,7 @@ __all__ = [
     "is_hf_checkpoint",
     "load_hf_state_dict",
     "load_hf_checkpoint",
+    "hf_weights_file",
     "read_hf_folder",
     "check_fits",
     "architecture_of_hf_config",
@@ -85,7 +87,7 @@ def is_hf_checkpoint(path: str) -> bool:
         return False
     try:
         return _read_json(config).get("model_type") == "maskformer"
-    except CheckpointError:
+    except engine_checkpoint.CheckpointError:
         return False
 
 
@@ -100,14 +102,14 @@ def load_hf_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[dic
         CheckpointError: no weights file, unreadable file, or tensors no MaskFormer here has.
     """
     folder = path if PathManager.isdir(path) else os.path.dirname(path)
-    weights = _weights_file(path)
+    weights = hf_weights_file(path)
     config_path = os.path.join(folder, "config.json")
     hf_config = _read_json(config_path) if PathManager.isfile(config_path) else None
     state_dict = _read_weights(weights)
     try:
         return hf_to_ours(state_dict, source=weights), hf_config
     except ValueError as e:
-        raise CheckpointError(str(e)) from e
+        raise engine_checkpoint.CheckpointError(str(e)) from e
 
 
 def load_hf_checkpoint(path: str, model: Optional[torch.nn.Module] = None) -> dict:
@@ -127,32 +129,39 @@ def read_hf_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], dict, Optional
     """(our state dict, ``config.json``, ``preprocessor_config.json`` or None) of a hub folder."""
     state_dict, hf_config = load_hf_state_dict(folder)
     if hf_config is None:
-        raise CheckpointError(f"{folder}: no config.json (a hub MaskFormer folder has one)")
+        raise engine_checkpoint.CheckpointError(
+            f"{folder}: no config.json (a hub MaskFormer folder has one)"
+        )
     processor_path = os.path.join(folder, "preprocessor_config.json")
     processor = _read_json(processor_path) if PathManager.isfile(processor_path) else None
     return state_dict, hf_config, processor
 
 
-def _weights_file(path: str) -> str:
+def hf_weights_file(path: str) -> str:
+    """The weights file of a hub folder (``path`` itself if it is a file); CheckpointError if none."""
     if not PathManager.isdir(path):
         if not PathManager.isfile(path):
-            raise CheckpointError(f"{path}: no such file or folder")
+            raise engine_checkpoint.CheckpointError(f"{path}: no such file or folder")
         return path
     for name in HF_WEIGHT_FILES:
         if PathManager.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
     if PathManager.isfile(os.path.join(path, "model.safetensors.index.json")):
-        raise CheckpointError(f"{path}: sharded checkpoints are not supported; merge the shards")
-    raise CheckpointError(f"{path}: a hub folder needs one of {', '.join(HF_WEIGHT_FILES)}")
+        raise engine_checkpoint.CheckpointError(
+            f"{path}: sharded checkpoints are not supported; merge the shards"
+        )
+    raise engine_checkpoint.CheckpointError(
+        f"{path}: a hub folder needs one of {', '.join(HF_WEIGHT_FILES)}"
+    )
 
 
 def _read_weights(path: str) -> Dict[str, torch.Tensor]:
     if not path.endswith(".safetensors"):
-        data = load_torch_checkpoint(path)
+        data = engine_checkpoint.load_torch_checkpoint(path)
         if not isinstance(data, dict) or not all(
             isinstance(v, torch.Tensor) for v in data.values()
         ):
-            raise CheckpointError(f"{path}: not a state dict of tensors")
+            raise engine_checkpoint.CheckpointError(f"{path}: not a state dict of tensors")
         return data
     from safetensors import SafetensorError
     from safetensors.torch import load
@@ -162,7 +171,7 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
     try:
         return load(content)
     except SafetensorError as e:
-        raise CheckpointError(
+        raise engine_checkpoint.CheckpointError(
             f"Cannot read {path} as safetensors (truncated or corrupted?): {e}"
         ) from e
 
@@ -172,9 +181,11 @@ def _read_json(path: str) -> dict:
         with PathManager.open(path, "r") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise CheckpointError(f"Cannot read {path} as JSON: {e}") from e
+        raise engine_checkpoint.CheckpointError(f"Cannot read {path} as JSON: {e}") from e
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise engine_checkpoint.CheckpointError(
+            f"{path}: expected a JSON object, got {type(data).__name__}"
+        )
     return data
 
 
