@@ -15,11 +15,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
-from test_reliability_training import tiny_train_args, train_net_launcher  # noqa: F401  (fixture)
+from test_reliability_training import (  # noqa: F401  (fixture)
+    SEM_SEG_CONFIG,
+    tiny_train_args,
+    train_net_launcher,
+)
 from torch import nn
 
 from maskformer.engine import weights_file
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
+from maskformer.engine.checkpoint import CheckpointMismatchError, MaskFormerCheckpointer
+from maskformer.engine.config_loading import load_config
+from maskformer.engine.trainer import Trainer
 from maskformer.engine.weights_file import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -198,3 +204,55 @@ def test_eval_only_refuses_a_payload_under_forced_unsafe_torch_load(tmp_path, tr
     assert result.returncode != 0
     assert not marker.exists()
     assert f"UnsafeCheckpointError: Refusing to load {weights}" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# weights that do not fit the model
+
+
+def test_strict_loading_lists_every_mismatch_and_fine_tuning_skips(tmp_path, caplog):
+    other_head = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5))
+    state = other_head.state_dict()
+    del state["0.bias"]
+    path = tmp_path / "other_head.pth"
+    torch.save({"model": state}, path)
+
+    with pytest.raises(CheckpointMismatchError) as error:
+        MaskFormerCheckpointer(small_model(), strict=True).load(str(path))
+    message = str(error.value)
+    assert f"{path} does not fit the model (3 parameters)" in message
+    assert "2.weight: (5, 4) in the checkpoint, (2, 4) in the model" in message
+    assert "2.bias: (5,) in the checkpoint, (2,) in the model" in message
+    assert "0.bias: not in the checkpoint" in message
+
+    # fine-tuning from weights with another head: detectron2's skip with a warning
+    model = small_model()
+    with caplog.at_level("WARNING"):
+        MaskFormerCheckpointer(model).load(str(path))
+    assert "Skip loading parameter '2.weight'" in caplog.text
+    assert torch.equal(model[0].weight, other_head[0].weight)
+
+
+def test_eval_only_refuses_a_checkpoint_with_another_class_head(tmp_path, train_net_launcher):
+    command, env = train_net_launcher
+    opts = tiny_train_args(
+        tmp_path / "unused",
+        1,
+        1,
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        "9",
+        prefix="maskformer_synthetic",
+    )
+    cfg = load_config(SEM_SEG_CONFIG, opts)
+    weights = tmp_path / "nine_classes.pth"
+    torch.save({"model": Trainer.build_model(cfg).state_dict()}, weights)
+
+    args = tiny_train_args(tmp_path / "out", 1, 1, "MODEL.WEIGHTS", str(weights))
+    result = subprocess.run(
+        command + ["--eval-only"] + args, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode != 0
+    assert f"CheckpointMismatchError: {weights} does not fit the model" in result.stderr
+    # 9 classes + "no object" in the checkpoint
+    assert re.search(r"class_embed\.weight: \(10, \d+\) in the checkpoint", result.stderr)
+    assert not (tmp_path / "out" / "eval_results.json").exists()

@@ -80,13 +80,16 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     @classmethod
-    def build_checkpointer(cls, cfg, model, **checkpointables) -> MaskFormerCheckpointer:
+    def build_checkpointer(
+        cls, cfg, model, *, strict: bool = False, **checkpointables
+    ) -> MaskFormerCheckpointer:
         """
         The one place checkpointers are made (training and --eval-only). Saves to OUTPUT_DIR on
-        the main process only, atomically; loads without running pickled code;
+        the main process only, atomically; loads without running pickled code; ``strict``
+        (--eval-only) refuses weights that do not fit the model instead of skipping them;
         ``checkpointables`` (e.g. trainer=...) are saved with the model.
         """
-        return MaskFormerCheckpointer(model, cfg.OUTPUT_DIR, **checkpointables)
+        return MaskFormerCheckpointer(model, cfg.OUTPUT_DIR, strict=strict, **checkpointables)
 
     @classmethod
     def build_train_loader(cls, cfg):
