@@ -5,6 +5,7 @@ values outside the classes are never counted as another class, EXIF-rotated imag
 with their labels, and a config whose NUM_CLASSES does not fit its datasets fails before work.
 """
 
+import json
 import logging
 
 import numpy as np
@@ -324,3 +325,29 @@ def semantic_label_reader_for(cfg, tmp_path):
         return semantic_label_reader("reader_only")
     finally:
         MetadataCatalog.remove("reader_only")
+
+
+def test_detectron2_evaluation_loop_runs_on_the_loader_and_skips(folder_dataset, tmp_path, caplog):
+    """inference_on_dataset (what Trainer.test runs) with a bad image among three, under SKIP."""
+    from detectron2.evaluation import inference_on_dataset
+    from detectron2.modeling import build_model
+
+    from tests.test_model import tiny_cfg
+
+    name = folder_dataset(labels(3, h=32, w=40))
+    bad = corrupt(name, 0, "file_name", "truncated", tmp_path)
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": NUM_CLASSES})
+    cfg.DATASETS.TEST = (name,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.SKIP_BAD_SAMPLES = True
+    cfg.INPUT.MIN_SIZE_TEST = 32
+    model = build_model(cfg).eval()
+    evaluator = build_evaluator(cfg, name, str(tmp_path / "eval"))
+    with caplog.at_level(logging.WARNING):
+        results = inference_on_dataset(model, build_test_loader(cfg, name), evaluator)
+    assert f"Skipping bad sample {bad}" in caplog.text and "left out 1 of 3 images" in caplog.text
+    predictions = json.loads((tmp_path / "eval" / "sem_seg_predictions.json").read_text())
+    assert {p["file_name"] for p in predictions} == {
+        sample_file(name, i, "file_name") for i in (1, 2)
+    }
+    assert 0 <= results["sem_seg"]["pACC"] <= 100
