@@ -23,6 +23,9 @@ PIXEL_DECODER_REGISTRY.__doc__ = """
 Pixel decoders of MaskFormer, selected by ``MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME``.
 A pixel decoder is built from (cfg, input_shape) and implements
 ``forward_features(features) -> (mask_features (B, MASK_DIM, H/4, W/4), transformer_encoder_features or None)``.
+One whose last layer is a plain convolution ``mask_features`` of ``fpn_features(features)[0]`` may
+declare the class attribute ``mask_features_foldable = True`` (as ``BasePixelDecoder``), which lets
+``MaskFormerHead`` fold the mask embeddings into that convolution; without it, the plain products.
 """
 
 logger = logging.getLogger(__name__)
