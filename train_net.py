@@ -5,12 +5,17 @@ Train and evaluate MaskFormer.
     python train_net.py --config-file configs/synthetic/maskformer_R18_sem_seg.yaml
     python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
     python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
+    python train_net.py --config-file CONFIG --overwrite       # replace the earlier run in OUTPUT_DIR
     python train_net.py --config-file CONFIG --num-gpus 8      # processes per machine (gloo on CPU)
     python train_net.py --config-file CONFIG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
     python train_net.py ... --dist-timeout 600  # a worker fails after 10 min stuck waiting for the others
 
 The metrics of the last evaluation are also written to OUTPUT_DIR/eval_results.json.
 """
+import maskformer  # noqa: F401  (first: it quiets the deprecation warnings of detectron2's imports)
+
+# isort: split
+import contextlib
 import json
 import logging
 import os
@@ -23,20 +28,31 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from maskformer.engine.config_loading import load_config
+from maskformer.engine.cli import exit_on_user_error
+from maskformer.engine.cluster_launch import detect_worker_environment, init_worker
+from maskformer.engine.config_loading import ConfigError, load_config
+from maskformer.engine.run_dir import claim_output_dir
 from maskformer.engine.trainer import Trainer
 from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.train_net")
 
 
-def setup(args):
-    """The frozen config of this run (config file + command-line overrides); sets up logging."""
+def setup(args, run=None):
+    """
+    The frozen config of this run (config file + command-line overrides); sets up logging.
+    ``run``: an ExitStack that, for a training run, holds OUTPUT_DIR (lock, no overwrite without
+    --resume / --overwrite) from before anything is written there until it closes.
+    """
     cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
     cuda_missing = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
     if cuda_missing:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    if run is not None:
+        run.enter_context(
+            claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
+        )
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskformer")
     if cuda_missing:
@@ -56,28 +72,29 @@ def write_results(results, output_dir):
 
 
 def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        model = Trainer.build_model(cfg)
-        # strict: a checkpoint that does not fit (e.g. another class head) is refused, not skipped
-        checkpointer = Trainer.build_checkpointer(cfg, model, strict=True)
-        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        if cfg.TEST.AUG.ENABLED:
-            results.update(Trainer.test_with_TTA(cfg, model))
-    else:
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
-        results = trainer.last_eval_results
-    if comm.is_main_process():
-        verify_results(cfg, results)
-        write_results(results, cfg.OUTPUT_DIR)
+    with contextlib.ExitStack() as run:
+        cfg = setup(args, None if args.eval_only else run)
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            # strict: a checkpoint that does not fit (e.g. another class head) is refused
+            checkpointer = Trainer.build_checkpointer(cfg, model, strict=True)
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+            results = Trainer.test(cfg, model)
+            if cfg.TEST.AUG.ENABLED:
+                results.update(Trainer.test_with_TTA(cfg, model))
+        else:
+            trainer = Trainer(cfg)
+            trainer.resume_or_load(resume=args.resume)
+            trainer.train()
+            results = trainer.last_eval_results
+        if comm.is_main_process():
+            verify_results(cfg, results)
+            write_results(results, cfg.OUTPUT_DIR)
     return results
 
 
 def argument_parser():
-    """detectron2's training arguments plus --dist-timeout and --allow-unsafe-config."""
+    """detectron2's training arguments plus --dist-timeout, --overwrite and --allow-unsafe-config."""
     parser = default_argument_parser()
     parser.add_argument(
         "--dist-timeout",
@@ -87,16 +104,26 @@ def argument_parser():
         help="how long a worker waits for the others (start-up, collectives) before failing",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the earlier run in OUTPUT_DIR (its checkpoints and metrics.json are deleted)",
+    )
+    parser.add_argument(
         "--allow-unsafe-config",
         action="store_true",
         help="allow YAML python tags, which run code, in the config files (only for files you trust)",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of a user error (config, weights, data, missing file) too",
+    )
     return parser
 
 
-def invoke_main() -> None:
-    args = argument_parser().parse_args()
-    print("Command Line Args:", args)
+def launch_main(args) -> None:
+    """``main`` in --num-gpus processes per machine through detectron2's launch (--num-machines,
+    --machine-rank, --dist-url across machines)."""
     launch(
         main,
         args.num_gpus,
@@ -106,6 +133,36 @@ def invoke_main() -> None:
         args=(args,),
         timeout=timedelta(seconds=args.dist_timeout),
     )
+
+
+def run(args, environ=os.environ) -> None:
+    """
+    ``main`` as one worker of a torchrun or srun job where ``environ`` describes one (see
+    maskformer.engine.cluster_launch), else through :func:`launch_main`. The config is loaded
+    once first, so that a mistake in it is reported before any process starts.
+    """
+    load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
+    try:
+        worker = detect_worker_environment(environ)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if worker is None:
+        launch_main(args)
+        return
+    if args.num_gpus > 1 or args.num_machines > 1:
+        raise ConfigError(
+            f"Started by {worker.launcher} as one of {worker.world_size} processes, each of them "
+            f"a worker: drop --num-gpus {args.num_gpus} / --num-machines {args.num_machines}"
+        )
+    init_worker(worker, timedelta(seconds=args.dist_timeout))
+    main(args)
+
+
+def invoke_main() -> None:
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    with exit_on_user_error(args.debug):
+        run(args)
 
 
 if __name__ == "__main__":
