@@ -188,7 +188,7 @@ class EvaluationLoader:
                 skipped += 1
                 continue
             yield batch
-        if skipped == len(self.loader):
+        if skipped and skipped == len(self.loader):
             raise RuntimeError(
                 f"All {skipped} images of {self.dataset_name} this process evaluates are bad "
                 f"samples (see the warnings above): nothing to evaluate."
