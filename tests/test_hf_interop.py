@@ -22,13 +22,15 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from maskformer import add_maskformer_config
-from maskformer.engine.checkpoint import CheckpointError
+from maskformer.engine.checkpoint import CheckpointError, MaskFormerCheckpointer
+from maskformer.engine.weights_file import read_weights
 from maskformer.interop.hf import (
     MismatchError,
     UnsupportedArchitectureError,
     architecture_of_hf_config,
     cfg_from_hf_config,
     check_fits,
+    check_fits_checkpoint,
     hf_config_from_cfg,
     is_hf_checkpoint,
     load_hf_checkpoint,
@@ -411,6 +413,23 @@ def test_ours_to_hub_folder_to_ours_gives_identical_tensors(tmp_path):
     misfit = build_model(our_cfg(cfg_from_hf_config(SMALL["swin_tiny"])))
     with pytest.raises(MismatchError, match="backbone: checkpoint resnet, model swin"):
         load_hf_checkpoint(str(tmp_path / "hub" / "model.safetensors"), misfit)
+    with pytest.raises(MismatchError, match="backbone: checkpoint resnet, model swin"):
+        check_fits_checkpoint(misfit, str(tmp_path / "hub"))
+
+    # MODEL.WEIGHTS: the registered weights format reads the folder and its weights file
+    for path in (tmp_path / "hub", tmp_path / "hub" / "model.safetensors"):
+        loaded = read_weights(str(path))
+        assert loaded.format == "huggingface"
+        assert all(torch.equal(loaded.checkpoint["model"][k], original[k]) for k in original)
+    fresh = build_model(cfg).eval()
+    MaskFormerCheckpointer(fresh).load(str(tmp_path / "hub"))
+    assert all(torch.equal(fresh.state_dict()[k], original[k]) for k in original)
+    # a safetensors file of our own names is not taken for a hub file
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in original.items()}, str(tmp_path / "ours.safetensors"))
+    assert not is_hf_checkpoint(str(tmp_path / "ours.safetensors"))
+    assert read_weights(str(tmp_path / "ours.safetensors")).format == "safetensors"
 
 
 @pytest.mark.parametrize("name", ["swin_tiny", "swin_base_window12", "resnet50"])

@@ -5,7 +5,9 @@ and checkpoints, without importing transformers.
 
 - :func:`is_hf_checkpoint`, :func:`load_hf_state_dict`: read a hub folder (or its weights file)
   into our parameter names; safetensors through the ``safetensors`` package, ``.bin`` with
-  ``torch.load(weights_only=True)``: no pickled code runs.
+  ``torch.load(weights_only=True)``: no pickled code runs. Importing this module registers
+  :data:`HF_WEIGHTS_FORMAT` with :func:`maskformer.engine.weights_file.register_weights_format`,
+  so ``MODEL.WEIGHTS`` takes a hub folder or its weights file.
 - :func:`check_fits`: one error listing every architecture difference between a built model and
   a hub config (classes, queries, backbone sizes, window, ...).
 - :func:`cfg_from_hf_config` / :func:`hf_config_from_cfg`: the architecture keys of each side
@@ -26,8 +28,13 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.utils.file_io import PathManager
 
-# the module, not its names: the checkpoint loader may import this module while it is loading
-from ..engine import checkpoint as engine_checkpoint
+from ..engine.weights_file import (
+    CheckpointError,
+    WeightsFormat,
+    load_safetensors,
+    load_torch_checkpoint,
+    register_weights_format,
+)
 from ..utils.file_io import atomic_open, atomic_path
 from .hf_names import hf_to_ours, ours_to_hf
 
@@ -38,6 +45,8 @@ __all__ = [
     "is_hf_checkpoint",
     "load_hf_state_dict",
     "load_hf_checkpoint",
+    "check_fits_checkpoint",
+    "HF_WEIGHTS_FORMAT",
     "hf_weights_file",
     "read_hf_folder",
     "check_fits",
@@ -75,20 +84,33 @@ class MismatchError(ValueError):
 def is_hf_checkpoint(path: str) -> bool:
     """
     Whether ``path`` is a hub MaskFormer folder (``config.json`` with ``model_type`` maskformer and
-    a weights file) or a weights file beside such a ``config.json``, or a ``.safetensors`` file.
+    a weights file), a weights file beside such a ``config.json``, or a ``.safetensors`` file of
+    transformers' MaskFormer names. Never raises (a weights-format matcher).
     """
-    if path.endswith(".safetensors"):
-        return PathManager.isfile(path)
-    folder = path if PathManager.isdir(path) else os.path.dirname(path)
-    if not PathManager.isdir(path) and os.path.basename(path) not in HF_WEIGHT_FILES:
-        return False
-    config = os.path.join(folder, "config.json")
-    if not PathManager.isfile(config):
-        return False
     try:
-        return _read_json(config).get("model_type") == "maskformer"
-    except engine_checkpoint.CheckpointError:
+        if PathManager.isdir(path):
+            return _is_maskformer_config(os.path.join(path, "config.json"))
+        if not PathManager.isfile(path):
+            return False
+        beside = os.path.join(os.path.dirname(path), "config.json")
+        if os.path.basename(path) in HF_WEIGHT_FILES and _is_maskformer_config(beside):
+            return True
+        return path.endswith(".safetensors") and _has_hf_names(path)
+    except Exception:  # a matcher answers, it does not fail: the reader reports the problem
         return False
+
+
+def _is_maskformer_config(path: str) -> bool:
+    return PathManager.isfile(path) and _read_json(path).get("model_type") == "maskformer"
+
+
+def _has_hf_names(path: str) -> bool:
+    from safetensors import safe_open
+
+    with safe_open(PathManager.get_local_path(path), "pt") as f:
+        return any(
+            k.startswith(("model.pixel_level_module.", "class_predictor.")) for k in f.keys()
+        )
 
 
 def load_hf_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[dict]]:
@@ -109,7 +131,7 @@ def load_hf_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], Optional[dic
     try:
         return hf_to_ours(state_dict, source=weights), hf_config
     except ValueError as e:
-        raise engine_checkpoint.CheckpointError(str(e)) from e
+        raise CheckpointError(str(e)) from e
 
 
 def load_hf_checkpoint(path: str, model: Optional[torch.nn.Module] = None) -> dict:
@@ -125,13 +147,27 @@ def load_hf_checkpoint(path: str, model: Optional[torch.nn.Module] = None) -> di
     return {"model": state_dict, "__author__": f"transformers ({path})"}
 
 
+def check_fits_checkpoint(model: torch.nn.Module, path: str) -> None:
+    """:func:`check_fits` of ``model`` against the ``config.json`` of the hub folder ``path`` (or
+    beside its weights file); nothing to check without one."""
+    folder = path if PathManager.isdir(path) else os.path.dirname(path)
+    config_path = os.path.join(folder, "config.json")
+    if PathManager.isfile(config_path):
+        check_fits(model, _read_json(config_path), source=path)
+
+
+# MODEL.WEIGHTS reads hub folders and their weights files (maskformer.engine.weights_file)
+HF_WEIGHTS_FORMAT = WeightsFormat(
+    name="huggingface", matches=is_hf_checkpoint, read=lambda path: load_hf_state_dict(path)[0]
+)
+register_weights_format(HF_WEIGHTS_FORMAT)
+
+
 def read_hf_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict]]:
     """(our state dict, ``config.json``, ``preprocessor_config.json`` or None) of a hub folder."""
     state_dict, hf_config = load_hf_state_dict(folder)
     if hf_config is None:
-        raise engine_checkpoint.CheckpointError(
-            f"{folder}: no config.json (a hub MaskFormer folder has one)"
-        )
+        raise CheckpointError(f"{folder}: no config.json (a hub MaskFormer folder has one)")
     processor_path = os.path.join(folder, "preprocessor_config.json")
     processor = _read_json(processor_path) if PathManager.isfile(processor_path) else None
     return state_dict, hf_config, processor
@@ -141,39 +177,21 @@ def hf_weights_file(path: str) -> str:
     """The weights file of a hub folder (``path`` itself if it is a file); CheckpointError if none."""
     if not PathManager.isdir(path):
         if not PathManager.isfile(path):
-            raise engine_checkpoint.CheckpointError(f"{path}: no such file or folder")
+            raise CheckpointError(f"{path}: no such file or folder")
         return path
     for name in HF_WEIGHT_FILES:
         if PathManager.isfile(os.path.join(path, name)):
             return os.path.join(path, name)
     if PathManager.isfile(os.path.join(path, "model.safetensors.index.json")):
-        raise engine_checkpoint.CheckpointError(
-            f"{path}: sharded checkpoints are not supported; merge the shards"
-        )
-    raise engine_checkpoint.CheckpointError(
-        f"{path}: a hub folder needs one of {', '.join(HF_WEIGHT_FILES)}"
-    )
+        raise CheckpointError(f"{path}: sharded checkpoints are not supported; merge the shards")
+    raise CheckpointError(f"{path}: a hub folder needs one of {', '.join(HF_WEIGHT_FILES)}")
 
 
 def _read_weights(path: str) -> Dict[str, torch.Tensor]:
-    if not path.endswith(".safetensors"):
-        data = engine_checkpoint.load_torch_checkpoint(path)
-        if not isinstance(data, dict) or not all(
-            isinstance(v, torch.Tensor) for v in data.values()
-        ):
-            raise engine_checkpoint.CheckpointError(f"{path}: not a state dict of tensors")
-        return data
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
-    with PathManager.open(path, "rb") as f:
-        content = f.read()
-    try:
-        return load(content)
-    except SafetensorError as e:
-        raise engine_checkpoint.CheckpointError(
-            f"Cannot read {path} as safetensors (truncated or corrupted?): {e}"
-        ) from e
+    data = load_safetensors(path) if path.endswith(".safetensors") else load_torch_checkpoint(path)
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return data
 
 
 def _read_json(path: str) -> dict:
@@ -181,11 +199,9 @@ def _read_json(path: str) -> dict:
         with PathManager.open(path, "r") as f:
             data = json.load(f)
     except (OSError, ValueError) as e:
-        raise engine_checkpoint.CheckpointError(f"Cannot read {path} as JSON: {e}") from e
+        raise CheckpointError(f"Cannot read {path} as JSON: {e}") from e
     if not isinstance(data, dict):
-        raise engine_checkpoint.CheckpointError(
-            f"{path}: expected a JSON object, got {type(data).__name__}"
-        )
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
 
 
