@@ -136,13 +136,6 @@ def register_folder_panoptic(name, image_root, panoptic_json, panoptic_root, sem
     categories in file order. With ``sem_seg_root`` (label maps named as the panoptic PNGs, in
     contiguous ids) semantic mIoU is evaluated too.
     """
-    categories = read_panoptic_json(panoptic_json)["categories"]
-    for c in categories:
-        missing = [k for k in ("id", "name", "isthing") if k not in c]
-        if missing:
-            raise ValueError(f"{panoptic_json}: category {c} has no {', '.join(missing)}")
-    colors = distinct_colors(len(categories))
-    categories = [dict(c, color=c.get("color", color)) for c, color in zip(categories, colors)]
     spec = dict(
         type="coco_panoptic",
         image_root=image_root,
@@ -152,6 +145,14 @@ def register_folder_panoptic(name, image_root, panoptic_json, panoptic_root, sem
     )
 
     def register():
+        # the JSON is read here, once: configs re-register on every loader they build
+        categories = read_panoptic_json(panoptic_json)["categories"]
+        for c in categories:
+            missing = [k for k in ("id", "name", "isthing") if k not in c]
+            if missing:
+                raise ValueError(f"{panoptic_json}: category {c} has no {', '.join(missing)}")
+        colors = distinct_colors(len(categories))
+        categories = [dict(c, color=c.get("color", color)) for c, color in zip(categories, colors)]
         register_panoptic_with_sem_seg(
             name,
             panoptic_metadata(categories),
