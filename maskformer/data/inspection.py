@@ -62,8 +62,9 @@ def inspect_dataset(name: str) -> Dict:
     Returns:
         dict: "dataset", "num_images", "num_classes", "class_names", "ignore_label",
         "pixels_per_class" and "images_per_class" (lists of K ints), "ignored_fraction",
-        "stored_values" (sorted distinct stored label values, semantic only), "errors" and
-        "warnings" (lists of messages; errors make a run fail or give wrong metrics).
+        "stored_values" (sorted distinct stored label values, semantic only),
+        "expected_stored_values" (those of the classes and the ignore value, as text), "errors"
+        and "warnings" (lists of messages; errors make a run fail or give wrong metrics).
     """
     meta = MetadataCatalog.get(name)
     dicts = DatasetCatalog.get(name)
@@ -104,6 +105,8 @@ def inspect_dataset(name: str) -> Dict:
         images[values[valid]] += 1
 
     num_images = len(dicts)
+    offset = meta.get("sem_seg_offset", 0)
+    stored_ignore = meta.get("sem_seg_stored_ignore", ignore_label)
     for v, n in sorted(outside.items()):
         errors.append(
             f"label value {v} (in {n} files, e.g. {example_outside[v]}) is not a class "
@@ -121,6 +124,7 @@ def inspect_dataset(name: str) -> Dict:
         "images_per_class": images.tolist(),
         "ignored_fraction": float(pixels[-1] / total) if total else 0.0,
         "stored_values": sorted(int(v) for v in stored_values),
+        "expected_stored_values": f"{offset}..{offset + num_classes - 1} and {stored_ignore}",
         "errors": errors,
         "warnings": warnings,
     }
@@ -174,7 +178,9 @@ def format_report(report: Dict) -> str:
     if report["stored_values"]:
         shown = report["stored_values"][:30]
         more = " ..." if len(report["stored_values"]) > 30 else ""
-        lines.append(f"stored label values: {shown}{more}")
+        lines.append(
+            f"stored label values: {shown}{more} (expected {report['expected_stored_values']})"
+        )
     lines.append(f"{'id':>5}  {'class':<24} {'images':>8} {'pixels %':>9}")
     for i, name in enumerate(report["class_names"]):
         lines.append(

@@ -8,6 +8,8 @@ Several times faster than panopticapi; results are the same to float rounding. O
 processes; the per-image statistics are added up in image order, so the result does not depend
 on them.
 
+``image_pq_stats`` and ``PQStats`` are the one PQ core of the project: the PQ-stuff tool
+(``tools/evaluate_pq_for_semantic_segmentation.py``) scores semantic label maps with them too.
 ``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator using it (and reading the
 predictions' PNGs from memory instead of writing them to a temporary folder first).
 """
