@@ -6,11 +6,18 @@ MaskFormer demo: draw semantic or panoptic segmentation on images, a video or th
       [--confidence-threshold 0.5] [--opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu]
   python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output drawn.mp4
   python demo/demo.py --exported export/model.onnx --input img.jpg --output drawn.jpg
+  python demo/demo.py --config-file CONFIG --input "photos/*.jpg" --save-masks masks/ --batch-size 8
 
 --output is a file for one input image (when it has an extension) and a folder otherwise; drawn
-images keep their input's name and size. Without --output, results are shown in a window.
---exported runs a model written by tools/export_model.py; its config (resize, device) is the one
-saved at export time unless --config-file is given.
+images keep their input's name and size. --save-masks DIR writes label PNGs, panoptic PNGs + JSON
+and instance JSON (see save_masks.py) instead of or beside the drawings. Without either, results
+are shown in a window. --exported runs a model written by tools/export_model.py; its config
+(resize, device) is the one saved at export time unless --config-file is given.
+
+A dataset without class names is drawn with "class 0", "class 1", ...; --confidence-threshold is
+refused for a semantic-only model. An unreadable input is reported and the others still run (exit
+code 1); a video whose frames stop early reports how many could not be read (exit code 1). User
+errors print their message alone (exit code 2); --debug shows the traceback.
 """
 import argparse
 import contextlib
@@ -18,6 +25,7 @@ import glob
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -25,18 +33,22 @@ from typing import List, Optional
 # so the script runs from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import maskformer  # noqa: E402,F401 isort:skip  (first: registers components, quiets imports)
 import cv2  # noqa: E402
 import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from predictor import VisualizationDemo  # noqa: E402
+from predictor import VisualizationDemo, build_predictor  # noqa: E402
+from save_masks import MaskWriter  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
-import maskformer  # noqa: E402,F401  (registers the model components and datasets)
 from maskformer import add_maskformer_config  # noqa: E402
+from maskformer.data.reading import read_image  # noqa: E402
+from maskformer.engine.checkpoint import CheckpointError  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
-from maskformer.utils.file_io import atomic_path  # noqa: E402
+from maskformer.predictor import plural  # noqa: E402
+from maskformer.utils.file_io import atomic_open, atomic_path  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
 
@@ -65,8 +77,15 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="minimum score of panoptic segments (replaces MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) "
-        "and of drawn instances (default 0.5)",
+        "and of drawn instances (default 0.5); refused for semantic-only models",
     )
+    parser.add_argument(
+        "--save-masks",
+        metavar="DIR",
+        help="write sem_seg/*.png label maps, panoptic/*.png + panoptic.json, instances.json (COCO RLE)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     parser.add_argument(
         "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
     )
@@ -112,52 +131,134 @@ def expand_inputs(patterns: List[str]) -> List[str]:
     return list(dict.fromkeys(paths))
 
 
+def shown(path: str) -> str:
+    """``path`` for messages: bytes that are not UTF-8 (kept by Python as surrogates) as \\x escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def writable_folder(folder: str, option: str) -> str:
+    """Create ``folder`` if needed and check that files can be created in it, before any work."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise OSError(f"{option} {shown(folder)}: cannot write there ({e.strerror})") from e
+    return folder
+
+
+def opencv_path(path: str, option: str) -> str:
+    """OpenCV's video reader and writer take UTF-8 names only."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"{option} {shown(path)}: OpenCV cannot open a file whose name is not valid UTF-8; "
+            f"rename it"
+        ) from None
+    return path
+
+
+def unique_names(names: List[str], what: str, folder: str) -> List[str]:
+    clashes = sorted({shown(n) for n in names if names.count(n) > 1})
+    if clashes:
+        raise ValueError(
+            f"Several inputs are named {clashes}: their {what} would overwrite each other in {folder}"
+        )
+    return names
+
+
 def image_output_paths(inputs: List[str], output: str) -> List[str]:
     """--output is the file for a single input when it has an extension, else the folder for all."""
     if len(inputs) == 1 and os.path.splitext(output)[1] and not os.path.isdir(output):
+        writable_folder(os.path.dirname(os.path.abspath(output)), "--output")
         return [output]
     if os.path.exists(output) and not os.path.isdir(output):
         raise ValueError(f"--output {output}: is a file; give a folder for {len(inputs)} inputs")
-    names = [os.path.basename(p) for p in inputs]
-    clashes = sorted({n for n in names if names.count(n) > 1})
-    if clashes:
-        raise ValueError(
-            f"Several inputs are named {clashes}: their drawings would overwrite each other in {output}"
-        )
-    os.makedirs(output, exist_ok=True)
+    names = unique_names([os.path.basename(p) for p in inputs], "drawings", output)
+    writable_folder(output, "--output")
     return [os.path.join(output, n) for n in names]
+
+
+def mask_names(inputs: List[str], folder: str) -> List[str]:
+    """The output stem of each input under --save-masks (its file name without extension)."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
+    unique_names(stems, "masks", folder)
+    writable_folder(folder, "--save-masks")
+    return stems
 
 
 def write_image(path: str, image_bgr):
     """Writes atomically: an existing file is replaced only by a complete one."""
-    with atomic_path(path, keep_suffix=True) as partial:
-        if not cv2.imwrite(partial, image_bgr):
-            ext = os.path.splitext(path)[1]
-            raise OSError(
-                f"{path}: OpenCV could not write the image (unsupported extension {ext!r}?)"
-            )
+    ext = os.path.splitext(path)[1]
+    try:
+        ok, encoded = cv2.imencode(ext, image_bgr)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise ValueError(f"{shown(path)}: OpenCV cannot write images with the extension {ext!r}")
+    try:
+        with atomic_open(path, "wb") as f:
+            f.write(encoded.tobytes())
+    except OSError as e:
+        raise OSError(f"{shown(path)}: cannot write the image ({e.strerror})") from e
 
 
-def run_on_images(demo: VisualizationDemo, inputs: List[str], output: Optional[str]) -> int:
+def console_loggers() -> List[logging.Logger]:
+    """The loggers setup_logger gave console handlers: they print through tqdm during a bar."""
+    return [logging.getLogger(name) for name in ("detectron2", "fvcore", "maskformer")]
+
+
+def run_on_images(
+    demo: VisualizationDemo,
+    inputs: List[str],
+    output: Optional[str],
+    save_masks: Optional[str] = None,
+    batch_size: int = 1,
+) -> int:
     """Returns the number of inputs that failed (each is logged with its reason)."""
     outputs = image_output_paths(inputs, output) if output else [None] * len(inputs)
+    stems = mask_names(inputs, save_masks) if save_masks else [None] * len(inputs)
+    masks = MaskWriter(save_masks, demo.predictor) if save_masks else None
+    for path in inputs:
+        if shown(path) != path:
+            logger.warning(f"{shown(path)}: the file name is not valid UTF-8 (shown with escapes)")
     failed = 0
-    for path, out_path in zip(tqdm.tqdm(inputs, disable=not output), outputs):
-        try:
-            image = read_image(path, format="BGR")
-        except Exception as e:
-            logger.error(f"{path}: cannot read the image ({e})")
-            failed += 1
-            continue
-        start = time.perf_counter()
-        predictions, drawn = demo.run_on_image(image)
-        logger.info(f"{path}: {demo.describe(predictions)} in {time.perf_counter() - start:.2f}s")
-        if out_path:
-            write_image(out_path, cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR))
-        else:
-            show(drawn.get_image()[:, :, ::-1])
-            if cv2.waitKey(0) == 27:  # esc
-                break
+    bar = tqdm.tqdm(total=len(inputs), unit="image", disable=not (output or save_masks))
+    with logging_redirect_tqdm(loggers=console_loggers()), bar:
+        for start in range(0, len(inputs), batch_size):
+            batch = []
+            for i in range(start, min(start + batch_size, len(inputs))):
+                try:
+                    batch.append((i, read_image(inputs[i], format="BGR")))
+                except ValueError as e:  # BadSampleError: names the file and the problem
+                    logger.error(shown(str(e)))
+                    failed += 1
+                    bar.update()
+            if not batch:
+                continue
+            begin = time.perf_counter()
+            predictions = demo.predictor([image for _, image in batch], format="BGR")
+            seconds = (time.perf_counter() - begin) / len(batch)
+            for (i, image), prediction in zip(batch, predictions):
+                logger.info(f"{shown(inputs[i])}: {demo.describe(prediction)} in {seconds:.2f}s")
+                try:
+                    if masks is not None:
+                        masks.add(stems[i], inputs[i], prediction)
+                    if outputs[i]:
+                        drawn = demo.draw(image[:, :, ::-1], prediction).get_image()
+                        write_image(outputs[i], cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+                except (OSError, ValueError) as e:
+                    logger.error(str(e))
+                    failed += 1
+                bar.update()
+                if not (outputs[i] or masks):
+                    show(demo.draw(image[:, :, ::-1], prediction).get_image()[:, :, ::-1])
+                    if cv2.waitKey(0) == 27:  # esc
+                        return failed
+    if masks is not None:
+        for path in masks.close():
+            logger.info(f"Wrote {shown(path)}")
     return failed
 
 
@@ -165,21 +266,25 @@ def video_output_path(source_name: str, output: str) -> str:
     path = output if os.path.splitext(output)[1] else os.path.join(output, source_name)
     if os.path.splitext(path)[1].lower() not in VIDEO_CODECS:
         raise ValueError(
-            f"--output {path}: unsupported video extension; use one of {sorted(VIDEO_CODECS)}"
+            f"--output {shown(path)}: unsupported video extension; use one of {sorted(VIDEO_CODECS)}"
         )
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return path
+    writable_folder(os.path.dirname(os.path.abspath(path)), "--output")
+    return opencv_path(path, "--output")
 
 
 def run_on_stream(
-    demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str]
+    demo: VisualizationDemo, video: cv2.VideoCapture, output_path: Optional[str], name: str
 ) -> int:
-    """Draws every frame of ``video`` into ``output_path`` (or a window); returns the frame count."""
+    """
+    Draws every frame of ``video`` into ``output_path`` (or a window). Returns how many of the
+    frames the video's header announces could not be read (0 for a camera).
+    """
     width, height = int(video.get(cv2.CAP_PROP_FRAME_WIDTH)), int(
         video.get(cv2.CAP_PROP_FRAME_HEIGHT)
     )
     fps = video.get(cv2.CAP_PROP_FPS) or 30.0
-    total = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    total = max(int(video.get(cv2.CAP_PROP_FRAME_COUNT)), 0) or None
+    stopped = False
     # an existing output_path is replaced only by a complete video
     with contextlib.ExitStack() as stack:
         stack.callback(video.release)
@@ -193,18 +298,27 @@ def run_on_stream(
             stack.callback(writer.release)  # runs before the rename
             if not writer.isOpened():
                 raise OSError(f"{output_path}: OpenCV cannot write this video format here")
-        frames = 0
         start = time.perf_counter()
-        for frame in tqdm.tqdm(demo.run_on_video(video), total=total, disable=writer is None):
-            frames += 1
-            if writer is not None:
-                writer.write(frame)
-            else:
-                show(frame)
-                if cv2.waitKey(1) == 27:  # esc
-                    break
-    logger.info(f"{frames} frames in {time.perf_counter() - start:.2f}s")
-    return frames
+        bar = tqdm.tqdm(total=total, unit="frame", disable=writer is None)
+        with logging_redirect_tqdm(loggers=console_loggers()), bar:
+            for frame in demo.run_on_video(video):
+                bar.update()
+                if writer is not None:
+                    writer.write(frame)
+                else:
+                    show(frame)
+                    if cv2.waitKey(1) == 27:  # esc
+                        stopped = True
+                        break
+    frames = demo.frames_read
+    logger.info(f"{plural(frames, 'frame')} in {time.perf_counter() - start:.2f}s")
+    unread = 0 if stopped or total is None else max(total - frames, 0)
+    if unread:
+        logger.error(
+            f"{name}: {unread} of the {plural(total, 'frame')} its header announces could not be "
+            f"read (truncated or damaged file?); the output holds the {frames} read"
+        )
+    return unread
 
 
 def show(image_bgr):
@@ -230,32 +344,45 @@ def main(argv=None) -> int:
     setup_logger()
     setup_logger(name="maskformer")
     logger.info(f"Arguments: {args}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.save_masks and not args.input:
+        raise ValueError("--save-masks works with --input (image files)")
     cfg = setup_cfg(args)
-    demo = VisualizationDemo(
-        cfg, exported=args.exported, confidence_threshold=args.confidence_threshold
+    predictor = build_predictor(
+        cfg, args.exported, args.confidence_threshold, batch_size=args.batch_size
     )
+    demo = VisualizationDemo(predictor, instance_threshold=args.confidence_threshold)
 
     if args.input:
         inputs = expand_inputs(args.input)
-        failed = run_on_images(demo, inputs, args.output)
+        failed = run_on_images(demo, inputs, args.output, args.save_masks, args.batch_size)
         if failed:
-            logger.error(f"{failed} of {len(inputs)} inputs failed")
+            logger.error(f"{failed} of {plural(len(inputs), 'input')} failed")
         return 1 if failed else 0
     if args.video_input:
         if not os.path.isfile(args.video_input):
-            raise FileNotFoundError(f"--video-input {args.video_input}: no such file")
-        video = open_video(args.video_input, args.video_input)
-        output = (
-            video_output_path(os.path.basename(args.video_input), args.output)
-            if args.output
-            else None
-        )
+            raise FileNotFoundError(f"--video-input {shown(args.video_input)}: no such file")
+        name = opencv_path(args.video_input, "--video-input")
+        video = open_video(name, name)
+        output = video_output_path(os.path.basename(name), args.output) if args.output else None
     else:
-        video = open_video(0, "webcam 0")
+        name = "webcam 0"
+        video = open_video(0, name)
         output = video_output_path("webcam.avi", args.output) if args.output else None
-    run_on_stream(demo, video, output)
-    return 0
+    return 1 if run_on_stream(demo, video, output, name) else 0
+
+
+def run_cli(argv: List[str]) -> int:
+    """main, with a user error (bad option, file, config or weights) as its message alone."""
+    try:
+        return main(argv)
+    except (ValueError, OSError, CheckpointError) as e:
+        if "--debug" in argv:
+            raise
+        print(f"demo.py: error: {shown(str(e))}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(sys.argv[1:]))

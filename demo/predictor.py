@@ -1,111 +1,114 @@
-"""Running a MaskFormer (eager or exported) on images and video frames and drawing its results."""
+"""Drawing the results of a ``maskformer.predictor.Predictor`` (eager or exported model) on images and video frames."""
 
-from typing import Dict, Iterator, Tuple
+import dataclasses
+from typing import Iterator, Optional
 
 import cv2
 import numpy as np
-from detectron2.data import transforms as T
-from detectron2.engine.defaults import DefaultPredictor
+import torch
+from detectron2.config import CfgNode
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
-from maskformer.export import ExportedMaskFormer
+from maskformer.predictor import Prediction, Predictor, plural
 
 # instances are drawn from this score on when no --confidence-threshold is given
 DEFAULT_INSTANCE_THRESHOLD = 0.5
 
 
-class SafePredictor(DefaultPredictor):
-    """DefaultPredictor whose weights are read without running pickled code (MaskFormerCheckpointer)."""
-
-    def __init__(self, cfg):
-        weights = cfg.MODEL.WEIGHTS
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.WEIGHTS = ""  # DefaultPredictor would read them with pickle
-        super().__init__(cfg)
-        MaskFormerCheckpointer(self.model).load(weights)
-
-
-class ExportedPredictor(DefaultPredictor):
+def build_predictor(
+    cfg: CfgNode,
+    exported: Optional[str] = None,
+    confidence_threshold: Optional[float] = None,
+    batch_size: int = 1,
+) -> Predictor:
     """
-    DefaultPredictor's preprocessing (BGR -> the model's channel order, resize with
-    INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST) in front of an exported model file.
+    The Predictor of ``cfg`` (or of the ``exported`` model file, resized and placed as ``cfg``
+    says). ``confidence_threshold`` replaces the panoptic score threshold
+    (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) and is refused for a semantic-only model, whose
+    output has no scores to threshold.
     """
-
-    def __init__(self, cfg, model_file, object_mask_threshold: float = None):
-        # DefaultPredictor.__init__ would build the eager model; only __call__ is reused
-        self.cfg = cfg.clone()
-        self.model = ExportedMaskFormer(model_file, cfg.MODEL.DEVICE, object_mask_threshold)
-        self.metadata = self.model.metadata
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+    if exported:
+        predictor = Predictor.from_exported(exported, cfg, confidence_threshold, batch_size)
+    else:
+        if not len(cfg.DATASETS.TEST) and not len(cfg.DATASETS.TRAIN):
+            raise ValueError(
+                "DATASETS.TEST and DATASETS.TRAIN are empty: the demo takes its class names from "
+                "DATASETS.TEST[0]; name a dataset (or DATASETS.METADATA_FILE)"
+            )
+        opts = []
+        if confidence_threshold is not None:
+            opts = ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", confidence_threshold]
+        predictor = Predictor(cfg, opts=opts, batch_size=batch_size)
+    if confidence_threshold is not None and predictor.tasks == ("sem_seg",):
+        raise ValueError(
+            "--confidence-threshold: this model gives semantic segmentation only (no "
+            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON), whose class scores are not "
+            "thresholded; omit the option"
         )
-        self.input_format = self.model.input_format
+    return predictor
 
 
 class VisualizationDemo:
     """
-    run_on_image(BGR (H, W, 3) uint8) -> (predictions, VisImage of the same size);
-    run_on_video(cv2.VideoCapture) -> drawn BGR frames.
-    Draws "panoptic_seg" if the model returns it, else "instances", else the argmax of "sem_seg",
-    with the class names and colours of DATASETS.TEST[0] (of the export's JSON with ``exported``).
+    draw(RGB (H, W, 3) uint8 image, its Prediction) -> VisImage of the same size;
+    run_on_video(cv2.VideoCapture) -> drawn BGR frames (``frames_read`` counts them).
+    Draws the panoptic segments if the model gives them, else the instances scoring at least
+    ``instance_threshold``, else the semantic label map, with the predictor's class names.
     """
 
     def __init__(
         self,
-        cfg,
-        exported: str = None,
-        confidence_threshold: float = None,
+        predictor: Predictor,
+        instance_threshold: Optional[float] = None,
         instance_mode=ColorMode.IMAGE,
     ):
-        if exported:
-            self.predictor = ExportedPredictor(cfg, exported, confidence_threshold)
-        else:
-            if not len(cfg.DATASETS.TEST):
-                raise ValueError(
-                    "DATASETS.TEST is empty: the demo draws with the class names of DATASETS.TEST[0]"
-                )
-            if confidence_threshold is not None:
-                cfg = cfg.clone()
-                cfg.defrost()
-                cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = confidence_threshold
-            self.predictor = SafePredictor(cfg)
-        self.metadata = self.predictor.metadata
+        self.predictor = predictor
+        self.metadata = predictor.metadata
         self.instance_threshold = (
-            DEFAULT_INSTANCE_THRESHOLD if confidence_threshold is None else confidence_threshold
+            DEFAULT_INSTANCE_THRESHOLD if instance_threshold is None else instance_threshold
         )
         self.instance_mode = instance_mode
-
-    def run_on_image(self, image: np.ndarray) -> Tuple[Dict, VisImage]:
-        predictions = self.predictor(image)
-        return predictions, self.draw(image[:, :, ::-1], predictions)
+        self.frames_read = 0  # of the last run_on_video
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
+        self.frames_read = 0
         while video.isOpened():
             ok, frame = video.read()
             if not ok:
                 break
-            _, drawn = self.run_on_image(frame)
+            self.frames_read += 1
+            drawn = self.draw(frame[:, :, ::-1], self.predictor(frame, format="BGR"))
             yield cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR)
 
-    def draw(self, image_rgb: np.ndarray, predictions: Dict) -> VisImage:
+    def draw(self, image_rgb: np.ndarray, prediction: Prediction) -> VisImage:
         visualizer = Visualizer(image_rgb, self.metadata, instance_mode=self.instance_mode)
-        if "panoptic_seg" in predictions:
-            panoptic_seg, segments_info = predictions["panoptic_seg"]
-            return visualizer.draw_panoptic_seg(panoptic_seg.cpu(), segments_info)
-        if "instances" in predictions:
-            instances = predictions["instances"].to("cpu")
-            return visualizer.draw_instance_predictions(
-                instances[instances.scores >= self.instance_threshold]
-            )
-        return visualizer.draw_sem_seg(predictions["sem_seg"].argmax(dim=0).cpu())
+        if prediction.panoptic_seg is not None:
+            segments = [
+                {k: v for k, v in dataclasses.asdict(s).items() if v is not None}
+                for s in prediction.segments_info
+            ]
+            return visualizer.draw_panoptic_seg(torch.from_numpy(prediction.panoptic_seg), segments)
+        if prediction.instances is not None:
+            return visualizer.draw_instance_predictions(self.drawn_instances(prediction))
+        return visualizer.draw_sem_seg(prediction.sem_seg)
 
-    @staticmethod
-    def describe(predictions: Dict) -> str:
+    def drawn_instances(self, prediction: Prediction) -> Instances:
+        """The instances scoring at least ``instance_threshold``, as detectron2 Instances."""
+        found = prediction.instances
+        keep = found.scores >= self.instance_threshold
+        return Instances(
+            prediction.sem_seg.shape,
+            pred_masks=torch.from_numpy(found.masks[keep]),
+            pred_boxes=Boxes(torch.from_numpy(found.boxes[keep])),
+            scores=torch.from_numpy(found.scores[keep]),
+            pred_classes=torch.from_numpy(found.classes[keep]),
+        )
+
+    def describe(self, prediction: Prediction) -> str:
         """A short summary of what was found, for the log."""
-        if "panoptic_seg" in predictions:
-            return f"{len(predictions['panoptic_seg'][1])} segments"
-        if "instances" in predictions:
-            return f"{len(predictions['instances'])} instances"
-        return f"{len(predictions['sem_seg'].argmax(dim=0).unique())} classes"
+        if prediction.panoptic_seg is not None:
+            return plural(len(prediction.segments_info), "segment")
+        if prediction.instances is not None:
+            return plural(len(self.drawn_instances(prediction)), "instance")
+        return plural(len(np.unique(prediction.sem_seg)), "class")

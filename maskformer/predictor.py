@@ -95,7 +95,8 @@ class Predictor:
     """
     ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1)``: the model of a
     config file (or a CfgNode) with ``opts`` overrides ``[KEY, VALUE, ...]``; ``weights`` replaces
-    MODEL.WEIGHTS (read without running pickled code); ``device`` replaces MODEL.DEVICE (a CUDA
+    MODEL.WEIGHTS (read without running pickled code; weights that do not fit the model are
+    refused); ``device`` replaces MODEL.DEVICE (a CUDA
     device falls back to CPU where CUDA is missing, with a warning).
 
     Attributes: ``cfg`` (frozen), ``model``, ``metadata`` (class names of DATASETS.TEST[0], else
@@ -114,6 +115,7 @@ class Predictor:
     ):
         if isinstance(config_file, CfgNode):
             cfg = config_file.clone()
+            cfg.defrost()
             cfg.merge_from_list(list(opts or []))
         else:
             cfg = load_config(config_file, opts or [], need_datasets=False)
@@ -128,7 +130,8 @@ class Predictor:
         model = build_model(cfg)
         model.eval()
         if cfg.MODEL.WEIGHTS:
-            MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS, checkpointables=[])
+            # strict: weights that do not fit (another class head) are refused, not left random
+            MaskFormerCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS, checkpointables=[])
         else:
             logger.warning(
                 "No weights given (MODEL.WEIGHTS is empty): the model is randomly initialised"
@@ -275,7 +278,7 @@ class Predictor:
 
 
 def _check_weights_file(weights: str) -> None:
-    if weights and "://" not in weights and not os.path.isfile(weights):
+    if weights and "://" not in weights and not os.path.exists(weights):  # files or hub folders
         raise FileNotFoundError(f"Weights file {weights} does not exist")
 
 

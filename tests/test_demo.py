@@ -1,6 +1,13 @@
-"""demo/demo.py on image folders and globs, a real photo, and a video, with tiny random-weight models."""
+"""
+demo/demo.py on image folders and globs, a real photo, and a video, with tiny random-weight models;
+its robustness cases (no class names, thresholds of semantic models, names that are not UTF-8,
+truncated videos, folders it cannot write, log lines during the progress bar).
+"""
 
 import os
+import subprocess
+import sys
+import tempfile
 
 import cv2
 import numpy as np
@@ -8,7 +15,7 @@ import pytest
 import skimage
 import torch
 
-from tests.test_export import block_images, build_spread_model, load_script, tiny_cfg
+from tests.test_export import REPO_ROOT, block_images, build_spread_model, load_script, tiny_cfg
 
 CHELSEA = os.path.join(
     os.path.dirname(skimage.__file__), "data", "chelsea.png"
@@ -22,11 +29,16 @@ def demo():
 
 @pytest.fixture(scope="module")
 def config_files(tmp_path_factory):
-    """{"semantic"/"panoptic": YAML of a tiny model whose MODEL.WEIGHTS holds spread-out random weights}."""
+    """
+    {"semantic"/"panoptic"/"unnamed": YAML of a tiny model whose MODEL.WEIGHTS holds spread-out
+    random weights; "unnamed" names a dataset without metadata}.
+    """
     files = {}
-    for task, seed in (("semantic", 0), ("panoptic", 1)):
+    for task, seed in (("semantic", 0), ("panoptic", 1), ("unnamed", 0)):
         folder = tmp_path_factory.mktemp(task)
         cfg = tiny_cfg(panoptic=task == "panoptic")
+        if task == "unnamed":
+            cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ("no_metadata_dataset",)
         torch.save({"model": build_spread_model(cfg, seed).state_dict()}, folder / "weights.pth")
         cfg.MODEL.WEIGHTS = str(folder / "weights.pth")
         (folder / "config.yaml").write_text(cfg.dump())
@@ -73,22 +85,21 @@ def test_folder_and_glob_inputs_give_one_drawing_each(demo, config_files, tmp_pa
 def test_real_photo_and_confidence_threshold(demo, config_files, task, tmp_path):
     photo = cv2.imread(CHELSEA)
     assert photo is not None and photo.shape == (300, 451, 3)
-    base = ["--config-file", config_files[task], "--input", CHELSEA]
-    assert (
-        demo.main(base + ["--output", str(tmp_path / "cat.jpg"), "--confidence-threshold", "0.0"])
-        == 0
-    )
+    base = ["--config-file", config_files[task], "--input", CHELSEA, "--output"]
+    if task == "semantic":  # refused before any work, not silently ignored
+        with pytest.raises(ValueError, match="--confidence-threshold: this model gives semantic"):
+            demo.main(base + [str(tmp_path / "cat.jpg"), "--confidence-threshold", "0.5"])
+        assert not (tmp_path / "cat.jpg").exists()
+        threshold = []
+    else:
+        threshold = ["--confidence-threshold", "0.0"]
+    assert demo.main(base + [str(tmp_path / "cat.jpg")] + threshold) == 0
     drawn = cv2.imread(str(tmp_path / "cat.jpg"))
     assert drawn.shape == photo.shape
     assert np.abs(drawn.astype(int) - photo.astype(int)).mean() > 1
 
     if task == "panoptic":  # no segment scores above 1: nothing is drawn
-        assert (
-            demo.main(
-                base + ["--output", str(tmp_path / "none.png"), "--confidence-threshold", "1.0"]
-            )
-            == 0
-        )
+        assert demo.main(base + [str(tmp_path / "none.png"), "--confidence-threshold", "1.0"]) == 0
         assert np.array_equal(cv2.imread(str(tmp_path / "none.png")), photo)
 
 
@@ -157,3 +168,103 @@ def test_bad_inputs(demo, config_files, tmp_path):
         )
     with pytest.raises(ValueError, match="--config-file is required unless --exported"):
         demo.main(["--input", str(good), "--output", str(out)])
+
+
+def test_dataset_without_class_names_is_drawn_with_generic_names(demo, config_files, tmp_path):
+    image = tmp_path / "in.png"
+    write_bgr(image, block_images(sizes=((48, 64),))[0])
+    args = ["--config-file", config_files["unnamed"], "--input", str(image)]
+    assert demo.main(args + ["--output", str(tmp_path / "drawn.png")]) == 0
+    assert cv2.imread(str(tmp_path / "drawn.png")).shape == (48, 64, 3)
+    cfg = demo.setup_cfg(demo.get_parser().parse_args(args))
+    assert demo.build_predictor(cfg).class_names == ["class 0", "class 1", "class 2", "class 3"]
+
+
+def test_file_name_that_is_not_utf8_does_not_stop_the_batch(demo, config_files, tmp_path, caplog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    write_bgr(folder / "a.png", block_images(sizes=((40, 56),))[0])
+    for name in (odd, "z.png"):  # OpenCV's imwrite crashes on such a name: copy the bytes
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write((folder / "a.png").read_bytes())
+    out, masks = tmp_path / "out", tmp_path / "masks"
+    args = ["--config-file", config_files["semantic"], "--input", str(folder), "--output", str(out)]
+    assert demo.main(args + ["--save-masks", str(masks)]) == 0
+    assert sorted(os.listdir(os.fsencode(out))) == [b"a.png", b"caf\xe9.png", b"z.png"]
+    assert sorted(os.listdir(os.fsencode(masks / "sem_seg"))) == [
+        b"a.png",
+        b"caf\xe9.png",
+        b"z.png",
+    ]
+    assert "caf\\xe9.png: the file name is not valid UTF-8" in caplog.text
+
+
+def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, caplog):
+    height, width, count = 48, 64, 8
+    writer = cv2.VideoWriter(
+        str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height)
+    )
+    for image in block_images(seed=5, sizes=[(height, width)] * count):
+        writer.write(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+    writer.release()
+    data = (tmp_path / "clip.avi").read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
+    args = ["--config-file", config_files["semantic"], "--video-input", str(tmp_path / "cut.avi")]
+    assert demo.main(args + ["--output", str(tmp_path / "out")]) == 1
+    video = cv2.VideoCapture(str(tmp_path / "out" / "cut.avi"))
+    read = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
+    assert 0 < read < count
+    assert f"{count - read} of the 8 frames its header announces could not be read" in caplog.text
+    assert f"the output holds the {read} read" in caplog.text
+
+
+def test_output_folder_that_cannot_be_written(demo, config_files, tmp_path, monkeypatch, capsys):
+    image = tmp_path / "in.png"
+    write_bgr(image, block_images(sizes=((40, 50),))[0])
+    base = ["--config-file", config_files["semantic"], "--input", str(image)]
+    # what a read-only folder gives an unprivileged user (this test may run as root)
+    real_temporary_file = tempfile.TemporaryFile
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir and os.path.abspath(dir).startswith(str(tmp_path / "locked")):
+            raise PermissionError(13, "Permission denied", dir)
+        return real_temporary_file(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)
+    with pytest.raises(
+        OSError, match="--output .*locked/out: cannot write there \\(Permission denied"
+    ):
+        demo.main(base + ["--output", str(tmp_path / "locked" / "out")])
+    with pytest.raises(OSError, match="--save-masks .*locked: cannot write there"):
+        demo.main(base + ["--save-masks", str(tmp_path / "locked")])
+    with pytest.raises(OSError, match="--output .*locked: cannot write there"):
+        demo.main(base + ["--output", str(tmp_path / "locked" / "one.png")])
+    # the CLI prints the message alone, with a non-zero exit code
+    assert demo.run_cli(base + ["--output", str(tmp_path / "locked" / "one.png")]) == 2
+    err = capsys.readouterr().err
+    assert "demo.py: error: --output" in err and "Traceback" not in err
+    # an extension OpenCV cannot write is named as such
+    assert demo.main(base + ["--output", str(tmp_path / "drawn.xyz")]) == 1
+    assert not (tmp_path / "drawn.xyz").exists()
+
+
+def test_batch_with_progress_bar_and_log_lines(config_files, tmp_path):
+    """As a terminal shows it (stdout and stderr in one stream): log lines start their own line."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, image in enumerate(block_images(seed=6, sizes=[(40, 48)] * 5)):
+        write_bgr(folder / f"{i}.png", image)
+    command = [sys.executable, str(REPO_ROOT / "demo" / "demo.py"), "--config-file"]
+    command += [config_files["panoptic"], "--input", str(folder), "--save-masks"]
+    command += [str(tmp_path / "masks"), "--batch-size", "2"]
+    done = subprocess.run(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.count("segment") >= 5 and "5/5" in done.stdout
+    lines = done.stdout.replace("\r", "\n").split("\n")
+    logged = [line for line in lines if "maskformer.demo]:" in line]
+    assert len(logged) >= 5 and all(line.startswith("[") for line in logged), logged
+    assert "FutureWarning" not in done.stdout and "Traceback" not in done.stdout

@@ -15,7 +15,11 @@ import torch
 from detectron2.data import transforms as T
 from PIL import Image
 
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
+from maskformer.engine.checkpoint import (
+    CheckpointMismatchError,
+    MaskFormerCheckpointer,
+    UnsafeCheckpointError,
+)
 from maskformer.engine.config_loading import load_config
 from maskformer.predictor import Predictor, plural
 from tests.test_export import block_images, build_spread_model
@@ -180,8 +184,14 @@ def test_bad_weights_and_bad_images_are_named(images, tmp_path, caplog):
 
     unsafe = tmp_path / "unsafe.pth"
     unsafe.write_bytes(pickle.dumps(Payload()))
-    with pytest.raises(Exception, match="unsafe.pth"):
+    with pytest.raises(UnsafeCheckpointError, match="unsafe.pth"):
         Predictor(CONFIGS[task], weights=str(unsafe), opts=tiny_opts(task))
+
+    other_head = tmp_path / "seven_classes.pth"
+    seven = load_config(CONFIGS[task], tiny_opts(task) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"])
+    torch.save({"model": build_spread_model(seven, seed=0).state_dict()}, other_head)
+    with pytest.raises(CheckpointMismatchError, match="seven_classes.pth does not fit the model"):
+        Predictor(CONFIGS[task], weights=str(other_head), opts=tiny_opts(task))
 
     with caplog.at_level(logging.WARNING):
         predictor = Predictor(CONFIGS[task], opts=tiny_opts(task))
