@@ -135,7 +135,7 @@ def test_train_net_refuses_a_finished_or_running_folder_before_writing(
     args = tiny_train_args(out, 2, 100)
     result = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
-    assert f"OutputDirError: {out} holds an earlier run's checkpoints" in result.stderr
+    assert f"{out} holds an earlier run's checkpoints" in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no config.yaml, no log
 
     with claim_output_dir(str(out), resume=True, overwrite=False):  # a run holding the folder

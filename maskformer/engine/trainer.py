@@ -6,7 +6,6 @@ import weakref
 from collections import OrderedDict
 
 import torch
-from detectron2.data import build_detection_train_loader
 from detectron2.engine import (
     AMPTrainer,
     DefaultTrainer,
@@ -19,11 +18,12 @@ from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..data import build_dataset_mapper
+from ..data import build as loaders
 from ..evaluation import build_evaluator
 from ..solver import build_optimizer
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import MaskFormerCheckpointer
+from .preemption import StopOnSignal
 
 __all__ = ["Trainer"]
 
@@ -34,13 +34,15 @@ class Trainer(DefaultTrainer):
     """
     DefaultTrainer with:
 
-    - training batches from the mapper named by INPUT.DATASET_MAPPER_NAME (test batches use
-      detectron2's default DatasetMapper, resizing to INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST);
+    - training batches from the mapper named by INPUT.DATASET_MAPPER_NAME, test batches read and
+      checked the same way (:mod:`maskformer.data.build`; DATALOADER.SKIP_BAD_SAMPLES in both);
     - :func:`maskformer.solver.build_optimizer` and detectron2's DeepLab scheduler (WarmupPolyLR);
     - evaluators by the test datasets' ``evaluator_type`` (:func:`maskformer.evaluation.build_evaluator`),
       plus a test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
     - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
-    - SOLVER.AMP.DTYPE as the mixed-precision type; SOLVER.AMP.ENABLED ignored (with a warning) on CPU.
+    - SOLVER.AMP.DTYPE as the mixed-precision type; SOLVER.AMP.ENABLED ignored (with a warning) on CPU;
+    - :class:`MaskFormerCheckpointer` and a stop on SIGTERM / SIGUSR1 with a checkpoint
+      (:mod:`maskformer.engine.preemption`).
     """
 
     def __init__(self, cfg):
@@ -93,7 +95,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, is_train=True))
+        return loaders.build_train_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return loaders.build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -109,6 +115,9 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
+        # SIGTERM / SIGUSR1: checkpoint and exit after the step, before any evaluation
+        first_eval = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
+        hook_list.insert(first_eval, StopOnSignal(self.checkpointer))
         if self.cfg.TEST.AUG.ENABLED:
 
             def test_with_TTA_and_save_results():
