@@ -24,6 +24,7 @@ from fvcore.common.config import BASE_KEY
 
 from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY
+from ..data.datasets.custom import register_custom_datasets
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 from .config_expression import UnsafeExpressionError, evaluate_expression
 
@@ -32,6 +33,7 @@ __all__ = [
     "SafeYamlCfgNode",
     "load_config",
     "check_registered_names",
+    "check_value_ranges",
     "use_cpu_without_cuda",
 ]
 
@@ -182,7 +184,8 @@ def load_config(
         allow_unsafe: load YAML python tags (arbitrary code) in ``path`` or its bases; only for
             files you trust.
         need_datasets: the datasets must be registered (training, evaluation); inference-only
-            tools need just their metadata and pass False.
+            tools need just their metadata and pass False. The datasets of the spec files in
+            ``DATASETS.CUSTOM`` are registered first.
     Returns:
         the merged config (not frozen).
     Raises:
@@ -195,6 +198,11 @@ def load_config(
     cfg = SafeYamlCfgNode(cfg)
     _merge_file(cfg, path, allow_unsafe)
     _merge_overrides(cfg, list(opts))
+    try:
+        register_custom_datasets(cfg)  # DATASETS.CUSTOM spec files, before their names are checked
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: DATASETS.CUSTOM: {e}") from e
+    check_value_ranges(cfg, source=path)
     check_registered_names(cfg, source=path, need_datasets=need_datasets)
     return cfg
 
@@ -239,6 +247,60 @@ def _merge_overrides(cfg: CfgNode, opts: List[str]) -> None:
         cfg.merge_from_list(opts)
     except (ValueError, AssertionError) as e:
         raise ConfigError(f"Config overrides {opts}: {e}") from e
+
+
+# (key, smallest valid value, largest valid value or None): values outside fail later, and far
+# from their cause ("negative dimension", a NaN loss, a run that trains nothing and exits 0)
+VALUE_RANGES = (
+    ("MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", 1, None),
+    ("MODEL.MASK_FORMER.DEC_LAYERS", 1, None),
+    ("MODEL.MASK_FORMER.ENC_LAYERS", 0, None),
+    ("MODEL.MASK_FORMER.HIDDEN_DIM", 1, None),
+    ("MODEL.MASK_FORMER.NHEADS", 1, None),
+    ("MODEL.MASK_FORMER.DIM_FEEDFORWARD", 1, None),
+    ("MODEL.MASK_FORMER.DROPOUT", 0.0, 1.0),
+    ("MODEL.MASK_FORMER.NO_OBJECT_WEIGHT", 0.0, None),
+    ("MODEL.MASK_FORMER.DICE_WEIGHT", 0.0, None),
+    ("MODEL.MASK_FORMER.MASK_WEIGHT", 0.0, None),
+    ("MODEL.MASK_FORMER.TRAIN_NUM_POINTS", 0, None),
+    ("MODEL.SEM_SEG_HEAD.MASK_DIM", 1, None),
+    ("SOLVER.IMS_PER_BATCH", 1, None),
+    ("SOLVER.MAX_ITER", 0, None),
+    ("SOLVER.BASE_LR", 0.0, None),
+    ("SOLVER.WEIGHT_DECAY", 0.0, None),
+    ("SOLVER.WARMUP_ITERS", 0, None),
+    ("SOLVER.CHECKPOINT_PERIOD", 1, None),
+    ("DATALOADER.NUM_WORKERS", 0, None),
+    ("TEST.EVAL_PERIOD", 0, None),
+)
+
+
+def check_value_ranges(cfg: CfgNode, source: str = "the config") -> None:
+    """
+    Raise :class:`ConfigError` listing every numeric key of :data:`VALUE_RANGES` outside its
+    valid range (and HIDDEN_DIM not divisible by NHEADS), before any work starts.
+    """
+    problems = []
+    for key, low, high in VALUE_RANGES:
+        value = _get(cfg, key)
+        if value < low or (high is not None and value > high):
+            valid = f">= {low}" if high is None else f"in [{low}, {high}]"
+            problems.append(f"  {key} is {value!r}; it must be {valid}")
+    heads, dim = cfg.MODEL.MASK_FORMER.NHEADS, cfg.MODEL.MASK_FORMER.HIDDEN_DIM
+    if heads >= 1 and dim % heads:
+        problems.append(
+            f"  MODEL.MASK_FORMER.HIDDEN_DIM {dim} must be divisible by MODEL.MASK_FORMER.NHEADS "
+            f"{heads}"
+        )
+    if problems:
+        raise ConfigError(f"{source} has values out of range:\n" + "\n".join(problems))
+
+
+def _get(cfg: CfgNode, full_key: str):
+    node = cfg
+    for part in full_key.split("."):
+        node = node[part]
+    return node
 
 
 def check_registered_names(
