@@ -31,11 +31,6 @@ def build_predictor(
     if exported:
         predictor = Predictor.from_exported(exported, cfg, confidence_threshold, batch_size)
     else:
-        if not len(cfg.DATASETS.TEST) and not len(cfg.DATASETS.TRAIN):
-            raise ValueError(
-                "DATASETS.TEST and DATASETS.TRAIN are empty: the demo takes its class names from "
-                "DATASETS.TEST[0]; name a dataset (or DATASETS.METADATA_FILE)"
-            )
         opts = []
         if confidence_threshold is not None:
             opts = ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", confidence_threshold]

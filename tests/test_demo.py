@@ -218,6 +218,12 @@ def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, ca
     assert f"{count - read} of the 8 frames its header announces could not be read" in caplog.text
     assert f"the output holds the {read} read" in caplog.text
 
+    odd = os.path.join(tmp_path, os.fsdecode(b"clip\xe9.avi"))  # not UTF-8: OpenCV cannot open it
+    with open(odd, "wb") as f:
+        f.write(data)
+    with pytest.raises(ValueError, match="clip\\\\xe9.avi: OpenCV cannot open a file whose name"):
+        demo.main(args[:2] + ["--video-input", odd])
+
 
 def test_output_folder_that_cannot_be_written(demo, config_files, tmp_path, monkeypatch, capsys):
     image = tmp_path / "in.png"
