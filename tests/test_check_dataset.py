@@ -79,6 +79,7 @@ def test_clean_dataset_counts_and_exit_code(make_dataset, capsys, tmp_path):
     assert report["images_per_class"] == [1, 1, 1]
     assert report["ignored_fraction"] == pytest.approx(1 / 40)
     assert report["stored_values"] == [0, 1, 2, 255]
+    assert report["expected_stored_values"] == "0..2 and 255"
     assert report["errors"] == [] and report["warnings"] == []
     assert "no problem found" in out
 
