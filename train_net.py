@@ -31,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 from maskformer.engine.cli import exit_on_user_error
 from maskformer.engine.cluster_launch import detect_worker_environment, init_worker
 from maskformer.engine.config_loading import ConfigError, load_config
+from maskformer.engine.preemption import forward_stop_signals_to_workers
 from maskformer.engine.run_dir import claim_output_dir
 from maskformer.engine.trainer import Trainer
 from maskformer.utils.file_io import atomic_open
@@ -124,15 +125,18 @@ def argument_parser():
 def launch_main(args) -> None:
     """``main`` in --num-gpus processes per machine through detectron2's launch (--num-machines,
     --machine-rank, --dist-url across machines)."""
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-        timeout=timedelta(seconds=args.dist_timeout),
-    )
+    # with worker processes, this one passes SIGTERM / SIGUSR1 on to them (see StopOnSignal)
+    spawns = args.num_gpus * args.num_machines > 1
+    with forward_stop_signals_to_workers() if spawns else contextlib.nullcontext():
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+            timeout=timedelta(seconds=args.dist_timeout),
+        )
 
 
 def run(args, environ=os.environ) -> None:

@@ -67,3 +67,29 @@ def test_stop_signal_checkpoints_the_iteration_and_resume_continues(
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert metrics[-1]["iteration"] == MAX_ITER - 1
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == MAX_ITER - 1
+
+
+def test_launcher_passes_the_signal_to_its_workers_and_exits_with_the_code(
+    tmp_path, train_net_launcher
+):
+    """--num-gpus 2 on CPU: SIGTERM to the launcher alone; both workers stop at one iteration."""
+    command, env = train_net_launcher
+    out = tmp_path / "out"
+    args = ["--num-gpus", "2", *tiny_train_args(out, MAX_ITER, PERIOD)]
+    log = tmp_path / "launcher.log"
+    launcher = start(command + args, env, log)
+    try:
+        wait_until((out / "model_0000003.pth").exists, 300, "the first checkpoint", launcher)
+        launcher.send_signal(signal.SIGTERM)
+        returncode = launcher.wait(timeout=300)
+    finally:
+        kill_session(launcher)
+    assert returncode == PREEMPTED_EXIT_CODE, log.read_text()[-3000:]
+    stopped = re.search(
+        r"SIGTERM: stopped after iteration (\d+), saved (model_\d+)", log.read_text()
+    )
+    assert stopped, log.read_text()[-3000:]
+    name = stopped.group(2)
+    assert (out / "last_checkpoint").read_text() == f"{name}.pth"
+    checkpoint = torch.load(out / f"{name}.pth", weights_only=True)
+    assert checkpoint["iteration"] == int(stopped.group(1)) < MAX_ITER - 1

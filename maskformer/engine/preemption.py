@@ -6,19 +6,25 @@ periodic checkpoint.
 On SIGTERM or SIGUSR1 every rank finishes its current step; after it the ranks agree to stop
 (a rank that got no signal stops with the others), the main process writes
 ``model_<iteration>.pth`` atomically and tags it in ``last_checkpoint``, and every process exits
-with :data:`PREEMPTED_EXIT_CODE`. ``--resume`` continues at the next iteration.
+with :data:`PREEMPTED_EXIT_CODE`. ``--resume`` continues at the next iteration. A launcher
+process that started the workers (``--num-gpus N``) passes the signals on to them and exits with
+the same code (:func:`forward_stop_signals_to_workers`).
 """
 
+import contextlib
 import logging
+import multiprocessing
+import os
 import signal
 import threading
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["PREEMPTED_EXIT_CODE", "STOP_SIGNALS", "StopOnSignal"]
+__all__ = ["PREEMPTED_EXIT_CODE", "STOP_SIGNALS", "StopOnSignal", "forward_stop_signals_to_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,3 +83,27 @@ class StopOnSignal(HookBase):
         flag = torch.tensor([int(self._received is not None)], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
+
+
+@contextlib.contextmanager
+def forward_stop_signals_to_workers() -> Iterator[None]:
+    """
+    For a process that only waits for the workers it started (torch.multiprocessing): SIGTERM /
+    SIGUSR1 are passed on to them instead of killing it (its death would interrupt them), and it
+    exits with :data:`PREEMPTED_EXIT_CODE` when they stopped on such a signal.
+    """
+
+    def forward(signum, frame):
+        for worker in multiprocessing.active_children():
+            os.kill(worker.pid, signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
+    try:
+        yield
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.exit_code == PREEMPTED_EXIT_CODE:
+            raise SystemExit(PREEMPTED_EXIT_CODE) from None
+        raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
