@@ -5,10 +5,14 @@ launcher's arguments and job specification (no cluster needed).
 """
 
 import importlib.util
+import signal
 import socket
 
 import pytest
 import submitit
+import torch
+from submitit.core.job_environment import SignalHandler
+from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 from test_train_net import (  # noqa: F401
     REPO,
@@ -179,3 +183,71 @@ def test_slurm_node_arguments(monkeypatch):
     assert isinstance(resubmission, submitit.helpers.DelayedSubmission)
     assert resubmission.function.args.resume and not args.resume
     assert isinstance(resubmission.function, slurm.TrainJob)
+
+
+def test_slurm_job_body_trains_and_resumes_after_requeue(tmp_path, monkeypatch):
+    """
+    The job body itself (train_net's parser, setup and main through launch) on a simulated
+    1-node, 1-task Slurm allocation; then submitit's preemption handler, with only its
+    ``scontrol requeue`` call mocked, and the requeued job it pickled, which resumes.
+    """
+    slurm = load_slurm_launcher()
+    slurm_env = {
+        "SUBMITIT_EXECUTOR": "slurm",  # set by submitit in its jobs
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NODELIST": "localhost",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_LOCALID": "0",
+    }
+    for key, value in slurm_env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    args = slurm.parse_args(
+        [
+            "--gpus-per-node",
+            "1",
+            "--job-dir",
+            str(tmp_path / "jobs"),
+            "--dist-timeout",
+            "120",
+            "--config-file",
+            SEM_CFG,
+            *TINY,
+            "SOLVER.MAX_ITER",
+            "4",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            "OUTPUT_DIR",
+            str(out),
+        ]
+    )
+    job = slurm.TrainJob(args)
+    job()
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+    ]
+    # what a job preempted after its iteration-2 checkpoint leaves
+    (out / "model_0000003.pth").unlink()
+    (out / "model_final.pth").unlink()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+
+    environment = SlurmJobEnvironment()
+    requeued = []
+    monkeypatch.setattr(environment, "_requeue", requeued.append)
+    paths = JobPaths(tmp_path / "jobs", job_id="4242")
+    paths.submitted_pickle.parent.mkdir(parents=True)
+    delayed = submitit.helpers.DelayedSubmission(job)
+    delayed.set_timeout(60, 3)
+    with pytest.raises(SystemExit):
+        SignalHandler(environment, paths, delayed).checkpoint_and_try_requeue(signal.SIGUSR2)
+    assert requeued == [3]
+    restarted = submitit.helpers.DelayedSubmission.load(paths.submitted_pickle)
+    assert restarted.function.args.resume and not args.resume
+    restarted.result()  # what the requeued job runs
+    assert "Starting training from iteration 2" in (out / "log.txt").read_text()
+    assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 3

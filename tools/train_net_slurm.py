@@ -3,6 +3,7 @@
 Submit train_net.py to a Slurm cluster with submitit: one task per node, each starting
 ``--gpus-per-node`` processes through detectron2's ``launch``; node 0's hostname gives the
 rendezvous URL. A preempted or timed-out job is requeued and resumes from its last checkpoint.
+The job parses its arguments with train_net.py's parser and runs train_net.py's main.
 
     python tools/train_net_slurm.py --nodes 2 --gpus-per-node 8 --partition learnfair \
         --job-dir /checkpoint/$USER/maskformer/%j --config-file CONFIG [OPTS ...]
@@ -14,14 +15,21 @@ import os
 import sys
 from pathlib import Path
 
-import submitit
-from detectron2.engine import default_argument_parser
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # train_net.py and maskformer/ in a clone that is not installed
+    sys.path.insert(0, str(REPO_ROOT))
+
+import submitit  # noqa: E402
+
+import train_net  # noqa: E402
+from maskformer.engine.cli import exit_on_user_error  # noqa: E402
+from maskformer.engine.cluster_launch import rendezvous_port  # noqa: E402
+from maskformer.engine.config_loading import load_config  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
+    """train_net.py's arguments plus the Slurm job's."""
+    parser = train_net.argument_parser()
     slurm = parser.add_argument_group("Slurm")
     slurm.add_argument("--nodes", type=int, default=1, help="machines of the job")
     slurm.add_argument("--gpus-per-node", type=int, default=8, help="processes (GPUs) per machine")
@@ -62,12 +70,6 @@ def job_spec(args) -> dict:
     }
 
 
-def rendezvous_port(job_id: str) -> int:
-    """A port every node of the job derives alike from the job id (avoiding clashes between jobs)."""
-    digits = "".join(c for c in job_id if c.isdigit()) or "0"
-    return 20000 + int(digits) % 20000
-
-
 class TrainJob(submitit.helpers.Checkpointable):
     """What each node runs: train_net's main through detectron2's launch, with this node's rank."""
 
@@ -84,23 +86,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         return args
 
     def __call__(self):
-        from detectron2.engine import launch
-
-        if (
-            str(REPO_ROOT) not in sys.path
-        ):  # train_net.py and maskformer/ in a clone that is not installed
-            sys.path.insert(0, str(REPO_ROOT))
-        import train_net
-
-        args = self.node_args(submitit.JobEnvironment())
-        launch(
-            train_net.main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        train_net.launch_main(self.node_args(submitit.JobEnvironment()))
 
     def checkpoint(self, *args, **kwargs):
         # requeued after preemption or timeout: continue from OUTPUT_DIR/last_checkpoint
@@ -111,6 +97,9 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 def main(argv=None):
     args = parse_args(argv)
+    with exit_on_user_error(args.debug):
+        # a mistake in the config is reported here, not in the job's log after it waited in queue
+        load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
     spec = job_spec(args)
     if args.dry_run:
         print(
