@@ -6,8 +6,8 @@ computation upsamples the Q mask logits to the padded size and marginalises ther
 
 K*Q multiply-adds per padded pixel. Here sigmoid and marginalisation happen at mask resolution and
 the K class maps are upsampled instead: the scores differ by the sigmoid's curvature, and the argmax
-over classes is the plain computation's at every pixel, because every pixel where the two could
-disagree is recomputed the plain way:
+over classes is the plain computation's at every pixel whose best two classes are further apart
+than float rounding, because every pixel where the two could disagree is recomputed the plain way:
 
 both values of a class score at a padded pixel lie between the marginalised minimum and maximum of
 each query's sigmoid over the 3x3 mask pixels around it (bilinear weights are convex). Where the
