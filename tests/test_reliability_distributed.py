@@ -44,9 +44,12 @@ def test_dist_timeout_reaches_launch(monkeypatch):
     spec.loader.exec_module(train_net)
     calls = []
     monkeypatch.setattr(train_net, "launch", lambda *args, **kwargs: calls.append(kwargs))
-    monkeypatch.setattr(sys, "argv", ["train_net.py", "--num-gpus", "2", "--dist-timeout", "12.5"])
+    config = ["--config-file", str(REPO_ROOT / "configs/synthetic/maskformer_R18_sem_seg.yaml")]
+    monkeypatch.setattr(
+        sys, "argv", ["train_net.py", *config, "--num-gpus", "2", "--dist-timeout", "12.5"]
+    )
     train_net.invoke_main()
-    monkeypatch.setattr(sys, "argv", ["train_net.py"])
+    monkeypatch.setattr(sys, "argv", ["train_net.py", *config])
     train_net.invoke_main()
     assert [c["timeout"] for c in calls] == [timedelta(seconds=12.5), timedelta(minutes=30)]
 
