@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The golden, speed-option, fast-inference and export tests under each CPU kernel setting a user's
+# The golden, speed-option, fast-inference, export, kernel and criterion tests under each CPU kernel setting a user's
 # machine may select (float rounding differs between them; the tests must pass under all).
 # Extra arguments go to pytest. Prints one line of counts per setting; exits non-zero if any failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MASKFORMER_VENV:-.venv}
 export DETECTRON2_DATASETS=${DETECTRON2_DATASETS:-$PWD/.cache/datasets}
-TESTS=(tests/test_golden.py tests/test_speed_options.py tests/test_fast_inference.py tests/test_export.py)
+TESTS=(tests/test_golden.py tests/test_speed_options.py tests/test_fast_inference.py tests/test_export.py
+       tests/test_kernels.py tests/test_criterion.py)
 status=0
 for setting in ATEN_CPU_CAPABILITY=default ATEN_CPU_CAPABILITY=avx2 ATEN_CPU_CAPABILITY=avx512 \
                ONEDNN_MAX_CPU_ISA=SSE41 ONEDNN_MAX_CPU_ISA=AVX2; do
