@@ -45,6 +45,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 from maskformer import add_maskformer_config  # noqa: E402
 from maskformer.data.reading import read_image  # noqa: E402
 from maskformer.engine.checkpoint import CheckpointError  # noqa: E402
+from maskformer.engine.cli import USER_ERROR_EXIT_CODE  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
 from maskformer.predictor import plural  # noqa: E402
@@ -374,14 +375,18 @@ def main(argv=None) -> int:
 
 
 def run_cli(argv: List[str]) -> int:
-    """main, with a user error (bad option, file, config or weights) as its message alone."""
+    """
+    main, ending on a user error (bad option, input, output folder, config or weights) as
+    train_net.py does (maskformer.engine.cli): the message alone, exit code 2; --debug re-raises.
+    The demo's own option and output errors are ValueError / OSError, which that helper leaves out.
+    """
     try:
         return main(argv)
     except (ValueError, OSError, CheckpointError) as e:
         if "--debug" in argv:
             raise
-        print(f"demo.py: error: {shown(str(e))}", file=sys.stderr)
-        return 2
+        print(f"error: {shown(str(e))}\n(run with --debug for the traceback)", file=sys.stderr)
+        return USER_ERROR_EXIT_CODE
 
 
 if __name__ == "__main__":

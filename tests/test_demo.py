@@ -249,7 +249,7 @@ def test_output_folder_that_cannot_be_written(demo, config_files, tmp_path, monk
     # the CLI prints the message alone, with a non-zero exit code
     assert demo.run_cli(base + ["--output", str(tmp_path / "locked" / "one.png")]) == 2
     err = capsys.readouterr().err
-    assert "demo.py: error: --output" in err and "Traceback" not in err
+    assert err.startswith("error: --output") and "Traceback" not in err
     # an extension OpenCV cannot write is named as such
     assert demo.main(base + ["--output", str(tmp_path / "drawn.xyz")]) == 1
     assert not (tmp_path / "drawn.xyz").exists()
