@@ -46,7 +46,9 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__'s sequence, with the model wrapping and the checkpointer our own.
+        # DefaultTrainer.__init__'s sequence, with the model wrapping and the checkpointer our own:
+        # its create_ddp_model passes device_ids=[local rank], which DistributedDataParallel
+        # refuses for a CPU model, and it picks AMPTrainer (CUDA only) from the config alone.
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
