@@ -40,7 +40,9 @@ def stop_mid_run(command, env, out, log, signum):
     return returncode, stopped, args
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.slow)]
+)
 def test_stop_signal_checkpoints_the_iteration_and_resume_continues(
     tmp_path, train_net_launcher, signum
 ):
@@ -69,6 +71,7 @@ def test_stop_signal_checkpoints_the_iteration_and_resume_continues(
     assert torch.load(out / "model_final.pth", weights_only=True)["iteration"] == MAX_ITER - 1
 
 
+@pytest.mark.slow  # two workers train (about a minute on 2 cores)
 def test_launcher_passes_the_signal_to_its_workers_and_exits_with_the_code(
     tmp_path, train_net_launcher
 ):

@@ -199,3 +199,16 @@ def test_resume_in_a_fresh_folder_starts_from_the_weights(tmp_path):
     checkpointer = MaskFormerCheckpointer(small_model(), str(tmp_path))
     assert not checkpointer.has_checkpoint()
     assert checkpointer.resume_or_load("", resume=True) == {}
+
+
+@pytest.mark.slow  # two workers start (about a minute on 2 cores)
+def test_every_worker_stops_when_the_main_process_cannot_claim(tmp_path, train_net_launcher):
+    """--num-gpus 2: rank 1 fails with rank 0's reason instead of waiting for it in a collective."""
+    command, env = train_net_launcher
+    out = tmp_path / "out"
+    before = finished_run(out)
+    args = ["--num-gpus", "2", "--dist-timeout", "600", *tiny_train_args(out, 2, 100)]
+    result = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert f"the main process cannot use OUTPUT_DIR: {out} holds an earlier run's" in result.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
