@@ -9,6 +9,11 @@ Train and evaluate MaskFormer.
     python train_net.py --config-file CONFIG --num-gpus 8      # processes per machine (gloo on CPU)
     python train_net.py --config-file CONFIG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
     python train_net.py ... --dist-timeout 600  # a worker fails after 10 min stuck waiting for the others
+    torchrun --nnodes N --nproc-per-node M train_net.py --config-file CONFIG   # one worker per process
+    srun --ntasks-per-node M python train_net.py --config-file CONFIG          # likewise, from SLURM_*
+
+A user error (config, weights, data, missing file) prints its message and exits with code 2;
+--debug adds the traceback (always in OUTPUT_DIR/log.txt once logging is set up).
 
 The metrics of the last evaluation are also written to OUTPUT_DIR/eval_results.json.
 """
