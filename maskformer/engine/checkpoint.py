@@ -15,7 +15,6 @@ with a warning; with none, resuming fails with an error saying why.
 import os
 import pickle
 import re
-import zipfile
 from typing import List, Optional, Tuple
 from urllib.parse import parse_qs
 
@@ -27,6 +26,7 @@ from .weights_file import (
     UnsafeCheckpointError,
     load_numpy_pickle,
     load_torch_checkpoint,
+    looks_complete,
     read_weights,
 )
 
@@ -147,7 +147,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         if problem is None:
             return path
         for candidate in self._saved_checkpoints():
-            if _looks_complete(candidate):
+            if looks_complete(candidate):
                 self.logger.warning(f"{problem}: resuming from {candidate}, the newest readable")
                 return candidate
         raise CheckpointError(
@@ -174,7 +174,7 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         path = os.path.join(self.save_dir, name)
         if not self.path_manager.isfile(path):
             return None, f"{tag} names {name}, which does not exist"
-        if not _looks_complete(path):
+        if not looks_complete(path):
             return None, f"{tag} names {name}, which is truncated or corrupted"
         return path, None
 
@@ -189,12 +189,3 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
             if m
         ]
         return [os.path.join(self.save_dir, name) for _, name in sorted(found, reverse=True)]
-
-
-def _looks_complete(path: str) -> bool:
-    """Whether ``path`` (a torch zip checkpoint) has its zip directory: a truncated one lacks it."""
-    try:
-        with zipfile.ZipFile(path):
-            return True
-    except (OSError, zipfile.BadZipFile):
-        return False

@@ -49,6 +49,10 @@ def claim_output_dir(output_dir: str, *, resume: bool, overwrite: bool) -> Itera
     Hold ``output_dir`` for a training run while the block runs (see the module doc); call it
     on every process. Raises :class:`OutputDirError` on every process if the main one cannot.
     """
+    if "://" in output_dir:  # locks and links need a local (or NFS-like) file system
+        logger.warning(f"OUTPUT_DIR {output_dir} is not local: it is not locked for this run")
+        yield
+        return
     lock, error = None, None
     if comm.is_main_process():
         try:

@@ -20,6 +20,7 @@ dict in this project's parameter names.
 
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_numpy_pickle",
     "load_torch_checkpoint",
     "load_safetensors",
+    "looks_complete",
 ]
 
 # What detectron2 / Caffe2 model-zoo pickles need: numpy arrays and scalars (pickle protocols 2-5),
@@ -251,3 +253,19 @@ def load_safetensors(filename: str) -> Dict[str, torch.Tensor]:
         raise CheckpointError(
             f"Cannot read {filename} as safetensors (truncated or corrupted?): {e}"
         ) from e
+
+
+def looks_complete(path: str) -> bool:
+    """
+    False for an empty file or a torch zip checkpoint without its zip directory (a truncated one
+    lacks it); other formats are left to the loader to judge.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_ZIP_MAGIC))
+        if head != _ZIP_MAGIC:
+            return bool(head)
+        with zipfile.ZipFile(path):
+            return True
+    except (OSError, zipfile.BadZipFile):
+        return False
