@@ -424,6 +424,10 @@ def test_ours_to_hub_folder_to_ours_gives_identical_tensors(tmp_path):
     fresh = build_model(cfg).eval()
     MaskFormerCheckpointer(fresh).load(str(tmp_path / "hub"))
     assert all(torch.equal(fresh.state_dict()[k], original[k]) for k in original)
+    # MODEL.WEIGHTS of a model that does not fit the hub folder: one error listing the differences
+    for path in (tmp_path / "hub", tmp_path / "hub" / "model.safetensors"):
+        with pytest.raises(MismatchError, match="backbone: checkpoint resnet, model swin"):
+            MaskFormerCheckpointer(misfit).load(str(path))
     # a safetensors file of our own names is not taken for a hub file
     from safetensors.torch import save_file
 

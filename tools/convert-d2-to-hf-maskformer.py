@@ -51,7 +51,7 @@ def main(argv=None):
     names = class_names(cfg)
     hf_config_from_cfg(cfg, names, source=args.config_file)  # refuse before building anything
     model = build_model(cfg).eval()
-    MaskFormerCheckpointer(model).load(args.weights)
+    MaskFormerCheckpointer(model, strict=True).load(args.weights)
     write_hf_folder(args.output, cfg, model.state_dict(), names, source=args.config_file)
     print(f"wrote {args.output}/config.json, model.safetensors, preprocessor_config.json")
 

@@ -90,7 +90,9 @@ def main(argv=None) -> Path:
     setup_logger(name="maskformer")
     cfg = setup_cfg(args)
     model = build_model(cfg).eval()
-    MaskFormerCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    MaskFormerCheckpointer(model, strict=True).load(
+        cfg.MODEL.WEIGHTS
+    )  # a head that does not fit is refused
     input_size = args.input_size or (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST)
     model_file = export_model(cfg, model, args.format, args.output, input_size)
     if args.int8_calibration:

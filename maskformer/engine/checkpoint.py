@@ -95,15 +95,22 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
             if path and "://" not in path and os.path.isdir(path):
                 # fvcore loads files only; read_weights reads the folders a format registers
                 self.logger.info(f"Loading from the folder {path} ...")
-                checkpoint = read_weights(path).checkpoint
+                checkpoint = self._read_fitting(path).checkpoint
                 self._log_incompatible_keys(self._load_model(checkpoint))
                 return {k: v for k, v in checkpoint.items() if k != "model"}
             return super().load(path, checkpointables)
         finally:
             self._loading = None
 
+    def _read_fitting(self, path):
+        """read_weights, then the format's own architecture check against the model, if it has one."""
+        loaded = read_weights(path)
+        if loaded.check_fits is not None:
+            loaded.check_fits(self.model, path)
+        return loaded
+
     def _load_file(self, filename):
-        loaded = read_weights(filename)
+        loaded = self._read_fitting(filename)
         checkpoint = loaded.checkpoint
         self.logger.info(f"Read {filename} as a {loaded.format} checkpoint")
         # detectron2's "path?matching_heuristics=True" switch for weights named by suffix

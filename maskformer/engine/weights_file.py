@@ -22,7 +22,7 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from detectron2.utils.file_io import PathManager
@@ -82,10 +82,12 @@ class LoadedWeights:
     checkpoint: in detectron2's checkpoint form, ``{"model": state dict, ...}`` plus what the file
         held besides (iteration, optimizer, ``__author__``, ``matching_heuristics``, ...).
     format: which reader read it: "torch", "pickle", "safetensors" or a registered format's name.
+    check_fits: the registered format's architecture check (see :class:`WeightsFormat`), if any.
     """
 
     checkpoint: Dict[str, Any]
     format: str
+    check_fits: Optional[Callable[[Any, str], None]] = None
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,14 @@ class WeightsFormat:
     matches: path -> whether this reader reads it (a file or a folder; must not raise).
     read: path -> state dict in this project's parameter names; raises :class:`CheckpointError`
         naming the path for what it cannot read.
+    check_fits: optional (model, path) -> None, raising one error that lists every difference
+        between the model and the architecture the files describe (before any weight is loaded).
     """
 
     name: str
     matches: Callable[[str], bool]
     read: Callable[[str], Dict[str, Any]]
+    check_fits: Optional[Callable[[Any, str], None]] = None
 
 
 _REGISTERED_FORMATS: List[WeightsFormat] = []
@@ -124,7 +129,8 @@ def read_weights(path: str) -> LoadedWeights:
     for weights_format in _REGISTERED_FORMATS:
         if weights_format.matches(path):
             state_dict = weights_format.read(path)
-            return LoadedWeights({"model": state_dict, "__author__": path}, weights_format.name)
+            checkpoint = {"model": state_dict, "__author__": path}
+            return LoadedWeights(checkpoint, weights_format.name, weights_format.check_fits)
     if PathManager.isdir(path):
         raise CheckpointError(
             f"{path} is a folder, not a weights file. A Hugging Face hub folder is converted to a "

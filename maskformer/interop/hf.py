@@ -158,7 +158,10 @@ def check_fits_checkpoint(model: torch.nn.Module, path: str) -> None:
 
 # MODEL.WEIGHTS reads hub folders and their weights files (maskformer.engine.weights_file)
 HF_WEIGHTS_FORMAT = WeightsFormat(
-    name="huggingface", matches=is_hf_checkpoint, read=lambda path: load_hf_state_dict(path)[0]
+    name="huggingface",
+    matches=is_hf_checkpoint,
+    read=lambda path: load_hf_state_dict(path)[0],
+    check_fits=check_fits_checkpoint,
 )
 register_weights_format(HF_WEIGHTS_FORMAT)
 
