@@ -158,6 +158,9 @@ def test_base_cycle_names_the_files(tmp_path):
     self_cycle = write(tmp_path, "self.yaml", "_BASE_: self.yaml\n")
     with pytest.raises(ConfigError, match="form a cycle: .*self.yaml -> .*self.yaml$"):
         load_config(self_cycle)
+    not_a_path = write(tmp_path, "number.yaml", "_BASE_: 3\n")
+    with pytest.raises(ConfigError, match="_BASE_ must be a path or a list of paths"):
+        load_config(not_a_path)
     # a base reached twice without a cycle is fine
     write(tmp_path, "d.yaml", "_BASE_: [other.yaml, other.yaml]\n")
     assert load_config(str(tmp_path / "d.yaml")).SOLVER.MAX_ITER == 3

@@ -99,9 +99,12 @@ class SafeYamlCfgNode(CfgNode):
             )
         loaded = _read_yaml(filename, allow_unsafe)
         bases = loaded.pop(BASE_KEY, [])
+        bases = [bases] if isinstance(bases, str) else bases
+        if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+            raise ConfigError(f"Config file {filename}: _BASE_ must be a path or a list of paths")
         merged: Dict[str, Any] = {}
-        for base in [bases] if isinstance(bases, str) else bases:
-            path = _resolve_base(str(base), filename)
+        for base in bases:
+            path = _resolve_base(base, filename)
             if not PathManager.isfile(path):
                 raise ConfigError(f"Config file {filename}: its _BASE_ {path} does not exist.")
             _merge_dict(
