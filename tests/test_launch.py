@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import timedelta
 
 import pytest
 import torch
@@ -22,6 +21,7 @@ from test_train_net import (  # noqa: F401  (datasets_root: fixture)
     read_metrics,
     read_results,
     run_train_net,
+    same_metrics,
 )
 
 from maskformer.engine.cluster_launch import (
@@ -125,39 +125,53 @@ DETERMINISTIC = [
 ]
 
 
-def run_torchrun(args, datasets_root, timeout=240):
-    env = {
+def run_processes(commands, datasets_root, timeout=240):
+    """Run each (command, extra environment) at once; fail with the output tail on error or timeout."""
+    base = {
         **os.environ,
         "DETECTRON2_DATASETS": str(datasets_root),
         "PYTHONWARNINGS": "ignore",
         "OMP_NUM_THREADS": "1",
     }
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "train_net.py", "--dist-timeout", "120", *args]
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**base, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        for command, env in commands
+    ]
     try:
-        output = proc.communicate(timeout=timeout)[0]
+        outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"torchrun {args} did not finish in {timeout}s")
-    assert proc.returncode == 0, output[-6000:]
-    return output
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"{commands} did not finish in {timeout}s")
+    for proc, output in zip(procs, outputs):
+        assert proc.returncode == 0, output[-6000:]
 
 
-def test_torchrun_two_processes_equal_one(datasets_root, tmp_path):
-    single, ddp = tmp_path / "single", tmp_path / "torchrun"
-    run_train_net(
-        ["--config-file", SEM_CFG, *DETERMINISTIC, "OUTPUT_DIR", str(single)], datasets_root
-    )
-    run_torchrun(["--config-file", SEM_CFG, *DETERMINISTIC, "OUTPUT_DIR", str(ddp)], datasets_root)
+TRAIN = ["train_net.py", "--dist-timeout", "120", "--config-file", SEM_CFG, *DETERMINISTIC]
+
+
+@pytest.fixture(scope="module")
+def single_and_torchrun(datasets_root, tmp_path_factory):
+    """Output folders of a 1-process run and a ``torchrun --standalone`` 2-process run."""
+    single, ddp = tmp_path_factory.mktemp("single"), tmp_path_factory.mktemp("torchrun")
+    run_train_net(TRAIN[1:] + ["OUTPUT_DIR", str(single)], datasets_root)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc-per-node", "2", *TRAIN, "OUTPUT_DIR", str(ddp)]
+    run_processes([(torchrun, {})], datasets_root)
+    return single, ddp
+
+
+def test_torchrun_two_processes_equal_one(single_and_torchrun):
+    single, ddp = single_and_torchrun
 
     log0, log1 = (ddp / "log.txt").read_text(), (ddp / "log.txt.rank1").read_text()
     assert "Rank of current process: 0. World size: 2" in log0
@@ -190,3 +204,34 @@ def test_torchrun_two_processes_equal_one(datasets_root, tmp_path):
         assert results_ddp["sem_seg"][metric] == pytest.approx(
             results_single["sem_seg"][metric], abs=0.01
         ), json.dumps([results_single, results_ddp])
+
+
+@pytest.mark.slow
+def test_srun_two_tasks_equal_torchrun(single_and_torchrun, datasets_root, tmp_path):
+    """Two ``srun`` tasks (simulated SLURM_* variables, rendezvous on loopback): torchrun's run."""
+    _, ddp = single_and_torchrun
+    out = tmp_path / "srun"
+    tasks = [
+        (
+            [sys.executable, *TRAIN, "OUTPUT_DIR", str(out)],
+            {
+                "SLURM_JOB_ID": "991",
+                "SLURM_PROCID": str(rank),
+                "SLURM_NTASKS": "2",
+                "SLURM_LOCALID": str(rank),
+                "SLURM_STEP_TASKS_PER_NODE": "2",
+                "SLURM_JOB_NODELIST": "localhost",
+                "MASTER_ADDR": "127.0.0.1",
+            },
+        )
+        for rank in (0, 1)
+    ]
+    run_processes(tasks, datasets_root)
+    assert "Rank of current process: 1. World size: 2" in (out / "log.txt.rank1").read_text()
+    # the same processes doing the same float operations as under torchrun: the same numbers
+    assert same_metrics(read_results(out), read_results(ddp))
+    assert _losses(read_metrics(out)[0]) == _losses(read_metrics(ddp)[0])
+
+
+def _losses(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if "loss" in k}
