@@ -13,6 +13,8 @@ with warnings.catch_warnings():
 from . import data  # noqa: F401,E402  (datasets and dataset mappers)
 from . import modeling  # noqa: F401,E402  (backbones, heads, pixel decoders)
 from .config import add_maskformer_config  # noqa: E402
+from .interop import hf as _hf  # noqa: F401,E402  (MODEL.WEIGHTS reads Hugging Face hub folders)
 from .maskformer_model import MaskFormer  # noqa: E402
+from .predictor import Predictor  # noqa: E402
 
-__all__ = ["add_maskformer_config", "MaskFormer"]
+__all__ = ["add_maskformer_config", "MaskFormer", "Predictor"]

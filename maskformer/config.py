@@ -102,3 +102,6 @@ def add_maskformer_config(cfg):
     # a user's own datasets: spec files (YAML: dataset name -> type and folders) registered when
     # the data loaders are built; see maskformer/data/datasets/custom.py, docs/custom_datasets.md
     cfg.DATASETS.CUSTOM = ()
+    # class names that come with a checkpoint (a converted hub model's id2label) as a
+    # metadata-only dataset, registered when the config is loaded; see maskformer/interop
+    cfg.DATASETS.METADATA_FILE = ""

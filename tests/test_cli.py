@@ -47,6 +47,24 @@ def test_no_future_warning_at_import_and_no_global_filter():
 
 
 @pytest.mark.parametrize(
+    "script",
+    [
+        "demo/demo.py",
+        "tools/analyze_model.py",
+        "tools/check_dataset.py",
+        "tools/convert-d2-to-hf-maskformer.py",
+        "tools/convert-hf-maskformer-to-d2.py",
+        "tools/evaluate_pq_for_semantic_segmentation.py",
+        "tools/export_model.py",
+    ],
+)
+def test_other_command_line_tools_print_no_future_warning(script):
+    done = run_python([script, "--help"], PYTHONWARNINGS="default")
+    assert done.returncode == 0, done.stderr
+    assert "FutureWarning" not in done.stderr
+
+
+@pytest.mark.parametrize(
     "opts, message",
     [
         (["--config-file", "no/such.yaml"], "error: Config file no/such.yaml does not exist."),

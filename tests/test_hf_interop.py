@@ -39,7 +39,6 @@ from maskformer.interop.hf import (
 )
 from maskformer.interop.hf_names import HFNameError, hf_to_ours, ours_to_hf
 from maskformer.interop.metadata_file import (
-    add_metadata_file_config,
     register_metadata_file,
     write_metadata_file,
 )
@@ -66,8 +65,6 @@ def meta_tensors(shapes):
 def our_cfg(cfg_dict):
     cfg = get_cfg()
     add_maskformer_config(cfg)
-    if "METADATA_FILE" not in cfg.DATASETS:
-        add_metadata_file_config(cfg)
     cfg.merge_from_other_cfg(cfg.load_cfg(yaml.safe_dump(cfg_dict)))
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
@@ -258,7 +255,7 @@ def test_hub_folder_detection_and_reading_errors(tmp_path):
 def test_metadata_file_registers_class_names(tmp_path):
     write_metadata_file(str(tmp_path / "classes.json"), "hf_test_metadata_only", ["wall", "sky"])
     cfg = get_cfg()
-    add_metadata_file_config(cfg)
+    add_maskformer_config(cfg)
     cfg.DATASETS.METADATA_FILE = "classes.json"
     assert register_metadata_file(cfg, str(tmp_path / "config.yaml")) == "hf_test_metadata_only"
     assert MetadataCatalog.get("hf_test_metadata_only").stuff_classes == ["wall", "sky"]
@@ -508,12 +505,6 @@ def test_save_pretrained_folder_converts_and_runs_in_the_demo(tmp_path):
     rgb = image()
     assert_close(our_outputs(ours, rgb), hf_outputs(hf, rgb))
 
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    if "METADATA_FILE" not in cfg.DATASETS:
-        pytest.skip(
-            "the demo draws id2label names once add_maskformer_config adds DATASETS.METADATA_FILE and load_config calls register_metadata_file"
-        )
     from maskformer.engine.config_loading import load_config as load_config_file
 
     loaded = load_config_file(str(out / "config.yaml"), need_datasets=False)

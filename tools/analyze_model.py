@@ -16,6 +16,9 @@ Examples:
 
 fvcore counts one multiply-add as one FLOP, the convention of the paper's numbers.
 """
+import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
 import argparse
 import itertools
 import logging
@@ -29,7 +32,6 @@ from detectron2.utils.analysis import FlopCountAnalysis, parameter_count_table
 from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table
 
-import maskformer  # noqa: F401  (registers the project's components)
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda
 
 logger = logging.getLogger("maskformer.analyze_model")

@@ -13,6 +13,9 @@ Examples:
   python tools/check_dataset.py --config-file my_config.yaml --opts MODEL.SEM_SEG_HEAD.NUM_CLASSES 5
   python tools/check_dataset.py --spec my_data.yaml my_data_train --json report.json
 """
+import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
 import argparse
 import json
 import logging

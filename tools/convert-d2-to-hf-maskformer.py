@@ -12,6 +12,9 @@ model.safetensors and preprocessor_config.json. transformers is not needed. Conf
 cannot represent (TransformerEncoderPixelDecoder, the R101c DeepLab stem, ...) are refused with
 the reason.
 """
+import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
 import argparse
 import sys
 

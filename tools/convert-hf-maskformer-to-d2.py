@@ -13,6 +13,9 @@ sizes and normalisation of preprocessor_config.json where present), OUT_DIR/mode
 OUT_DIR/classes.json (id2label, registered as the metadata-only dataset the config's DATASETS.TEST
 names). transformers is not needed. Models this project cannot build are refused with the reason.
 """
+import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
 import argparse
 import os
 import re

@@ -19,6 +19,9 @@ Examples:
   python tools/evaluate_pq_for_semantic_segmentation.py --dataset-name ade20k_sem_seg_val \
       --predictions output/inference/sem_seg_predictions.json --output pq_stuff.json
 """
+import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
 import argparse
 import json
 import logging
@@ -32,7 +35,6 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 
-import maskformer  # noqa: F401  (registers the project's datasets)
 from maskformer.data import reading
 from maskformer.evaluation.fast_panoptic import PQStats, image_pq_stats
 from maskformer.utils.file_io import atomic_open

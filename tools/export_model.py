@@ -30,6 +30,10 @@ from pathlib import Path
 # so the script runs from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import maskformer  # noqa: E402,F401  (first: quiets detectron2's import-time deprecation warnings)
+
+# isort: split
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from detectron2.data import transforms as T  # noqa: E402
@@ -37,7 +41,6 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-import maskformer  # noqa: E402,F401  (registers the model components)
 from maskformer.engine.checkpoint import MaskFormerCheckpointer  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import EXPORT_FORMATS, export_model  # noqa: E402

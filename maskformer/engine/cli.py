@@ -11,13 +11,14 @@ from typing import Iterator
 
 from ..data.reading import BadSampleError
 from .config_loading import ConfigError
+from .run_dir import OutputDirError
 from .weights_file import CheckpointError
 
 __all__ = ["USER_ERRORS", "USER_ERROR_EXIT_CODE", "exit_on_user_error"]
 
-# errors whose message already says what to change: a bad config, weights file or sample, or a
-# missing file
-USER_ERRORS = (ConfigError, CheckpointError, BadSampleError, FileNotFoundError)
+# errors whose message already says what to change: a bad config, weights file or sample, an
+# output folder another run holds, or a missing file
+USER_ERRORS = (ConfigError, CheckpointError, BadSampleError, OutputDirError, FileNotFoundError)
 USER_ERROR_EXIT_CODE = 2
 
 

@@ -25,6 +25,7 @@ from fvcore.common.config import BASE_KEY
 from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY
 from ..data.datasets.custom import register_custom_datasets
+from ..interop.metadata_file import register_metadata_file
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 from .config_expression import UnsafeExpressionError, evaluate_expression
 
@@ -205,6 +206,10 @@ def load_config(
         register_custom_datasets(cfg)  # DATASETS.CUSTOM spec files, before their names are checked
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: DATASETS.CUSTOM: {e}") from e
+    try:
+        register_metadata_file(cfg, path)  # DATASETS.METADATA_FILE: a checkpoint's class names
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: DATASETS.METADATA_FILE: {e}") from e
     check_value_ranges(cfg, source=path)
     check_registered_names(cfg, source=path, need_datasets=need_datasets)
     return cfg

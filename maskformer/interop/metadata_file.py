@@ -19,12 +19,7 @@ from detectron2.utils.file_io import PathManager
 
 from ..utils.file_io import atomic_open
 
-__all__ = ["add_metadata_file_config", "register_metadata_file", "write_metadata_file"]
-
-
-def add_metadata_file_config(cfg: CfgNode) -> None:
-    """Add ``DATASETS.METADATA_FILE`` ("" = none)."""
-    cfg.DATASETS.METADATA_FILE = ""
+__all__ = ["register_metadata_file", "write_metadata_file"]
 
 
 def write_metadata_file(path: str, dataset_name: str, class_names: List[str]) -> None:
