@@ -33,29 +33,13 @@ from maskformer.engine.weights_file import (
     read_weights,
     register_weights_format,
 )
+from tests.test_reliability_checkpoint import (
+    _WritesAFileWhenUnpickled,
+    assert_same_weights,
+    small_model,
+)
 
 EXTENSIONS = [".pkl", ".pth", ".pyth", ".pt", ".bin", ".safetensors", ""]
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-
-
-def assert_same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-class _Exec:
-    """Unpickling runs exec(), which creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
 
 
 class _System:
@@ -75,13 +59,19 @@ def torch_bytes(obj, **kwargs):
 
 
 PAYLOADS = {
-    "torch zip, exec": (lambda m: torch_bytes({"model": {}, "x": _Exec(m)}), r"(builtins\.)?exec"),
+    "torch zip, exec": (
+        lambda m: torch_bytes({"model": {}, "x": _WritesAFileWhenUnpickled(m)}),
+        r"(builtins\.)?exec",
+    ),
     "torch zip, os.system": (lambda m: torch_bytes({"x": _System(m)}), r"posix\.system"),
     "legacy torch.save": (
         lambda m: torch_bytes({"x": _System(m)}, _use_new_zipfile_serialization=False),
         r"posix\.system",
     ),
-    "pickle protocol 2": (lambda m: pickle.dumps({"x": _Exec(m)}, protocol=2), "exec"),
+    "pickle protocol 2": (
+        lambda m: pickle.dumps({"x": _WritesAFileWhenUnpickled(m)}, protocol=2),
+        "exec",
+    ),
     "pickle protocol 5": (lambda m: pickle.dumps({"x": _System(m)}, protocol=5), "system"),
     "pickle protocol 0": (lambda m: pickle.dumps({"x": _System(m)}, protocol=0), "system"),
 }
