@@ -1,5 +1,6 @@
 """The MaskFormer meta-architecture: backbone + MaskFormer head, set-prediction loss, and inference."""
 
+import contextlib
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -153,9 +154,16 @@ class MaskFormer(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         images = self.preprocess_image(batched_inputs)
-        # training precision is the trainer's business (AMPTrainer); this is inference's own switch
+        # Training precision is the trainer's business (its autocast around this forward); this is
+        # inference's own switch. No autocast(enabled=False) otherwise: it would turn the
+        # trainer's off.
         amp = self.inference_amp_dtype is not None and not self.training
-        with torch.autocast(self.device.type, dtype=self.inference_amp_dtype, enabled=amp):
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.inference_amp_dtype)
+            if amp
+            else contextlib.nullcontext()
+        )
+        with autocast:
             features = self.backbone(images.tensor)
             outputs = self.sem_seg_head(features)
 
