@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.engine import HookBase, SimpleTrainer
+from detectron2.engine import HookBase
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from maskformer import MaskFormer
@@ -28,7 +28,7 @@ from maskformer.data.datasets.register_synthetic import register_synthetic_datas
 from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
-from maskformer.engine.trainer import Trainer
+from maskformer.engine.trainer import CPUAutocastTrainer, Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEM_SEG_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "maskformer_R18_sem_seg.yaml")
@@ -221,17 +221,22 @@ def test_non_finite_loss_stops_training_and_keeps_last_checkpoint(nan_loss_train
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_mixed_precision_config_trains_in_float32_on_cpu(tmp_path, in_process_datasets, caplog):
-    """detectron2's AMPTrainer asserts CUDA at its first step; a GPU config must still run on CPU."""
+def test_mixed_precision_config_trains_in_bfloat16_on_cpu(tmp_path, in_process_datasets, caplog):
+    """
+    detectron2's AMPTrainer asserts CUDA at its first step; on CPU SOLVER.AMP trains with bfloat16
+    autocast (float16, the default DTYPE, with a warning: CPUs lack its kernels and it would need
+    loss scaling).
+    """
     opts = tiny_train_args(
         tmp_path / "out", 2, 100, "SOLVER.AMP.ENABLED", "True", prefix=in_process_datasets
     )
     cfg = load_config(SEM_SEG_CONFIG, opts)
-    assert cfg.MODEL.DEVICE == "cpu"
+    assert cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.DTYPE == "float16"
     with caplog.at_level("WARNING", logger="maskformer.engine.trainer"):
         trainer = Trainer(cfg)
-    assert "SOLVER.AMP.ENABLED is ignored on CPU" in caplog.text
-    assert type(trainer._trainer) is SimpleTrainer
+    assert "training with bfloat16 autocast instead" in caplog.text
+    assert type(trainer._trainer) is CPUAutocastTrainer
+    assert trainer._trainer.precision == torch.bfloat16
     trainer.train()
     assert trainer.iter == 2 and (tmp_path / "out" / "model_final.pth").is_file()
 

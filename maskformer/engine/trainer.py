@@ -2,6 +2,7 @@
 
 import logging
 import os
+import time
 import weakref
 from collections import OrderedDict
 
@@ -25,7 +26,7 @@ from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import MaskFormerCheckpointer
 from .preemption import StopOnSignal
 
-__all__ = ["Trainer"]
+__all__ = ["Trainer", "CPUAutocastTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,15 +41,16 @@ class Trainer(DefaultTrainer):
     - evaluators by the test datasets' ``evaluator_type`` (:func:`maskformer.evaluation.build_evaluator`),
       plus a test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
     - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
-    - SOLVER.AMP.DTYPE as the mixed-precision type; SOLVER.AMP.ENABLED ignored (with a warning) on CPU;
+    - SOLVER.AMP.DTYPE as the mixed-precision type, and mixed precision on CPU too (bfloat16);
     - :class:`MaskFormerCheckpointer` and a stop on SIGTERM / SIGUSR1 with a checkpoint
       (:mod:`maskformer.engine.preemption`).
     """
 
     def __init__(self, cfg):
-        # DefaultTrainer.__init__'s sequence, with the model wrapping and the checkpointer our own:
-        # its create_ddp_model passes device_ids=[local rank], which DistributedDataParallel
-        # refuses for a CPU model, and it picks AMPTrainer (CUDA only) from the config alone.
+        # DefaultTrainer.__init__'s sequence, with two steps our own (it hard-codes both):
+        # wrapping the model (its create_ddp_model passes CUDA device ids, which
+        # DistributedDataParallel refuses for a CPU model) and the step loop (AMPTrainer is
+        # CUDA-only).
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
@@ -57,24 +59,8 @@ class Trainer(DefaultTrainer):
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
-        on_gpu = next(model.parameters()).device.type == "cuda"
-        model = create_ddp_model(
-            model, broadcast_buffers=False, device_ids=[comm.get_local_rank()] if on_gpu else None
-        )
-        amp = cfg.SOLVER.AMP.ENABLED
-        if amp and not on_gpu:
-            # detectron2's AMPTrainer needs CUDA; configs written for GPUs still train on CPU
-            logger.warning(
-                "SOLVER.AMP.ENABLED is ignored on CPU (detectron2's AMPTrainer needs CUDA): "
-                "training in float32."
-            )
-            amp = False
-        if amp:
-            self._trainer = AMPTrainer(
-                model, data_loader, optimizer, precision=getattr(torch, cfg.SOLVER.AMP.DTYPE)
-            )
-        else:
-            self._trainer = SimpleTrainer(model, data_loader, optimizer)
+        model = self.wrap_model(model)
+        self._trainer = self.build_step_loop(cfg, model, data_loader, optimizer)
 
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = self.build_checkpointer(cfg, model, trainer=weakref.proxy(self))
@@ -82,6 +68,38 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @staticmethod
+    def wrap_model(model):
+        """DistributedDataParallel when there are several processes, on the model's device."""
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        device_ids = [comm.get_local_rank()] if on_gpu else None
+        return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+    @staticmethod
+    def build_step_loop(cfg, model, data_loader, optimizer) -> SimpleTrainer:
+        """
+        The loop running one step per iteration: float32 (SimpleTrainer), or with
+        SOLVER.AMP.ENABLED the forward under autocast to SOLVER.AMP.DTYPE: detectron2's
+        AMPTrainer on CUDA, :class:`CPUAutocastTrainer` on CPU, in bfloat16 there.
+        """
+        if not cfg.SOLVER.AMP.ENABLED:
+            return SimpleTrainer(model, data_loader, optimizer)
+        dtype = getattr(torch, cfg.SOLVER.AMP.DTYPE)
+        if next(model.parameters()).device.type == "cuda":
+            return AMPTrainer(model, data_loader, optimizer, precision=dtype)
+        if dtype != torch.bfloat16:
+            # float16 on CPU would need gradient scaling and has no fast kernels on most CPUs
+            logger.warning(
+                f"SOLVER.AMP.DTYPE {cfg.SOLVER.AMP.DTYPE} is not supported on CPU: "
+                "training with bfloat16 autocast instead."
+            )
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            logger.warning(
+                "This CPU has no bfloat16 instructions (AVX512-BF16 or AMX): bfloat16 autocast "
+                "will be slower than float32 (SOLVER.AMP.ENABLED False)."
+            )
+        return CPUAutocastTrainer(model, data_loader, optimizer, precision=torch.bfloat16)
 
     @classmethod
     def build_checkpointer(
@@ -160,3 +178,30 @@ class Trainer(DefaultTrainer):
         ]
         results = cls.test(cfg, model, evaluators)
         return OrderedDict((f"{k}_TTA", v) for k, v in results.items())
+
+
+class CPUAutocastTrainer(SimpleTrainer):
+    """
+    SimpleTrainer with the forward (model and losses) under CPU autocast to ``precision``, as
+    detectron2's AMPTrainer does on CUDA (whose step asserts CUDA). Backward and the optimizer step
+    run outside autocast, as there. bfloat16 has float32's exponent range, so the gradients need
+    no loss scaling.
+    """
+
+    def __init__(self, model, data_loader, optimizer, precision: torch.dtype = torch.bfloat16):
+        super().__init__(model, data_loader, optimizer)
+        self.precision = precision
+
+    def run_step(self):
+        assert self.model.training, "[CPUAutocastTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+        with torch.autocast("cpu", dtype=self.precision):
+            loss_dict = self.model(data)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
