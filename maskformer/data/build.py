@@ -14,10 +14,12 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
+from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
 from .datasets.custom import register_custom_datasets
 from .reading import BadSampleError
+from .resumable import ResumableTrainLoader, run_seed
 
 __all__ = [
     "DATASET_MAPPER_REGISTRY",
@@ -113,16 +115,39 @@ def check_num_classes(cfg):
 
 def build_train_loader(cfg):
     """
-    detectron2's training loader over ``DATASETS.TRAIN`` with :func:`build_dataset_mapper`, which
-    is told the dataset's size (an error instead of detectron2's "Sample larger than population"
-    when every sample is bad under ``DATALOADER.SKIP_BAD_SAMPLES``).
+    The training loader over ``DATASETS.TRAIN`` with :func:`build_dataset_mapper`, which is told
+    the dataset's size (an error instead of detectron2's "Sample larger than population" when every
+    sample is bad under ``DATALOADER.SKIP_BAD_SAMPLES``).
+
+    With ``DATALOADER.SAMPLER_TRAIN`` "TrainingSampler" (the default) it is a
+    :class:`~maskformer.data.resumable.ResumableTrainLoader`: the same shuffled stream, which a
+    resumed run continues exactly. Other samplers keep detectron2's loader, whose order a resume
+    does not continue (it reshuffles).
     """
     register_custom_datasets(cfg)
     dataset = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
     )
     mapper = build_dataset_mapper(cfg, is_train=True, num_samples=len(dataset))
-    return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        logger.warning(
+            f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: detectron2's loader, whose "
+            "data order --resume does not continue (a resumed run reshuffles)"
+        )
+        return build_detection_train_loader(cfg, mapper=mapper, dataset=dataset)
+    total, world_size = cfg.SOLVER.IMS_PER_BATCH, comm.get_world_size()
+    if total % world_size:
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {total} does not divide among {world_size} processes"
+        )
+    return ResumableTrainLoader(
+        dataset,
+        mapper,
+        total // world_size,
+        seed=run_seed(cfg),
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+    )
 
 
 def build_test_loader(cfg, dataset_name):
@@ -203,8 +228,9 @@ class EvaluationLoader:
 class SkipBadSamples:
     """
     Wrap a mapper so that a sample raising :class:`BadSampleError` is logged, counted and mapped
-    to None, which detectron2's ``MapDataset`` answers by trying another index. Other errors
-    (bugs) still propagate. Each data-loader worker holds its own copy, hence its own count.
+    to None, which the training stream (and detectron2's ``MapDataset``) answers by trying another
+    index. Other errors (bugs) still propagate. Each data-loader worker holds its own copy, hence
+    its own count.
     When all ``num_samples`` samples of the dataset (told apart by file name) have failed, it
     raises instead: there is nothing left to try.
     """

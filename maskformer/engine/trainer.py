@@ -20,6 +20,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import build as loaders
+from ..data.resumable import ResumableTrainLoader, step_seed
 from ..evaluation import build_evaluator
 from ..solver import build_optimizer
 from ..test_time_augmentation import SemanticSegmentorWithTTA
@@ -29,6 +30,9 @@ from .preemption import StopOnSignal
 __all__ = ["Trainer", "CPUAutocastTrainer"]
 
 logger = logging.getLogger(__name__)
+
+# the window of the median that detectron2's default writers log losses with
+_SMOOTHING_WINDOW = 20
 
 
 class Trainer(DefaultTrainer):
@@ -43,7 +47,11 @@ class Trainer(DefaultTrainer):
     - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
     - SOLVER.AMP.DTYPE as the mixed-precision type, and mixed precision on CPU too (bfloat16);
     - :class:`MaskFormerCheckpointer` and a stop on SIGTERM / SIGUSR1 with a checkpoint
-      (:mod:`maskformer.engine.preemption`).
+      (:mod:`maskformer.engine.preemption`);
+    - exact resumption: the checkpoint holds the data stream's position and the run seed
+      (:mod:`maskformer.data.resumable`) and the smoothing window of the logged losses; each step
+      seeds torch's generator from (run seed, iteration, rank), so a resumed run trains and logs
+      as the uninterrupted one would have.
     """
 
     def __init__(self, cfg):
@@ -116,6 +124,49 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         return loaders.build_train_loader(cfg)
+
+    def run_step(self):
+        resumable = isinstance(self.data_loader, ResumableTrainLoader)
+        if resumable:
+            # the model's draws (dropout, point sampling) depend on the iteration alone, not on
+            # what drew before it (evaluation, an earlier part of the run before a resume)
+            torch.manual_seed(step_seed(self.data_loader.seed, self.iter, comm.get_rank()))
+        super().run_step()
+        if resumable:
+            self.data_loader.gather_state()
+
+    def state_dict(self):
+        state = super().state_dict()
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            state["data"] = self.data_loader.state_dict()
+        storage = getattr(self, "storage", None)
+        if storage is not None:
+            # the writers log smoothed scalars (losses) as medians over the last values: a resumed
+            # run needs them to log what the uninterrupted run did
+            state["smoothed_scalars"] = {
+                name: storage.history(name).values()[-_SMOOTHING_WINDOW:]
+                for name, smoothed in storage.smoothing_hints().items()
+                if smoothed
+            }
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if isinstance(self.data_loader, ResumableTrainLoader):
+            if "data" in state:
+                self.data_loader.load_state_dict(state["data"])
+            else:
+                logger.warning("The checkpoint has no data stream position: the data restarts")
+        # put back into the event storage, which train() creates, by before_train
+        self._resumed_scalars = state.get("smoothed_scalars", {})
+
+    def before_train(self):
+        # into the histories only, not as the latest values: the writers would log those again
+        for name, values in getattr(self, "_resumed_scalars", {}).items():
+            self.storage.smoothing_hints()[name] = True
+            for value, iteration in values:
+                self.storage.histories()[name].update(value, iteration)
+        super().before_train()
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
