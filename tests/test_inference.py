@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from maskformer.modeling.inference import (
+    InferenceSettings,
+    inference,
     instance_candidates,
     instances_from_masks,
     panoptic_inference,
@@ -86,6 +88,25 @@ def test_panoptic_low_score_and_empty():
         logits, masks, thing_ids=set(), object_mask_threshold=0.3, overlap_threshold=0.0
     )
     assert info == [] and seg.dtype == torch.int32 and not seg.any()
+
+
+def test_panoptic_output_when_no_query_is_kept():
+    """Before: interpolating the zero kept masks to the output size raised a RuntimeError."""
+    settings = InferenceSettings(
+        sem_seg_postprocess_before_inference=True,
+        panoptic_on=True,
+        instance_on=False,
+        object_mask_threshold=0.3,
+        overlap_threshold=0.8,
+        test_topk_per_image=10,
+        thing_ids=frozenset(),
+    )
+    logits = torch.zeros(1, 2, 4)  # uniform: score 0.25, under the threshold
+    (result,) = inference(
+        logits, torch.zeros(1, 2, 6, 4), (24, 16), [(20, 16)], [(40, 32)], settings
+    )
+    seg, info = result["panoptic_seg"]
+    assert info == [] and seg.shape == (40, 32) and not seg.any()
 
 
 def test_instance_inference_topk_and_mask_scores():

@@ -168,6 +168,8 @@ def masks_to_output_size(
     (N, h, w) mask logits over the padded batch -> (N, height, width): bilinear to the padded size,
     crop the image's ``image_size`` region, bilinear to ``output_size`` (the published two steps).
     """
+    if not len(masks):  # no query kept (panoptic): interpolate refuses zero channels
+        return masks.new_zeros((0, *output_size))
     return crop_and_resize(upsample_to_padded(masks, padded_size), image_size, output_size)
 
 
