@@ -10,6 +10,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, bu
 from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
+from .config import speed_option
 from .modeling.criterion import SetCriterion
 from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
@@ -28,10 +29,12 @@ class MaskFormer(nn.Module):
     Inference (``maskformer.modeling.inference``) follows ``inference_settings``, built from the
     published constructor's arguments (thing classes from ``metadata``).
 
-    Speed options (all off by default, which reproduces the published outputs): ``sem_seg_fast``
-    (semantic scores marginalised at mask resolution, see ``InferenceSettings``),
-    ``inference_amp_dtype`` (autocast of backbone and head in inference), ``channels_last`` (model and
-    input in NHWC), ``torch_compile`` (torch.compile of backbone and head, state_dict keys unchanged).
+    Speed options (the constructor's defaults are off, which reproduces the published outputs;
+    the config's defaults turn ``sem_seg_fast`` and ``channels_last`` on unless
+    MODEL.MASK_FORMER.TEST.EXACT): ``sem_seg_fast`` (semantic scores marginalised at mask
+    resolution, see ``InferenceSettings``), ``inference_amp_dtype`` (autocast of backbone and head
+    in inference), ``channels_last`` (model and input in NHWC), ``torch_compile`` (torch.compile of
+    backbone and head, state_dict keys unchanged).
     """
 
     @configurable
@@ -131,9 +134,9 @@ class MaskFormer(nn.Module):
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "sem_seg_fast": mf.TEST.SEM_SEG_FAST,
+            "sem_seg_fast": speed_option(cfg, "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST"),
             "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
-            "channels_last": cfg.MODEL.CHANNELS_LAST,
+            "channels_last": speed_option(cfg, "MODEL.CHANNELS_LAST"),
             "torch_compile": cfg.MODEL.COMPILE,
         }
 

@@ -1,29 +1,46 @@
 """
-Speed options: each runs and gives (nearly) the default results. Mixed precision, channels-last,
-fused attention and torch.compile of the model; the low-memory mask loss and the matcher's target
-resizing against the computations they replace.
+Speed options: each runs and gives (nearly) the results without it. The default ones (channels-last,
+fused attention, folded mask embeddings, the fast semantic path) against MODEL.MASK_FORMER.TEST.EXACT,
+which turns them all off; mixed precision and torch.compile of the model; the low-memory mask loss
+and the matcher's target resizing against the computations they replace.
 """
 
 import dataclasses
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.modeling import build_model
 
+from maskformer.config import SPEED_OPTIONS
 from maskformer.engine.trainer import CPUAutocastTrainer
+from maskformer.modeling.backbone.swin import WindowAttention
 from maskformer.modeling.criterion import SetCriterion, sigmoid_focal_loss
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
+from maskformer.modeling.inference import masks_to_output_size
 from maskformer.modeling.mask_factors import MaskFactors
 from maskformer.modeling.matcher import HungarianMatcher
+from maskformer.modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY, BasePixelDecoder
+from maskformer.modeling.transformer.transformer import (
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)
+from tests.decision_margins import assert_argmax_agrees, assert_panoptic_agrees, panoptic_decisions
 from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
 
+EXACT = {"MODEL.MASK_FORMER.TEST.EXACT": True}
 
-def _pair(**options):
-    """A default tiny model and one with ``options``, with the same weights, in eval mode."""
+
+def _pair(reference=None, **options):
+    """
+    A tiny model with the default settings plus ``reference`` and one with the default settings
+    plus ``options``, with the same weights, in eval mode.
+    """
     torch.manual_seed(0)
-    default = build_model(tiny_cfg()).eval()
+    default = build_model(tiny_cfg(**(reference or {}))).eval()
     optioned = build_model(tiny_cfg(**options)).eval()
     optioned.load_state_dict(default.state_dict())
     return default, optioned
@@ -63,26 +80,122 @@ def test_inference_autocast_is_off_in_training():
 
 
 def test_channels_last_model_and_input():
-    default, channels_last = _pair(**{"MODEL.CHANNELS_LAST": True})
+    channels_first, channels_last = _pair({"MODEL.CHANNELS_LAST": False})
     conv = channels_last.backbone.stem.conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert channels_first.backbone.stem.conv1.weight.is_contiguous()
     images = channels_last.preprocess_image(INPUTS).tensor
     assert images.is_contiguous(memory_format=torch.channels_last)
-    assert torch.allclose(_sem_seg(channels_last, INPUTS), _sem_seg(default, INPUTS), atol=1e-5)
-    # the checkpoint format does not change
-    assert channels_last.state_dict().keys() == default.state_dict().keys()
-
-
-def test_all_fast_inference_options_together():
-    default, fast = _pair(
-        **{
-            "MODEL.CHANNELS_LAST": True,
-            "MODEL.MASK_FORMER.FUSED_ATTENTION": True,
-            "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": True,
-        }
+    assert torch.allclose(
+        _sem_seg(channels_last, INPUTS), _sem_seg(channels_first, INPUTS), atol=1e-5
     )
-    expected, result = _sem_seg(default, INPUTS), _sem_seg(fast, INPUTS)
-    assert (result.argmax(0) == expected.argmax(0)).float().mean() >= 0.999
+    # the checkpoint format does not change
+    assert channels_last.state_dict().keys() == channels_first.state_dict().keys()
+
+
+def _speed_flags(model):
+    """Which default speed option each part of a built MaskFormer runs with."""
+    decoder = model.sem_seg_head.pixel_decoder.modules()
+    predictor = model.sem_seg_head.predictor.modules()
+    return {
+        "sem_seg_fast": model.inference_settings.sem_seg_fast,
+        "fold_mask_embed": model.sem_seg_head.fold_mask_embed,
+        "channels_last": model.channels_last
+        and model.backbone.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last),
+        "fused swin attention": {
+            m.fused for m in model.modules() if isinstance(m, WindowAttention)
+        },
+        # the DETR layers skip their explicit attention weights exactly when fused
+        "fused pixel decoder attention": {
+            not m.need_weights for m in decoder if isinstance(m, TransformerEncoderLayer)
+        },
+        "fused predictor attention": {
+            not m.need_weights for m in predictor if isinstance(m, TransformerDecoderLayer)
+        },
+    }
+
+
+#: a tiny MaskFormer in which every module that reads a speed option is present: Swin backbone,
+#: transformer-encoder pixel decoder, transformer decoder
+SWIN_ENCODER = {
+    "MODEL.BACKBONE.NAME": "D2SwinTransformer",
+    "MODEL.SWIN.EMBED_DIM": 16,
+    "MODEL.SWIN.DEPTHS": [1, 1, 2, 1],
+    "MODEL.SWIN.NUM_HEADS": [1, 2, 2, 4],
+    "MODEL.SWIN.DROP_PATH_RATE": 0.0,
+    "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "TransformerEncoderPixelDecoder",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 1,
+    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "transformer_encoder",
+}
+
+
+def test_exact_turns_off_every_default_speed_option():
+    assert len(SPEED_OPTIONS) == 4
+    default = build_model(tiny_cfg(**SWIN_ENCODER))
+    # EXACT wins over options set explicitly, as they are where a config file sets them
+    exact = build_model(tiny_cfg(**SWIN_ENCODER, **EXACT, **{key: True for key in SPEED_OPTIONS}))
+    on, off = _speed_flags(default), _speed_flags(exact)
+    assert all(value in (True, {True}) for value in on.values()), on
+    assert all(value in (False, {False}) for value in off.values()), off
+    # each option on its own turns its part off
+    for key, flag in zip(
+        SPEED_OPTIONS, ("sem_seg_fast", "fold_mask_embed", "fused", "channels_last")
+    ):
+        flags = _speed_flags(build_model(tiny_cfg(**SWIN_ENCODER, **{key: False})))
+        assert {name for name, value in flags.items() if value not in (True, {True})} == {
+            name for name in flags if flag in name
+        }, key
+
+
+PANOPTIC_META = "test_speed_options_panoptic"
+
+
+def test_default_outputs_agree_with_the_exact_computation():
+    """
+    The default speed options against EXACT, by the margin rule of tests/decision_margins.py: the
+    semantic argmax and the panoptic segments exactly where EXACT's own scores, logits and masks
+    decide them by more than the two runs' logits and masks differ, on >= 99.9% of pixels elsewhere.
+    The images are not resized (the fast semantic path keeps the published argmax where no final
+    resize mixes its pixels), and the second is padded in its batch.
+    """
+    MetadataCatalog.get(PANOPTIC_META).set(
+        thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
+        stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4},
+    )
+    panoptic = {"MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True, "DATASETS.TRAIN": (PANOPTIC_META,)}
+    exact, default = _pair({**panoptic, **EXACT}, **panoptic)
+    inputs = [{"image": _image(64, 80)}, {"image": _image(48, 64, seed=1)}]
+    with torch.no_grad():
+        results = [model(inputs) for model in (exact, default)]
+        images = exact.preprocess_image(inputs)
+        heads = [m.sem_seg_head(m.backbone(images.tensor)) for m in (exact, default)]
+    padded = tuple(images.tensor.shape[-2:])
+    settings = exact.inference_settings
+    for i, size in enumerate(images.image_sizes):
+        expected, result = results[0][i], results[1][i]
+        logits, other_logits = [h["pred_logits"][i].double() for h in heads]
+        masks, other_masks = [
+            masks_to_output_size(h["pred_masks"][i].double(), padded, size, size) for h in heads
+        ]
+        class_error = (other_logits - logits).abs().max().item()
+        # plus a few float32 ulps of the model's own resizing
+        mask_error = (other_masks - masks).abs().max().item() + 1e-6 * masks.abs().max().item()
+        assert 0 < class_error < 1e-4 and 0 < mask_error < 1e-4  # the options did change rounding
+        # a score is a sum of softmax x sigmoid products, each within exp(2 class_error +
+        # mask_error) of its value: so is the score
+        score_error = math.expm1(2 * class_error + mask_error) * expected["sem_seg"].max().item()
+        assert_argmax_agrees(result["sem_seg"], expected["sem_seg"], score_error)
+        decisions = panoptic_decisions(
+            logits,
+            masks,
+            settings.thing_ids,
+            settings.object_mask_threshold,
+            settings.overlap_threshold,
+            class_error,
+            mask_error,
+        )
+        assert decisions.decided_kept  # the exact check has segments to check
+        assert_panoptic_agrees(result["panoptic_seg"], expected["panoptic_seg"], decisions)
 
 
 def test_compile_option_keeps_the_modules_and_checkpoint_keys():
@@ -205,8 +318,8 @@ def test_matcher_resizes_bool_targets_like_float_ones():
 
 
 def test_fold_mask_embed_in_inference_only():
-    default, folded = _pair(**{"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": True})
-    assert folded.sem_seg_head.fold_mask_embed
+    default, folded = _pair({"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": False})
+    assert folded.sem_seg_head.fold_mask_embed and not default.sem_seg_head.fold_mask_embed
     inputs = [
         {"image": _image(64, 80)},
         {"image": _image(48, 64, seed=1)},
@@ -282,6 +395,20 @@ def test_a_pixel_decoder_that_does_not_declare_foldability_gets_the_plain_comput
             transformer_in_feature="res5",
             fold_mask_embed=True,
         )
+
+
+@PIXEL_DECODER_REGISTRY.register()
+class UndeclaredTestPixelDecoder(BasePixelDecoder):
+    """BasePixelDecoder as a user's decoder that does not declare foldability."""
+
+    mask_features_foldable = False
+
+
+def test_default_folding_keeps_the_plain_computation_of_an_undeclared_pixel_decoder():
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "UndeclaredTestPixelDecoder"})
+    assert cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED  # the default, which must not refuse it
+    head = build_model(cfg).sem_seg_head
+    assert not head.foldable and not head.fold_mask_embed
 
 
 def test_aux_outputs_in_training_only():

@@ -7,6 +7,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from ...config import speed_option
 from ..transformer.transformer_predictor import TransformerPredictor
 from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 
@@ -61,13 +62,16 @@ class MaskFormerHead(PixelDecoderHead):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
         in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
+        head = cls.head_config(cfg, input_shape)
         return {
-            **cls.head_config(cfg, input_shape),
+            **head,
             "transformer_in_feature": in_feature,
             "transformer_predictor": TransformerPredictor(
                 cfg, predictor_in_channels(cfg, input_shape), mask_classification=True
             ),
-            "fold_mask_embed": cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED,
+            # on by default: a pixel decoder that does not declare foldability keeps the products
+            "fold_mask_embed": speed_option(cfg, "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED")
+            and declares_foldable(head["pixel_decoder"]),
         }
 
     def forward(self, features):

@@ -15,6 +15,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
+from ...config import speed_option
 from ..transformer.position_encoding import PositionEmbeddingSine
 from ..transformer.transformer import TransformerEncoderOnly
 
@@ -202,7 +203,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
             transformer_dim_feedforward=cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD,
             transformer_enc_layers=cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS,
             transformer_pre_norm=cfg.MODEL.MASK_FORMER.PRE_NORM,
-            fused_attention=cfg.MODEL.MASK_FORMER.FUSED_ATTENTION,
+            fused_attention=speed_option(cfg, "MODEL.MASK_FORMER.FUSED_ATTENTION"),
         )
         return ret
 

@@ -13,6 +13,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from torch import nn
 
+from ...config import speed_option
 from ..kernels.folded_masks import folded_mask_logits
 from ..mask_factors import MaskFactors, PixelConv
 from .position_encoding import PositionEmbeddingSine
@@ -109,7 +110,7 @@ class TransformerPredictor(nn.Module):
             "deep_supervision": mf.DEEP_SUPERVISION,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "fused_attention": mf.FUSED_ATTENTION,
+            "fused_attention": speed_option(cfg, "MODEL.MASK_FORMER.FUSED_ATTENTION"),
         }
 
     def forward(
