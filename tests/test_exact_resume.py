@@ -7,6 +7,7 @@ the same losses, learning rates and final evaluation as the uninterrupted run.
 import json
 import random
 import signal
+import socket
 import subprocess
 
 import numpy as np
@@ -231,23 +232,24 @@ def every_iteration_launcher(train_net_launcher):
     return [command[0], script, *command[2:]], env
 
 
-def test_stopped_and_resumed_run_logs_what_the_uninterrupted_run_does(
-    tmp_path, every_iteration_launcher
-):
-    command, env = every_iteration_launcher
-    extra = [
-        # workers map samples in another order than the main process consumes them
-        "DATALOADER.NUM_WORKERS", "2",
-        # randomness in the model itself
-        "MODEL.MASK_FORMER.DROPOUT", "0.1",
-        # and a final evaluation
-        "DATASETS.TEST", '("reltest_sem_seg_val",)',
-    ]  # fmt: skip
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_resume_and_compare(tmp_path, command, env, extra, processes=1):
+    """
+    Run train_net.py ``extra`` uninterrupted, and alongside it a run stopped by SIGTERM after its
+    first checkpoint then resumed; assert that both wrote the same metrics.json (but for times)
+    and eval_results.json.
+    """
 
     def args(out):
-        return tiny_train_args(out, MAX_ITER, PERIOD, *extra)
+        # runs side by side need their own rendezvous port
+        launch = ["--num-gpus", str(processes), "--dist-url", f"tcp://127.0.0.1:{free_port()}"]
+        return [*launch, *tiny_train_args(out, MAX_ITER, PERIOD, *extra)]
 
-    # the uninterrupted run alongside the one stopped at its first checkpoint
     whole = tmp_path / "whole"
     uninterrupted = start(command + args(whole), env, tmp_path / "whole.log")
     stopped = tmp_path / "stopped"
@@ -260,18 +262,16 @@ def test_stopped_and_resumed_run_logs_what_the_uninterrupted_run_does(
     finally:
         kill_session(run)
         kill_session(uninterrupted)
-    stop_iter = torch.load(stopped / (stopped / "last_checkpoint").read_text(), weights_only=True)[
-        "iteration"
-    ]
+    last = (stopped / "last_checkpoint").read_text()
+    stop_iter = torch.load(stopped / last, weights_only=True)["iteration"]
     assert 1 <= stop_iter < MAX_ITER - 1, "stopped too late to compare a resumed run"
     resumed = subprocess.run(
         command + ["--resume"] + args(stopped), env=env, capture_output=True, text=True
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    expected, got = metrics_by_iteration(whole / "metrics.json"), metrics_by_iteration(
-        stopped / "metrics.json"
-    )
+    expected = metrics_by_iteration(whole / "metrics.json")
+    got = metrics_by_iteration(stopped / "metrics.json")
     # the evaluation is logged at MAX_ITER
     assert sorted(got) == sorted(expected) == list(range(MAX_ITER + 1))
     for iteration in range(MAX_ITER + 1):
@@ -280,3 +280,31 @@ def test_stopped_and_resumed_run_logs_what_the_uninterrupted_run_does(
         ), f"iteration {iteration} (stopped at {stop_iter})"
     assert "sem_seg/mIoU" in expected[MAX_ITER]
     assert (stopped / "eval_results.json").read_text() == (whole / "eval_results.json").read_text()
+
+
+def test_stopped_and_resumed_run_logs_what_the_uninterrupted_run_does(
+    tmp_path, every_iteration_launcher
+):
+    command, env = every_iteration_launcher
+    extra = [
+        # workers map samples in another order than the main process consumes them
+        "DATALOADER.NUM_WORKERS", "2",
+        # randomness in the model itself
+        "MODEL.MASK_FORMER.DROPOUT", "0.1",
+        # and a final evaluation
+        "DATASETS.TEST", '("reltest_sem_seg_val",)',
+    ]  # fmt: skip
+    stop_resume_and_compare(tmp_path, command, env, extra)
+
+
+@pytest.mark.slow  # four 2-process runs (about 3 minutes on 2 cores)
+def test_two_processes_with_aspect_ratio_grouping_resume_exactly(
+    tmp_path, every_iteration_launcher
+):
+    """Ranks with samples waiting in their buckets: the checkpoint holds every rank's."""
+    command, env = every_iteration_launcher
+    extra = [
+        "DATALOADER.ASPECT_RATIO_GROUPING", "True", "SOLVER.IMS_PER_BATCH", "4",
+        "DATASETS.TEST", '("reltest_sem_seg_val",)',
+    ]  # fmt: skip
+    stop_resume_and_compare(tmp_path, command, env, extra, processes=2)

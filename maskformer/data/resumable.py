@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.utils.data as torchdata
+from detectron2.data.common import DatasetFromList
 from detectron2.utils import comm
 
 __all__ = ["derive_seed", "step_seed", "run_seed", "TrainingStream", "ResumableTrainLoader"]
@@ -150,7 +151,9 @@ class ResumableTrainLoader:
     def __init__(
         self, dataset_dicts, mapper, batch_size, *, seed, num_workers=0, aspect_ratio_grouping=True
     ):
-        self.dataset_dicts = dataset_dicts
+        # serialized as detectron2's loader does: reading a list of dicts in forked workers would
+        # copy its memory page by page (reference counts), per worker
+        self.dataset_dicts = DatasetFromList(dataset_dicts, copy=False)
         self.mapper = mapper
         self.batch_size = batch_size
         self.seed = seed
