@@ -20,6 +20,7 @@ as CPU time). A row losing more than 0.5 mIoU or PQ against the reference is not
 
 import argparse
 import dataclasses
+import functools
 import os
 import runpy
 import tempfile
@@ -30,8 +31,9 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 
-from benchmarks.common import FAST_INFERENCE, REPO_ROOT, interleaved_timings, set_threads
+from benchmarks.common import REPO_ROOT, interleaved_timings, set_threads
 from maskformer import add_maskformer_config
+from maskformer.config import SPEED_OPTIONS
 from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
 from maskformer.data.datasets.utils import datasets_root
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
@@ -44,7 +46,7 @@ DEFAULT_MODEL_DIRS = ("output/synthetic_sem_seg", "output/synthetic_panoptic")
 EXACT = "MODEL.MASK_FORMER.TEST.EXACT"
 AMP = "MODEL.MASK_FORMER.TEST.AMP"
 # Inference settings that change speed or precision but not the weights.
-INFERENCE_OPTIONS = (*FAST_INFERENCE, AMP, "MODEL.COMPILE", EXACT)
+INFERENCE_OPTIONS = (*SPEED_OPTIONS, EXACT, AMP, "MODEL.COMPILE")
 MAX_LOSS = 0.5  # mIoU / PQ points a row may lose against the reference and still be recommended
 REFERENCE = "float32 eager, exact"
 QUICK_DATASETS = "maskformer_precision_quick"  # the --quick copy of the synthetic data
@@ -84,24 +86,16 @@ def inference_defaults() -> Dict:
     """
     cfg = get_cfg()
     add_maskformer_config(cfg)
-    defaults = {}
-    for key in INFERENCE_OPTIONS:
-        node = cfg
-        for part in key.split("."):
-            node = node.get(part) if node is not None else None
-        if node is not None:
-            defaults[key] = node
-    return defaults
+    return {
+        key: functools.reduce(lambda node, name: node[name], key.split("."), cfg)
+        for key in INFERENCE_OPTIONS
+    }
 
 
 def variants(defaults: Dict) -> Dict[str, Dict]:
     """Config overrides of the eager rows."""
-    if EXACT in defaults:
-        exact = {**defaults, EXACT: True}
-    else:  # versions without the EXACT switch compute the published order with all options off
-        exact = {**defaults, **{key: False for key in FAST_INFERENCE}, AMP: False}
     return {
-        REFERENCE: exact,
+        REFERENCE: {**defaults, EXACT: True},
         "float32 eager, default": defaults,
         "bfloat16 autocast eager": {**defaults, AMP: True, "SOLVER.AMP.DTYPE": "bfloat16"},
     }
