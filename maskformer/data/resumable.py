@@ -71,7 +71,8 @@ def _seeded_global_rngs(seed: int):
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
         np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
+        # the CPU generator only: mapping runs on CPU, and CUDA's belongs to the model's step
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
