@@ -5,9 +5,10 @@ forward + backward in the same run; and peak resident memory, each measured in a
 Compares this project's mask loss (chunked, bool targets) with the published computation (all
 matched masks upsampled to the crop as float tensors) and with the point-sampled loss
 (MODEL.MASK_FORMER.TRAIN_NUM_POINTS), also for the losses alone at 1024x1024 crops; and the step
-with MODEL.CHANNELS_LAST, with the forward under bfloat16 autocast (SOLVER.AMP, on GPU) or, with
-``--compile``, with MODEL.COMPILE (needs a C++ compiler on CPU), still as a ratio to the published
-float32, channels-first, uncompiled backbone.
+with the default settings (channels-last and fused attention), with the forward under bfloat16
+autocast (SOLVER.AMP) or, with ``--compile``, with MODEL.COMPILE (needs a C++ compiler on CPU),
+still as a ratio to the published float32, channels-first, uncompiled backbone. Every other
+variant runs with MODEL.MASK_FORMER.TEST.EXACT (the published computation order).
 
     python -m benchmarks.train_step [--threads 2] [--repeats 3] [--compile]
 """
@@ -19,6 +20,7 @@ import sys
 import torch
 
 from benchmarks.common import (
+    EXACT,
     build_r50_ade20k,
     interleaved_timings,
     peak_rss_mb,
@@ -33,9 +35,10 @@ from maskformer.solver import build_optimizer
 
 NUM_CLASSES = 150
 SEGMENTS_PER_IMAGE = (10, 13)
+DEFAULT = "default settings (channels-last, fused attention)"
 VARIANT_SETTINGS = {
     "point-sampled loss": {"MODEL.MASK_FORMER.TRAIN_NUM_POINTS": 112 * 112},
-    "channels-last": {"MODEL.CHANNELS_LAST": True},
+    DEFAULT: {"MODEL.MASK_FORMER.TEST.EXACT": False},
     "torch.compile": {"MODEL.COMPILE": True},
 }
 VARIANTS = (
@@ -44,7 +47,7 @@ VARIANTS = (
     "published loss",
     "this project",
     "point-sampled loss",
-    "channels-last",
+    DEFAULT,
     "bfloat16 autocast",
 )
 COMPILED = "torch.compile"  # with --compile only: its first steps compile for tens of seconds
@@ -66,7 +69,7 @@ def without_mask_factors(predictor_forward):
 
 
 def build_variant(variant: str):
-    model = build_r50_ade20k(VARIANT_SETTINGS.get(variant, {})).train()
+    model = build_r50_ade20k({**EXACT, **VARIANT_SETTINGS.get(variant, {})}).train()
     if variant == "published loss":  # float targets, all matched masks upsampled at once
         model.criterion.fused_mask_loss = False
         model.sem_seg_head.predictor.forward = without_mask_factors(

@@ -137,7 +137,7 @@ def test_exact_turns_off_every_default_speed_option():
     on, off = _speed_flags(default), _speed_flags(exact)
     assert all(value in (True, {True}) for value in on.values()), on
     assert all(value in (False, {False}) for value in off.values()), off
-    # each option on its own turns its part off
+    # turning one option off turns off its own part only
     for key, flag in zip(
         SPEED_OPTIONS, ("sem_seg_fast", "fold_mask_embed", "fused", "channels_last")
     ):
