@@ -226,8 +226,10 @@ def test_exported_graph_matches_eager_model(exported, fmt):
         eager = model.sem_seg_head(model.backbone(images))
     pred_logits, pred_masks = runner.graph(images)
     assert pred_logits.shape == (2, 8, len(CLASS_NAMES) + 1) and pred_masks.shape == (2, 8, 24, 32)
-    torch.testing.assert_close(pred_logits, eager["pred_logits"], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(pred_masks, eager["pred_masks"], rtol=1e-4, atol=1e-4)
+    # two float paths (the eager default's fused attention and channels-last vs the graph's
+    # runtime): 1.2e-4 seen on one mask logit with ATen's AVX2 kernels
+    torch.testing.assert_close(pred_logits, eager["pred_logits"], rtol=1e-4, atol=3e-4)
+    torch.testing.assert_close(pred_masks, eager["pred_masks"], rtol=1e-4, atol=3e-4)
 
     # end to end: images of two sizes (padded into one batch), results at twice their height
     batch = [
