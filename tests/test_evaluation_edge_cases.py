@@ -1,7 +1,7 @@
 """
 Evaluation on images without ground-truth segments or without predicted segments: the metrics
 match hand computation and nothing crashes. Evaluators come from the project's build_evaluator
-(detectron2's SemSegEvaluator and this project's panopticapi-equivalent PQ evaluator); 4x4 images on disk.
+(this project's SemSegEvaluator- and panopticapi-equivalent evaluators); 4x4 images on disk.
 """
 
 import json

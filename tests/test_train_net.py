@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import DatasetEvaluators, SemSegEvaluator
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.structures import BitMasks, Instances
 from panopticapi.utils import id2rgb
 
@@ -24,6 +24,7 @@ from maskformer.config import add_maskformer_config
 from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.evaluation import InstanceSegEvaluator, build_evaluator, panoptic_to_coco_instances
 from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator
+from maskformer.evaluation.semantic import FastSemSegEvaluator
 
 REPO = Path(__file__).resolve().parents[1]
 SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
@@ -389,7 +390,9 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
     MetadataCatalog.get("test_tiny_unknown").set(evaluator_type="lvis")
     out = str(tmp_path / "eval")
 
-    assert isinstance(build_evaluator(maskformer_cfg(), "test_tiny_sem_seg", out), SemSegEvaluator)
+    assert isinstance(
+        build_evaluator(maskformer_cfg(), "test_tiny_sem_seg", out), FastSemSegEvaluator
+    )
     with pytest.raises(ValueError, match="'test_tiny_unknown' has evaluator_type='lvis'"):
         build_evaluator(maskformer_cfg(), "test_tiny_unknown", out)
     with pytest.raises(ValueError, match="PANOPTIC_ON"):
@@ -408,11 +411,11 @@ def test_build_evaluator_by_evaluator_type(tmp_path):
     )
     assert isinstance(full, DatasetEvaluators)
     assert [type(e) for e in full._evaluators] == [
-        SemSegEvaluator,
+        FastSemSegEvaluator,
         FastCOCOPanopticEvaluator,
         InstanceSegEvaluator,
     ]
     tta = build_evaluator(
         maskformer_cfg(PANOPTIC_ON=True), "test_tiny_panoptic_sem", out, semantic_only=True
     )
-    assert isinstance(tta, SemSegEvaluator)
+    assert isinstance(tta, FastSemSegEvaluator)

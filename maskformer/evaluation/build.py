@@ -9,7 +9,6 @@ from detectron2.evaluation import (
     CityscapesSemSegEvaluator,
     DatasetEvaluator,
     DatasetEvaluators,
-    SemSegEvaluator,
 )
 
 from ..data.build import check_num_classes
@@ -17,6 +16,7 @@ from ..data.datasets.custom import register_custom_datasets
 from ..data.reading import read_sem_seg_label
 from .fast_panoptic import FastCOCOPanopticEvaluator
 from .instance_evaluation import InstanceSegEvaluator
+from .semantic import FastSemSegEvaluator
 
 __all__ = ["build_evaluator", "semantic_label_reader"]
 
@@ -31,7 +31,8 @@ def build_evaluator(
     """
     Evaluators of ``dataset_name``:
 
-    - "sem_seg": mIoU, fwIoU, mACC, pACC (SemSegEvaluator);
+    - "sem_seg": mIoU, fwIoU, mACC, pACC (detectron2's SemSegEvaluator's numbers, computed by
+      :class:`FastSemSegEvaluator`);
     - "coco_panoptic_seg" / "ade20k_panoptic_seg": PQ, SQ, RQ for all/things/stuff (panopticapi's
       numbers, computed by :class:`FastCOCOPanopticEvaluator`), plus mIoU when the
       metadata has ``sem_seg_root`` and instance AP with ``MODEL.MASK_FORMER.TEST.INSTANCE_ON``;
@@ -66,7 +67,7 @@ def build_evaluator(
         evaluators.append(CityscapesInstanceEvaluator(dataset_name))
     elif has_semantic_gt:
         evaluators.append(
-            SemSegEvaluator(
+            FastSemSegEvaluator(
                 dataset_name,
                 distributed=True,
                 output_dir=output_folder,
@@ -92,7 +93,7 @@ def build_evaluator(
 
 def semantic_label_reader(dataset_name):
     """
-    ``SemSegEvaluator``'s ``sem_seg_loading_fn`` for ``dataset_name``: the training reader
+    The semantic evaluator's ``sem_seg_loading_fn`` for ``dataset_name``: the training reader
     (:func:`~maskformer.data.reading.read_sem_seg_label`) with the metadata's classes, ignore value
     and stored offset, so a label value outside the classes is an error naming the file instead of
     a count in another class's row.

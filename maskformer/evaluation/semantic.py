@@ -1,0 +1,94 @@
+"""
+detectron2's ``SemSegEvaluator`` with its two largest per-image costs at ADE20K size taken out:
+the argmax over the (K, H, W) scores and the run-length encoding of every predicted class.
+Same metrics and the same ``sem_seg_predictions.json``.
+"""
+
+from typing import Dict, List
+
+import numpy as np
+import pycocotools.mask as mask_util
+import torch
+from detectron2.evaluation import SemSegEvaluator
+
+__all__ = ["FastSemSegEvaluator", "class_map", "rle_per_label"]
+
+
+def class_map(scores: torch.Tensor) -> np.ndarray:
+    """
+    (K, H, W) class scores -> (H, W) int64 index of the best class (the first one on ties, NaN
+    counting as the largest, as ``torch.argmax``). Pixel-major scores (strides (1, W*K, K), the
+    fast semantic inference's) go through numpy's vectorised argmax over contiguous runs of K:
+    ~3x faster than ``torch.argmax(dim=0)`` on CPU, whose reduction over the class axis is scalar.
+    """
+    scores = scores.detach().cpu()
+    if scores.dtype == torch.float32 and scores.stride(0) == 1:
+        return scores.permute(1, 2, 0).numpy().argmax(-1)
+    return scores.argmax(dim=0).numpy()
+
+
+def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
+    """
+    {label: COCO compressed RLE of ``label_map == label``} for every label in the (H, W) map, equal to
+    ``pycocotools.mask.encode`` of each binary mask, from one pass over the map: the runs of
+    equal labels in column-major order (COCO's) are found once, and each label's RLE counts are
+    the gaps between its own runs.
+    """
+    height, width = label_map.shape
+    flat = np.ascontiguousarray(label_map.T).ravel()  # column-major order
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    ends = np.append(starts[1:], flat.size)
+    values = flat[starts]
+    order = np.argsort(values, kind="stable")  # each label's runs, in image order
+    labels, first = np.unique(values[order], return_index=True)
+    encoded = {}
+    for label, runs in zip(labels, np.split(order, first[1:])):
+        # alternating lengths, starting with the background before the first run
+        edges = np.stack([starts[runs], ends[runs]], 1).ravel()
+        counts = np.diff(edges, prepend=0)
+        if edges[-1] < flat.size:
+            counts = np.append(counts, flat.size - edges[-1])
+        encoded[int(label)] = mask_util.frPyObjects(
+            {"counts": counts.tolist(), "size": [height, width]}, height, width
+        )
+    return encoded
+
+
+class FastSemSegEvaluator(SemSegEvaluator):
+    """``SemSegEvaluator`` with :func:`class_map` and :func:`rle_per_label`."""
+
+    def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
+        for input, output in zip(inputs, outputs):
+            pred = class_map(output["sem_seg"])
+            gt = self.sem_seg_loading_fn(self.input_file_to_gt_file[input["file_name"]], dtype=int)
+            gt[gt == self._ignore_label] = self._num_classes
+            self._conf_matrix += self._confusion(pred, gt)
+            if self._compute_boundary_iou:
+                self._b_conf_matrix += self._confusion(
+                    self._mask_to_boundary(pred.astype(np.uint8)),
+                    self._mask_to_boundary(gt.astype(np.uint8)),
+                )
+            self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
+
+    def _confusion(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """(K+1, K+1) counts of (predicted, true) pairs; row and column K: ignored pixels."""
+        return np.bincount(
+            (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
+            minlength=self._conf_matrix.size,
+        ).reshape(self._conf_matrix.shape)
+
+    def encode_json_sem_seg(self, sem_seg: np.ndarray, input_file_name: str) -> List[Dict]:
+        to_dataset_id = self._contiguous_id_to_dataset_id
+        json_list = []
+        for label, rle in rle_per_label(sem_seg).items():
+            if to_dataset_id is not None and label not in to_dataset_id:
+                raise ValueError(f"Label {label} is not in the metadata of {self._dataset_name}")
+            rle["counts"] = rle["counts"].decode("utf-8")
+            json_list.append(
+                {
+                    "file_name": input_file_name,
+                    "category_id": to_dataset_id[label] if to_dataset_id is not None else label,
+                    "segmentation": rle,
+                }
+            )
+        return json_list

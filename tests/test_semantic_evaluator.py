@@ -1,0 +1,126 @@
+"""
+FastSemSegEvaluator against detectron2's SemSegEvaluator on the same images: the same confusion
+matrices, metrics and sem_seg_predictions.json (run-length encodings compared as strings), for
+pixel-major and channels-first scores, with and without a contiguous -> dataset id mapping; and
+its two parts (class map, RLE per label) against torch.argmax and pycocotools.mask.encode.
+"""
+
+import json
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import SemSegEvaluator
+from PIL import Image
+
+from maskformer.evaluation.semantic import FastSemSegEvaluator, class_map, rle_per_label
+
+NUM_CLASSES = 7
+
+
+def blobs(seed: int, size=(37, 53)) -> np.ndarray:
+    """A label map of a few rectangles over noise: long runs and single pixels, every edge case of
+    the column-major runs (a label at the first / last pixel, labels absent)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, NUM_CLASSES, size)
+    for _ in range(6):
+        y, x = rng.integers(0, size[0] - 5), rng.integers(0, size[1] - 5)
+        labels[y : y + rng.integers(3, 20), x : x + rng.integers(3, 30)] = rng.integers(NUM_CLASSES)
+    return labels
+
+
+def scores_for(labels: np.ndarray, seed: int, pixel_major: bool) -> torch.Tensor:
+    """(K, H, W) float32 scores whose argmax is ``labels``, pixel-major or channels-first."""
+    noise = torch.rand((*labels.shape, NUM_CLASSES), generator=torch.Generator().manual_seed(seed))
+    scores = noise + 2 * torch.nn.functional.one_hot(torch.as_tensor(labels), NUM_CLASSES)
+    scores = scores.permute(2, 0, 1)
+    return scores if pixel_major else scores.contiguous()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rle_per_label_equals_pycocotools_encode(seed):
+    labels = blobs(seed)
+    if seed == 1:
+        labels[:] = 3  # one label everywhere: a single run
+    encoded = rle_per_label(labels)
+    assert sorted(encoded) == sorted(np.unique(labels).tolist())
+    for label, rle in encoded.items():
+        mask = np.asfortranarray((labels == label).astype(np.uint8))
+        assert rle == mask_util.encode(mask)
+
+
+def test_class_map_equals_torch_argmax_with_ties_and_nan():
+    scores = torch.rand(5, 6, 7)
+    scores[:, 0, 0] = 1.0  # a tie of all classes: the first wins
+    scores[2:4, 1, 1] = 2.0  # a tie of classes 2 and 3
+    scores[3, 2, 2] = float("nan")  # NaN wins, as in torch.argmax
+    for layout in (scores.contiguous(), scores.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
+        got = class_map(layout)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, scores.argmax(0).numpy())
+    assert class_map(scores)[0, 0] == 0 and class_map(scores)[1, 1] == 2
+    assert class_map(scores)[2, 2] == 3
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    names = []
+
+    def _register(name, with_id_map):
+        records = []
+        for i in range(3):
+            gt = blobs(10 + i).astype(np.uint8)
+            gt[:4, :4] = 255  # ignored pixels
+            path = tmp_path / f"{name}_{i}.png"
+            Image.fromarray(gt).save(path)
+            records.append({"file_name": f"{name}_{i}.jpg", "sem_seg_file_name": str(path)})
+        DatasetCatalog.register(name, lambda: records)
+        meta = dict(stuff_classes=[f"c{k}" for k in range(NUM_CLASSES)], ignore_label=255)
+        if with_id_map:
+            meta["stuff_dataset_id_to_contiguous_id"] = {10 + k: k for k in range(NUM_CLASSES)}
+        MetadataCatalog.get(name).set(**meta)
+        names.append(name)
+        return records
+
+    yield _register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+@pytest.mark.parametrize("with_id_map", [False, True])
+@pytest.mark.parametrize("pixel_major", [True, False])
+def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, pixel_major):
+    name = f"fast_sem_seg_{with_id_map}_{pixel_major}"
+    records = dataset(name, with_id_map)
+    inputs = [{"file_name": r["file_name"]} for r in records]
+    # predictions: the ground truth (ignored pixels as class 0) with some pixels changed
+    outputs = []
+    for i, r in enumerate(records):
+        labels = np.array(Image.open(r["sem_seg_file_name"])).astype(np.int64) % 255
+        labels[::3, ::5] = (labels[::3, ::5] + 1) % NUM_CLASSES
+        outputs.append({"sem_seg": scores_for(labels, i, pixel_major)})
+
+    results = {}
+    for evaluator_class in (SemSegEvaluator, FastSemSegEvaluator):
+        folder = tmp_path / evaluator_class.__name__ / name
+        evaluator = evaluator_class(name, distributed=False, output_dir=str(folder))
+        evaluator.reset()
+        for inp, out in zip(inputs, outputs):
+            evaluator.process([inp], [out])
+        results[evaluator_class] = (
+            evaluator._conf_matrix.copy(),
+            evaluator._b_conf_matrix.copy(),
+            evaluator.evaluate(),
+            json.loads((folder / "sem_seg_predictions.json").read_text()),
+        )
+    expected, got = results[SemSegEvaluator], results[FastSemSegEvaluator]
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+    assert got[3] == expected[3]
+    assert 0 < got[2]["sem_seg"]["mIoU"] < 100  # some pixels right, some wrong
+    if with_id_map:
+        assert {p["category_id"] for p in got[3]} <= set(range(10, 10 + NUM_CLASSES))
