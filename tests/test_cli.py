@@ -182,3 +182,37 @@ def test_base_cycle_names_the_files(tmp_path):
     # a base reached twice without a cycle is fine
     write(tmp_path, "d.yaml", "_BASE_: [other.yaml, other.yaml]\n")
     assert load_config(str(tmp_path / "d.yaml")).SOLVER.MAX_ITER == 3
+
+
+@pytest.mark.parametrize("script", ["train_net.py", "demo/demo.py"])
+def test_scripts_turn_on_huge_pages_before_torch_loads(script):
+    """THP_MEM_ALLOC_ENABLE=1 when unset, set before torch is imported (PyTorch reads it at its first
+    allocation); a user's own value is kept."""
+    probe = (
+        "import os, runpy, sys\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name == 'torch':\n"
+        "            print('at torch import:', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "            sys.meta_path.remove(self)\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        f"sys.argv = [{script!r}, '--help']\n"
+        "sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as python SCRIPT does\n"
+        "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "at torch import: 1" in done.stdout
+    done = run_python(["-c", probe], THP_MEM_ALLOC_ENABLE="0")
+    assert "at torch import: 0" in done.stdout, done.stderr
