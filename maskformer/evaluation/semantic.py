@@ -21,10 +21,10 @@ def class_map(scores: torch.Tensor) -> np.ndarray:
     fast semantic inference's) go through numpy's vectorised argmax over contiguous runs of K:
     ~3x faster than ``torch.argmax(dim=0)`` on CPU, whose reduction over the class axis is scalar.
     """
-    scores = scores.detach().cpu()
-    if scores.dtype == torch.float32 and scores.stride(0) == 1:
+    scores = scores.detach()
+    if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.stride(0) == 1:
         return scores.permute(1, 2, 0).numpy().argmax(-1)
-    return scores.argmax(dim=0).numpy()
+    return scores.argmax(dim=0).cpu().numpy()  # on a GPU: only the (H, W) map moves
 
 
 def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
