@@ -1,10 +1,12 @@
-"""Shared test fixtures: the published-release reference data and a quiet, single-threaded torch."""
+"""Shared test fixtures: the published-release reference data, datasets registered for one test, and
+a quiet, single-threaded torch."""
 
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(
@@ -31,6 +33,23 @@ def require_reference(*parts) -> Path:
 @pytest.fixture
 def reference_dir() -> Path:
     return require_reference()
+
+
+@pytest.fixture
+def register():
+    """register(name, records, **metadata) -> name: a dataset in detectron2's catalogs for this test."""
+    names = []
+
+    def _register(name, records, **metadata):
+        DatasetCatalog.register(name, lambda: records)
+        MetadataCatalog.get(name).set(**metadata)
+        names.append(name)
+        return name
+
+    yield _register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import id2rgb
 from PIL import Image
 
@@ -20,23 +19,6 @@ from maskformer.evaluation import build_evaluator
 from maskformer.modeling.inference import panoptic_inference
 
 THING, STUFF = 0, 1  # contiguous ids; dataset category ids are 1 (thing) and 2 (stuff)
-
-
-@pytest.fixture
-def register(tmp_path):
-    """register(name, records, **metadata); removed again after the test."""
-    names = []
-
-    def _register(name, records, **metadata):
-        DatasetCatalog.register(name, lambda: records)
-        MetadataCatalog.get(name).set(**metadata)
-        names.append(name)
-        return name
-
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
 
 
 def evaluate(dataset_name, inputs, outputs, output_dir, panoptic=False, skip_bad=False):

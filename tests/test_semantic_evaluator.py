@@ -11,7 +11,6 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
@@ -65,9 +64,7 @@ def test_class_map_equals_torch_argmax_with_ties_and_nan():
 
 
 @pytest.fixture
-def dataset(tmp_path):
-    names = []
-
+def dataset(tmp_path, register):
     def _register(name, with_id_map):
         records = []
         for i in range(3):
@@ -76,18 +73,13 @@ def dataset(tmp_path):
             path = tmp_path / f"{name}_{i}.png"
             Image.fromarray(gt).save(path)
             records.append({"file_name": f"{name}_{i}.jpg", "sem_seg_file_name": str(path)})
-        DatasetCatalog.register(name, lambda: records)
         meta = dict(stuff_classes=[f"c{k}" for k in range(NUM_CLASSES)], ignore_label=255)
         if with_id_map:
             meta["stuff_dataset_id_to_contiguous_id"] = {10 + k: k for k in range(NUM_CLASSES)}
-        MetadataCatalog.get(name).set(**meta)
-        names.append(name)
+        register(name, records, **meta)
         return records
 
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    return _register
 
 
 @pytest.mark.parametrize("with_id_map", [False, True])
