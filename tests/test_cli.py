@@ -214,5 +214,6 @@ def test_scripts_turn_on_huge_pages_before_torch_loads(script):
     )
     assert done.returncode == 0, done.stderr
     assert "at torch import: 1" in done.stdout
-    done = run_python(["-c", probe], THP_MEM_ALLOC_ENABLE="0")
-    assert "at torch import: 0" in done.stdout, done.stderr
+    if script == "train_net.py":  # the same line in both scripts: one check of a user's value
+        done = run_python(["-c", probe], THP_MEM_ALLOC_ENABLE="0")
+        assert "at torch import: 0" in done.stdout, done.stderr
