@@ -1,7 +1,7 @@
 """
 Where ``--eval-only`` spends its time, per image: loading (the test data loader: read, decode,
-resize), model (backbone + head), post-processing (``MaskFormer.forward`` minus the model part,
-measured on the same batch) and the evaluator's ``process``; then the final ``evaluate`` (gathering
+resize), model (backbone + head), post-processing (``MaskFormer.postprocess``, the rest of
+``MaskFormer.forward``) and the evaluator's ``process``; then the final ``evaluate`` (gathering
 and metrics), and what the evaluator keeps per image (which is what gathering moves and what a rank
 holds at the end).
 
@@ -85,12 +85,12 @@ def split(cfg, dataset: str, limit: int, output_folder: str) -> None:
                 break
             seconds["loading"] += time.perf_counter() - start
             start = time.perf_counter()
-            model.sem_seg_head(model.backbone(model.preprocess_image(batch).tensor))
-            head = time.perf_counter() - start
+            padded = model.preprocess_image(batch)
+            head_outputs = model.sem_seg_head(model.backbone(padded.tensor))
+            seconds["model"] += time.perf_counter() - start
             start = time.perf_counter()
-            outputs = model(batch)
-            seconds["model"] += head
-            seconds["post-processing"] += max(time.perf_counter() - start - head, 0.0)
+            outputs = model.postprocess(head_outputs, batch, padded)
+            seconds["post-processing"] += time.perf_counter() - start
             start = time.perf_counter()
             evaluator.process(batch, outputs)
             seconds["evaluator"] += time.perf_counter() - start

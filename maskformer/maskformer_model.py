@@ -176,6 +176,15 @@ class MaskFormer(nn.Module):
             weights = self.criterion.weight_dict
             return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
+        return self.postprocess(outputs, batched_inputs, images)
+
+    def postprocess(
+        self, outputs: Dict, batched_inputs: List[Dict], images: ImageList
+    ) -> List[Dict]:
+        """
+        The head's outputs of ``images`` -> per image the results of :func:`inference`, at the
+        input's "height" x "width" (default: its size in the batch).
+        """
         output_sizes = [
             (x.get("height", h), x.get("width", w))
             for x, (h, w) in zip(batched_inputs, images.image_sizes)
