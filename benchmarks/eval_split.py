@@ -1,7 +1,8 @@
 """
 Where ``--eval-only`` spends its time, per image: loading (the test data loader: read, decode,
 resize), model (backbone + head), post-processing (``MaskFormer.postprocess``, the rest of
-``MaskFormer.forward``) and the evaluator's ``process``; then the final ``evaluate`` (gathering
+``MaskFormer.forward``, giving the semantic labels rather than the scores as in ``Trainer.test``)
+and the evaluator's ``process``; then the final ``evaluate`` (gathering
 and metrics), and what the evaluator keeps per image (which is what gathering moves and what a rank
 holds at the end).
 
@@ -9,11 +10,13 @@ holds at the end).
 
 Two settings: the built-in synthetic panoptic val split (R18 config of scripts/run_main.sh, PQ +
 mIoU evaluators) and a generated ADE20K-like tree of 512x512 JPEG images with full-resolution PNG
-labels (R50 ADE20K-150 config, mIoU evaluator). Random weights: the split of times does not depend
+labels (R50 ADE20K-150 config, mIoU evaluator; EXACT and default settings, and the default
+settings once more with the (K, H, W) scores as the semantic output instead of the labels). Random weights: the split of times does not depend
 on training, except that untrained panoptic outputs have fewer segments than trained ones.
 """
 
 import argparse
+import contextlib
 import os
 import pickle
 import tempfile
@@ -27,7 +30,7 @@ from detectron2.modeling import build_model
 
 from maskformer import add_maskformer_config
 from maskformer.engine.trainer import Trainer
-from maskformer.evaluation import build_evaluator
+from maskformer.evaluation import accepts_semantic_labels, build_evaluator
 
 from .common import EXACT, REPO_ROOT, set_threads
 from .data_loading import write_samples
@@ -68,16 +71,21 @@ def retained_bytes(evaluator) -> int:
     return kept
 
 
-def split(cfg, dataset: str, limit: int, output_folder: str) -> None:
+def split(cfg, dataset: str, limit: int, output_folder: str, labels: bool = True) -> None:
+    """
+    The time split of evaluating ``dataset``; ``labels``: as Trainer.test, the model gives the
+    semantic labels (else the scores, as a plain ``inference_on_dataset(model, ...)`` call).
+    """
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     loader = Trainer.build_test_loader(cfg, dataset)
     evaluator = build_evaluator(cfg, dataset, output_folder=output_folder)
     evaluator.reset()
+    assert accepts_semantic_labels(evaluator)  # so Trainer.test asks for labels
     seconds = defaultdict(float)
     images = 0
     batches = iter(loader)
-    with torch.no_grad():
+    with torch.no_grad(), model.semantic_labels_only() if labels else contextlib.nullcontext():
         while limit is None or images < limit:
             start = time.perf_counter()
             batch = next(batches, None)
@@ -123,13 +131,18 @@ def main(args) -> None:
         ade_folder = os.path.join(folder, "ade")
         os.makedirs(ade_folder)
         register_ade_like(ade_folder, args.images)
-        for name, settings in (("exact (published order)", EXACT), ("default settings", {})):
+        for name, settings, labels in (
+            ("exact (published order)", EXACT, True),
+            ("default settings, scores", {}, False),
+            ("default settings", {}, True),
+        ):
             print(f"\n[R50 ADE20K-150, {name}]", end="")
             ade = config(
                 "configs/ade20k-150/maskformer_R50_bs16_160k.yaml",
                 {"DATASETS.TEST": (ADE_LIKE,), **settings},
             )
-            split(ade, ADE_LIKE, args.images, os.path.join(folder, f"ade_eval_{len(settings)}"))
+            output_folder = os.path.join(folder, f"ade_eval_{len(settings)}_{labels}")
+            split(ade, ADE_LIKE, args.images, output_folder, labels)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Images of one batch are padded to a common size, as in detectron2's batched infe
 then differ slightly from those of one image at a time.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -33,6 +34,8 @@ from PIL import Image
 from .data.reading import read_image
 from .engine.checkpoint import MaskFormerCheckpointer
 from .engine.config_loading import load_config, use_cpu_without_cuda
+from .maskformer_model import MaskFormer
+from .modeling.inference import semantic_labels
 
 __all__ = ["InstancePredictions", "Prediction", "Predictor", "Segment", "plural"]
 
@@ -238,16 +241,21 @@ class Predictor:
             resized = self.resize.get_transform(image).apply_image(image)
             tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
             inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        # without the per-class scores where they are not asked for (the labels are their argmax)
+        labels_only = not scores and isinstance(self.model, MaskFormer)
         with torch.no_grad():
-            outputs = self.model(inputs)
+            with self.model.semantic_labels_only() if labels_only else contextlib.nullcontext():
+                outputs = self.model(inputs)
         return [self.to_prediction(output, scores) for output in outputs]
 
     def to_prediction(self, output: Dict, scores: bool = False) -> Prediction:
         """The model's output dict of one image (``MaskFormer.forward``) -> a Prediction."""
-        sem_seg = output["sem_seg"]
+        labels = output.get("sem_seg_labels")
+        if labels is None:
+            labels = semantic_labels(output["sem_seg"])
         result = Prediction(
-            sem_seg=sem_seg.argmax(dim=0).to(torch.int32).cpu().numpy(),
-            sem_seg_scores=sem_seg.float().cpu().numpy() if scores else None,
+            sem_seg=labels.to(torch.int32).cpu().numpy(),
+            sem_seg_scores=output["sem_seg"].float().cpu().numpy() if scores else None,
         )
         if "panoptic_seg" in output:
             ids, segments = output["panoptic_seg"]

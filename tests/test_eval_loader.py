@@ -351,3 +351,55 @@ def test_detectron2_evaluation_loop_runs_on_the_loader_and_skips(folder_dataset,
         sample_file(name, i, "file_name") for i in (1, 2)
     }
     assert 0 <= results["sem_seg"]["pACC"] <= 100
+
+
+def test_trainer_test_gives_our_evaluators_the_labels_and_others_the_scores(
+    folder_dataset, tmp_path
+):
+    """
+    Trainer.test runs a MaskFormer inside ``semantic_labels_only`` when every evaluator accepts
+    labels (this project's): the metrics are those of the scores (DefaultTrainer.test), and an
+    evaluator of another kind is given the scores.
+    """
+    from detectron2.engine import DefaultTrainer
+    from detectron2.evaluation import DatasetEvaluator
+    from detectron2.modeling import build_model
+
+    from maskformer.engine.trainer import Trainer
+    from maskformer.evaluation.build import semantic_label_reader
+    from maskformer.evaluation.semantic import FastSemSegEvaluator
+    from tests.test_model import tiny_cfg
+
+    class RecordingSemSegEvaluator(FastSemSegEvaluator):
+        def process(self, inputs, outputs):
+            self.keys = {key for output in outputs for key in output}
+            super().process(inputs, outputs)
+
+    class KeysEvaluator(DatasetEvaluator):
+        def reset(self):
+            self.keys = set()
+
+        def process(self, inputs, outputs):
+            self.keys |= {key for output in outputs for key in output}
+
+        def evaluate(self):
+            return {"keys": {key: 1.0 for key in self.keys}}
+
+    name = folder_dataset(labels(2, h=32, w=40))
+    cfg = tiny_cfg(**{"MODEL.SEM_SEG_HEAD.NUM_CLASSES": NUM_CLASSES})
+    cfg.DATASETS.TEST = (name,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.INPUT.MIN_SIZE_TEST = 32
+    cfg.OUTPUT_DIR = str(tmp_path)
+    model = build_model(cfg)
+    recording = RecordingSemSegEvaluator(
+        name, output_dir=str(tmp_path / "labels"), sem_seg_loading_fn=semantic_label_reader(name)
+    )
+    with_labels = Trainer.test(cfg, model, recording)
+    with_scores = DefaultTrainer.test(cfg, model, build_evaluator(cfg, name, str(tmp_path / "s")))
+    assert recording.keys == {"sem_seg_labels"}
+    same = json.dumps(with_scores)  # as text: absent classes' NaN IoUs compare equal
+    assert json.dumps(with_labels) == same and "mIoU" in with_labels["sem_seg"]
+    assert json.dumps(Trainer.test(cfg, model)) == same  # the evaluators built there
+    assert Trainer.test(cfg, model, KeysEvaluator()) == {"keys": {"sem_seg": 1.0}}
+    assert not model.inference_settings.semantic_labels_only  # restored

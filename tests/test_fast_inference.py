@@ -4,6 +4,8 @@ the fast semantic path (MODEL.MASK_FORMER.TEST.SEM_SEG_FAST, on by default) give
 argmax, and the default settings the published release's golden outputs within the margin rule.
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,56 @@ def test_exact_post_processing_equals_the_published_computation(settings):
         assert torch.equal(got.pred_masks[order_got], want.pred_masks[order_want])
         assert torch.allclose(got.scores[order_got], want.scores[order_want])
         assert torch.equal(got.pred_classes[order_got], want.pred_classes[order_want])
+
+
+@pytest.mark.parametrize("exact", [False, True])
+@pytest.mark.parametrize("output_size", [(60, 90), (45, 70)])
+def test_semantic_labels_setting_gives_the_argmax_of_the_scores(exact, output_size):
+    """
+    With ``semantic_labels_only`` the semantic output is "sem_seg_labels", the argmax of the "sem_seg"
+    scores on every pixel: on the fast path without a resize the kernel decides it at mask
+    resolution (the same computation's argmax, see test_kernels), otherwise the scores' argmax is
+    taken. The panoptic and instance outputs are the same.
+    """
+    MetadataCatalog.get("test_fast_inference_meta").set(
+        thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
+        stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4},
+    )
+    options = {
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD": 0.2,
+        "MODEL.MASK_FORMER.TEST.EXACT": exact,
+        "DATASETS.TRAIN": ("test_fast_inference_meta",),
+    }
+    settings = build_model(tiny_cfg(**options)).inference_settings
+    labels_settings = dataclasses.replace(settings, semantic_labels_only=True)
+    mask_cls, mask_pred = segment_outputs(8, NUM_CLASSES, (16, 24))
+    mask_cls[:3] = mask_cls[:3] * 3  # confident queries, so that panoptic keeps some
+    scores = image_inference(mask_cls, mask_pred, (64, 96), (60, 90), output_size, settings)
+    labels = image_inference(mask_cls, mask_pred, (64, 96), (60, 90), output_size, labels_settings)
+    assert set(labels) == {"sem_seg_labels", "panoptic_seg", "instances"}
+    assert labels["sem_seg_labels"].shape == output_size
+    assert torch.equal(labels["sem_seg_labels"], scores["sem_seg"].argmax(0))
+    assert torch.equal(labels["panoptic_seg"][0], scores["panoptic_seg"][0])
+    assert labels["panoptic_seg"][1] == scores["panoptic_seg"][1] and labels["panoptic_seg"][1]
+    assert torch.equal(labels["instances"].pred_masks, scores["instances"].pred_masks)
+
+
+def test_model_semantic_labels_only():
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg()).eval()
+    inputs = [{"image": _image(64, 96)}]
+    with torch.no_grad():
+        scores = model(inputs)[0]["sem_seg"]
+        with model.semantic_labels_only():
+            labels = model(inputs)[0]
+    assert set(labels) == {"sem_seg_labels"}
+    assert torch.equal(labels["sem_seg_labels"], scores.argmax(0))
+    assert not model.inference_settings.semantic_labels_only
+    with pytest.raises(KeyError), model.semantic_labels_only():
+        raise KeyError("inside")
+    assert not model.inference_settings.semantic_labels_only  # restored on an error too
 
 
 def test_crop_and_resize_skips_only_a_no_op_resize():

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from maskformer.modeling.criterion import upsampled_mask_losses
-from maskformer.modeling.inference import crop_and_resize, semantic_inference
+from maskformer.modeling.inference import crop_and_resize, semantic_inference, semantic_labels
 from maskformer.modeling.kernels.bilinear_adjoint import upsample_bilinear_adjoint
 from maskformer.modeling.kernels.folded_masks import MatchedMaskLogits, folded_mask_logits
 from maskformer.modeling.kernels.semantic_at_mask_resolution import (
+    _decided_and_recomputed,
     semantic_inference_at_mask_resolution,
+    semantic_labels_at_mask_resolution,
     upsample_cells,
     whole_stride,
 )
@@ -206,9 +208,49 @@ def test_semantic_at_mask_resolution_is_exact_where_every_cell_is_recomputed():
     assert torch.allclose(fast, exact, atol=1e-6)
 
 
+@pytest.mark.parametrize("case", ["mixed", "all decided", "all recomputed"])
+def test_semantic_labels_at_mask_resolution_are_the_scores_argmax(case):
+    """
+    The labels are the argmax of the same kernel's scores on every pixel, exactly: a decided mask
+    pixel's winner beats every other class's score bound by 1e-5 there, while the scores (at most 1)
+    round by ~1e-7; the recomputed pixels take the argmax of the very scores the other returns.
+    """
+    if case == "mixed":
+        mask_cls, mask_pred = segment_outputs(10, 7, (24, 32), seed=1)
+    elif case == "all decided":  # query 0 (class 0) everywhere, the other (class 1) nowhere
+        mask_cls = torch.tensor([[6.0, 0.0, 0.0], [0.0, 6.0, 0.0]])
+        mask_pred = torch.stack([torch.full((24, 32), 6.0), torch.full((24, 32), -6.0)])
+    else:  # two classes almost tied everywhere
+        mask_pred = torch.randn(2, 24, 32)
+        mask_cls = torch.tensor([[3.0, 3.0, 0.0], [3.0, 3.0001, 0.0]])
+    scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (96, 128))
+    labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, (96, 128))
+    assert labels.shape == (96, 128) and labels.dtype == torch.int64
+    assert torch.equal(labels, semantic_labels(scores))
+    recomputed = len(_decided_and_recomputed(mask_cls, mask_pred, (96, 128))[2])
+    expected = {"mixed": range(1, 96 * 128), "all decided": [0], "all recomputed": [96 * 128]}
+    assert recomputed in expected[case]
+    if case == "all decided":
+        assert (labels == 0).all()
+
+
+def test_semantic_labels_equal_torch_argmax_with_ties_and_nan():
+    scores = torch.rand(5, 6, 7)
+    scores[:, 0, 0] = 1.0  # a tie of all classes: the first wins
+    scores[2:4, 1, 1] = 2.0  # a tie of classes 2 and 3
+    scores[3, 2, 2] = float("nan")  # NaN wins, as in torch.argmax
+    for layout in (scores.contiguous(), scores.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
+        got = semantic_labels(layout)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, scores.argmax(0))
+    assert semantic_labels(scores)[0, 0] == 0 and semantic_labels(scores)[1, 1] == 2
+    assert semantic_labels(scores)[2, 2] == 3
+
+
 def test_semantic_at_mask_resolution_needs_a_whole_multiple():
     assert whole_stride((10, 12), (40, 48)) == 4
     assert whole_stride((10, 12), (37, 41)) is None and whole_stride((10, 12), (40, 36)) is None
     mask_cls, mask_pred = segment_outputs(6, 3, (10, 10))
-    with pytest.raises(ValueError, match="no multiple"):
-        semantic_inference_at_mask_resolution(mask_cls, mask_pred, (37, 41))
+    for kernel in (semantic_inference_at_mask_resolution, semantic_labels_at_mask_resolution):
+        with pytest.raises(ValueError, match="no multiple"):
+            kernel(mask_cls, mask_pred, (37, 41))

@@ -135,6 +135,10 @@ def test_every_input_kind_in_batches_gives_the_model_outputs(run, images):
         assert sum(len(r.segments_info) for r in results) >= 4
         assert all(len(r.instances) for r in results)
     assert len(np.unique(np.concatenate([r.sem_seg.ravel() for r in results]))) >= 2
+    # without scores the model gives the labels alone (MaskFormer.semantic_labels_only): the same
+    for labels_only, result in zip(predictor(mixed, batch_size=2), results):
+        np.testing.assert_array_equal(labels_only.sem_seg, result.sem_seg)
+        assert labels_only.sem_seg_scores is None
 
     # one image at a time, each kind of input: RGB arrays with format="RGB", a single input alone
     for i in range(3):

@@ -1,8 +1,8 @@
 """
 FastSemSegEvaluator against detectron2's SemSegEvaluator on the same images: the same confusion
 matrices, metrics and sem_seg_predictions.json (run-length encodings compared as strings), for
-pixel-major and channels-first scores, with and without a contiguous -> dataset id mapping; and
-its two parts (class map, RLE per label) against torch.argmax and pycocotools.mask.encode.
+pixel-major and channels-first scores, with and without a contiguous -> dataset id mapping, and
+given the labels instead of the scores; and its RLE per label against pycocotools.mask.encode.
 """
 
 import json
@@ -14,7 +14,7 @@ import torch
 from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
-from maskformer.evaluation.semantic import FastSemSegEvaluator, class_map, rle_per_label
+from maskformer.evaluation.semantic import FastSemSegEvaluator, rle_per_label
 
 NUM_CLASSES = 7
 
@@ -50,19 +50,6 @@ def test_rle_per_label_equals_pycocotools_encode(seed):
         assert rle == mask_util.encode(mask)
 
 
-def test_class_map_equals_torch_argmax_with_ties_and_nan():
-    scores = torch.rand(5, 6, 7)
-    scores[:, 0, 0] = 1.0  # a tie of all classes: the first wins
-    scores[2:4, 1, 1] = 2.0  # a tie of classes 2 and 3
-    scores[3, 2, 2] = float("nan")  # NaN wins, as in torch.argmax
-    for layout in (scores.contiguous(), scores.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
-        got = class_map(layout)
-        assert got.dtype == np.int64
-        np.testing.assert_array_equal(got, scores.argmax(0).numpy())
-    assert class_map(scores)[0, 0] == 0 and class_map(scores)[1, 1] == 2
-    assert class_map(scores)[2, 2] == 3
-
-
 @pytest.fixture
 def dataset(tmp_path, register):
     def _register(name, with_id_map):
@@ -83,9 +70,9 @@ def dataset(tmp_path, register):
 
 
 @pytest.mark.parametrize("with_id_map", [False, True])
-@pytest.mark.parametrize("pixel_major", [True, False])
-def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, pixel_major):
-    name = f"fast_sem_seg_{with_id_map}_{pixel_major}"
+@pytest.mark.parametrize("given", ["pixel-major scores", "channels-first scores", "labels"])
+def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, given):
+    name = f"fast_sem_seg_{with_id_map}_{given.replace(' ', '_')}"
     records = dataset(name, with_id_map)
     inputs = [{"file_name": r["file_name"]} for r in records]
     # predictions: the ground truth (ignored pixels as class 0) with some pixels changed
@@ -93,7 +80,8 @@ def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, pix
     for i, r in enumerate(records):
         labels = np.array(Image.open(r["sem_seg_file_name"])).astype(np.int64) % 255
         labels[::3, ::5] = (labels[::3, ::5] + 1) % NUM_CLASSES
-        outputs.append({"sem_seg": scores_for(labels, i, pixel_major)})
+        scores = scores_for(labels, i, pixel_major=given == "pixel-major scores")
+        outputs.append({"sem_seg": scores, "sem_seg_labels": torch.as_tensor(labels)})
 
     results = {}
     for evaluator_class in (SemSegEvaluator, FastSemSegEvaluator):
@@ -101,6 +89,10 @@ def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, pix
         evaluator = evaluator_class(name, distributed=False, output_dir=str(folder))
         evaluator.reset()
         for inp, out in zip(inputs, outputs):
+            if evaluator_class is SemSegEvaluator or given != "labels":
+                out = {"sem_seg": out["sem_seg"]}
+            else:  # the model inside semantic_labels_only: no scores
+                out = {"sem_seg_labels": out["sem_seg_labels"]}
             evaluator.process([inp], [out])
         results[evaluator_class] = (
             evaluator._conf_matrix.copy(),

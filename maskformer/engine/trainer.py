@@ -15,13 +15,16 @@ from detectron2.engine import (
     create_ddp_model,
     hooks,
 )
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data import build as loaders
 from ..data.resumable import ResumableTrainLoader, step_seed
-from ..evaluation import build_evaluator
+from ..evaluation import accepts_semantic_labels, build_evaluator
+from ..maskformer_model import MaskFormer
 from ..solver import build_optimizer
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import MaskFormerCheckpointer
@@ -43,7 +46,8 @@ class Trainer(DefaultTrainer):
       checked the same way (:mod:`maskformer.data.build`; DATALOADER.SKIP_BAD_SAMPLES in both);
     - :func:`maskformer.solver.build_optimizer` and detectron2's DeepLab scheduler (WarmupPolyLR);
     - evaluators by the test datasets' ``evaluator_type`` (:func:`maskformer.evaluation.build_evaluator`),
-      plus a test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
+      fed the semantic labels rather than the scores where they read no more, plus a
+      test-time-augmented evaluation at the end when TEST.AUG.ENABLED;
     - DistributedDataParallel on CPU too (gloo; detectron2 would pass CUDA device ids);
     - SOLVER.AMP.DTYPE as the mixed-precision type, and mixed precision on CPU too (bfloat16);
     - :class:`MaskFormerCheckpointer` and a stop on SIGTERM / SIGUSR1 with a checkpoint
@@ -183,6 +187,23 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """
+        DefaultTrainer.test; a MaskFormer whose evaluators all read at most the argmax of its
+        semantic scores (this project's do) gives them that argmax without the scores
+        (:meth:`MaskFormer.semantic_labels_only`).
+        """
+        if evaluators is None:
+            evaluators = [cls.build_evaluator(cfg, name) for name in cfg.DATASETS.TEST]
+        elif isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        module = model.module if isinstance(model, DistributedDataParallel) else model
+        if isinstance(module, MaskFormer) and all(map(accepts_semantic_labels, evaluators)):
+            with module.semantic_labels_only():
+                return super().test(cfg, model, evaluators)
+        return super().test(cfg, model, evaluators)
 
     def build_hooks(self):
         hook_list = super().build_hooks()

@@ -18,7 +18,7 @@ from .fast_panoptic import FastCOCOPanopticEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 from .semantic import FastSemSegEvaluator
 
-__all__ = ["build_evaluator", "semantic_label_reader"]
+__all__ = ["accepts_semantic_labels", "build_evaluator", "semantic_label_reader"]
 
 PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg")
 SEMANTIC_TYPES = ("sem_seg", "cityscapes_sem_seg")
@@ -89,6 +89,17 @@ def build_evaluator(
         if test.INSTANCE_ON:
             evaluators.append(InstanceSegEvaluator(dataset_name, output_folder))
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
+
+
+def accepts_semantic_labels(evaluator: DatasetEvaluator) -> bool:
+    """
+    Whether ``evaluator`` (each one of a DatasetEvaluators) does with a model's "sem_seg_labels" in
+    place of its "sem_seg" scores: this project's evaluators read the scores' argmax or nothing of
+    them; another one may read the scores.
+    """
+    members = evaluator._evaluators if isinstance(evaluator, DatasetEvaluators) else [evaluator]
+    ours = (FastSemSegEvaluator, FastCOCOPanopticEvaluator, InstanceSegEvaluator)
+    return all(isinstance(member, ours) for member in members)
 
 
 def semantic_label_reader(dataset_name):

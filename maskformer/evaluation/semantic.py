@@ -1,6 +1,7 @@
 """
 detectron2's ``SemSegEvaluator`` with its two largest per-image costs at ADE20K size taken out:
-the argmax over the (K, H, W) scores and the run-length encoding of every predicted class.
+the argmax over the (K, H, W) scores (taken from the model's "sem_seg_labels" where it gives them,
+else computed by ``semantic_labels``) and the run-length encoding of every predicted class.
 Same metrics and the same ``sem_seg_predictions.json``.
 """
 
@@ -8,23 +9,11 @@ from typing import Dict, List
 
 import numpy as np
 import pycocotools.mask as mask_util
-import torch
 from detectron2.evaluation import SemSegEvaluator
 
-__all__ = ["FastSemSegEvaluator", "class_map", "rle_per_label"]
+from ..modeling.inference import semantic_labels
 
-
-def class_map(scores: torch.Tensor) -> np.ndarray:
-    """
-    (K, H, W) class scores -> (H, W) int64 index of the best class (the first one on ties, NaN
-    counting as the largest, as ``torch.argmax``). Pixel-major scores (strides (1, W*K, K), the
-    fast semantic inference's) go through numpy's vectorised argmax over contiguous runs of K:
-    ~3x faster than ``torch.argmax(dim=0)`` on CPU, whose reduction over the class axis is scalar.
-    """
-    scores = scores.detach()
-    if scores.device.type == "cpu" and scores.dtype == torch.float32 and scores.stride(0) == 1:
-        return scores.permute(1, 2, 0).numpy().argmax(-1)
-    return scores.argmax(dim=0).cpu().numpy()  # on a GPU: only the (H, W) map moves
+__all__ = ["FastSemSegEvaluator", "rle_per_label"]
 
 
 def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
@@ -55,11 +44,17 @@ def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
 
 
 class FastSemSegEvaluator(SemSegEvaluator):
-    """``SemSegEvaluator`` with :func:`class_map` and :func:`rle_per_label`."""
+    """
+    ``SemSegEvaluator`` reading "sem_seg_labels" (height, width) where an output has them, else
+    the "sem_seg" (K, height, width) scores' argmax, and encoding with :func:`rle_per_label`.
+    """
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for input, output in zip(inputs, outputs):
-            pred = class_map(output["sem_seg"])
+            labels = output.get("sem_seg_labels")
+            if labels is None:
+                labels = semantic_labels(output["sem_seg"])
+            pred = labels.cpu().numpy()
             gt = self.sem_seg_loading_fn(self.input_file_to_gt_file[input["file_name"]], dtype=int)
             gt[gt == self._ignore_label] = self._num_classes
             self._conf_matrix += self._confusion(pred, gt)

@@ -17,7 +17,9 @@ multiple of the mask size, the same on both axes (``whole_stride``).
 
 The scores are computed and returned pixel-major (the (K, H, W) result has strides (1, W*K, K),
 channels-last): upsampling, recomputing pixels and the consumer's argmax over classes then all read
-and write contiguous runs of K.
+and write contiguous runs of K. Where only that argmax is wanted (evaluation),
+``semantic_labels_at_mask_resolution`` gives it without the (K, H, W) scores: the bounds have
+already decided it for every pixel but the recomputed ones.
 """
 
 from typing import Optional, Tuple
@@ -41,35 +43,64 @@ def semantic_inference_at_mask_resolution(
     mask_cls (Q, K+1) class logits, mask_pred (Q, h, w) mask logits -> (K, H_pad, W_pad) class
     scores, pixel-major; padded_size must be ``whole_stride`` times (h, w).
     """
+    height, width = mask_pred.shape[-2:]
+    coarse, _, pixels, exact = _decided_and_recomputed(mask_cls, mask_pred, padded_size)
+    num_classes = coarse.shape[1]
+    # (1, K, h, w) channels-last
+    coarse = coarse.view(1, height, width, num_classes).permute(0, 3, 1, 2)
+    scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
+    scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
+    return scores
+
+
+def semantic_labels_at_mask_resolution(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, padded_size: Tuple[int, int]
+) -> torch.Tensor:
+    """
+    The argmax over classes of :func:`semantic_inference_at_mask_resolution`'s scores, (H_pad, W_pad)
+    int64, without computing them: a decided mask pixel's padded pixels all take its winning
+    class, the recomputed ones their exact scores' argmax.
+    """
+    height, width = mask_pred.shape[-2:]
+    stride = padded_size[0] // height
+    _, winner, pixels, exact = _decided_and_recomputed(mask_cls, mask_pred, padded_size)
+    labels = winner.view(height, 1, width, 1).expand(height, stride, width, stride)
+    labels = labels.reshape(tuple(padded_size))
+    labels.view(-1).index_copy_(0, pixels, exact.argmax(1))
+    return labels
+
+
+def _decided_and_recomputed(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, padded_size: Tuple[int, int]
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """
+    The two kernels' shared part: coarse (h*w, K) class scores at mask resolution and their
+    winner (h*w,); the flat indices (N*s*s,) into the padded (H_pad, W_pad) map of the pixels of
+    the undecided mask pixels, and their exact scores (N*s*s, K).
+    """
     num_queries, height, width = mask_pred.shape
     stride = whole_stride((height, width), padded_size)
     if stride is None:
         raise ValueError(f"padded size {tuple(padded_size)} is no multiple of {(height, width)}")
     probs = F.softmax(mask_cls, dim=-1)[:, :-1]  # (Q, K)
-    num_classes = probs.shape[1]
     sigmoid = mask_pred.sigmoid()
     # per mask pixel (rows of h*w): class scores and their upper bounds over the 3x3 neighbourhood,
     # and the lower bound of the winning class alone
     coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
     upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
-    winner = coarse.argmax(1, keepdim=True)
+    winner = coarse.argmax(1)
     lower = _window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T
-    lower = (lower * probs.T[winner[:, 0]]).sum(1)
-    runner_up = upper.scatter_(1, winner, float("-inf")).amax(1)
+    lower = (lower * probs.T[winner]).sum(1)
+    runner_up = upper.scatter_(1, winner[:, None], float("-inf")).amax(1)
     # a small margin covers the different rounding of the two computations
     cells = (lower <= runner_up + 1e-5).nonzero()[:, 0]
-    # (1, K, h, w) channels-last
-    coarse = coarse.view(1, height, width, num_classes).permute(0, 3, 1, 2)
-    scores = F.interpolate(coarse, size=tuple(padded_size), mode="bilinear", align_corners=False)[0]
-    if len(cells):
-        ys, xs = cells // width, cells % width
-        exact = upsample_cells(mask_pred, ys, xs, stride).sigmoid().T @ probs  # (N * s * s, K)
-        within_cell = torch.arange(stride, device=cells.device)
-        rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
-        columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
-        pixels = (rows * width * stride + columns).flatten()
-        scores.permute(1, 2, 0).view(-1, num_classes).index_copy_(0, pixels, exact)
-    return scores
+    ys, xs = cells // width, cells % width
+    exact = upsample_cells(mask_pred, ys, xs, stride).sigmoid().T @ probs  # (N * s * s, K)
+    within_cell = torch.arange(stride, device=cells.device)
+    rows = (ys[:, None] * stride + within_cell)[:, :, None]  # (N, s, 1)
+    columns = (xs[:, None] * stride + within_cell)[:, None, :]  # (N, 1, s)
+    pixels = (rows * width * stride + columns).flatten()
+    return coarse, winner, pixels, exact
 
 
 def _window_extreme(maps: torch.Tensor, extreme) -> torch.Tensor:
@@ -102,4 +133,4 @@ def upsample_cells(
     neighbourhoods = padded.flatten(1).index_select(
         1, ((ys * padded_width + xs)[:, None] + window).flatten()
     )
-    return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, -1)
+    return (neighbourhoods.view(-1, 9) @ kernel).view(num_queries, len(ys) * stride * stride)
