@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from maskformer.modeling.criterion import upsampled_mask_losses
-from maskformer.modeling.inference import crop_and_resize, semantic_inference, semantic_labels
+from maskformer.modeling.inference import crop_and_resize, semantic_inference
 from maskformer.modeling.kernels.bilinear_adjoint import upsample_bilinear_adjoint
+from maskformer.modeling.kernels.first_axis_argmax import first_axis_argmax
 from maskformer.modeling.kernels.folded_masks import MatchedMaskLogits, folded_mask_logits
 from maskformer.modeling.kernels.semantic_at_mask_resolution import (
     _decided_and_recomputed,
@@ -226,7 +227,7 @@ def test_semantic_labels_at_mask_resolution_are_the_scores_argmax(case):
     scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, (96, 128))
     labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, (96, 128))
     assert labels.shape == (96, 128) and labels.dtype == torch.int64
-    assert torch.equal(labels, semantic_labels(scores))
+    assert torch.equal(labels, first_axis_argmax(scores))
     recomputed = len(_decided_and_recomputed(mask_cls, mask_pred, (96, 128))[2])
     expected = {"mixed": range(1, 96 * 128), "all decided": [0], "all recomputed": [96 * 128]}
     assert recomputed in expected[case]
@@ -234,17 +235,26 @@ def test_semantic_labels_at_mask_resolution_are_the_scores_argmax(case):
         assert (labels == 0).all()
 
 
-def test_semantic_labels_equal_torch_argmax_with_ties_and_nan():
-    scores = torch.rand(5, 6, 7)
-    scores[:, 0, 0] = 1.0  # a tie of all classes: the first wins
-    scores[2:4, 1, 1] = 2.0  # a tie of classes 2 and 3
-    scores[3, 2, 2] = float("nan")  # NaN wins, as in torch.argmax
-    for layout in (scores.contiguous(), scores.permute(1, 2, 0).contiguous().permute(2, 0, 1)):
-        got = semantic_labels(layout)
-        assert got.dtype == torch.int64
-        assert torch.equal(got, scores.argmax(0))
-    assert semantic_labels(scores)[0, 0] == 0 and semantic_labels(scores)[1, 1] == 2
-    assert semantic_labels(scores)[2, 2] == 3
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_first_axis_argmax_is_torch_argmax_with_ties_nan_and_inf(dtype):
+    values = torch.rand(5, 6, 7, dtype=dtype)
+    values[:, 0, 0] = 1.0  # a tie of all: the first wins
+    values[2:4, 1, 1] = 2.0  # a tie of 2 and 3
+    values[3, 2, 2] = float("nan")  # NaN counts as the largest
+    values[[1, 4], 3, 3] = float("nan")  # the first NaN
+    values[[0, 3], 4, 4] = float("inf")
+    channels_first = values.contiguous()
+    pixel_major = values.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    rows = values.flatten(1)  # and (N, P) rows, as the kernel's (K, pixels) scores
+    for layout in (channels_first, pixel_major, rows, rows.T.contiguous().T):
+        got = first_axis_argmax(layout)
+        assert got.dtype == torch.int64 and got.shape == layout.shape[1:]
+        assert torch.equal(got, layout.argmax(0))
+    got = first_axis_argmax(channels_first)
+    assert got[0, 0] == 0 and got[1, 1] == 2 and got[2, 2] == 3 and got[3, 3] == 1
+    assert got[4, 4] == 0
+    for empty in (torch.rand(4, 0), torch.rand(0, 4).T):  # no recomputed pixels
+        assert first_axis_argmax(empty).shape == (0,)
 
 
 def test_semantic_at_mask_resolution_needs_a_whole_multiple():

@@ -27,6 +27,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .first_axis_argmax import first_axis_argmax
+
 
 def whole_stride(mask_size: Tuple[int, int], padded_size: Tuple[int, int]) -> Optional[int]:
     """The integer factor s with padded_size = s * mask_size on both axes, None if there is none."""
@@ -66,7 +68,7 @@ def semantic_labels_at_mask_resolution(
     _, winner, pixels, exact = _decided_and_recomputed(mask_cls, mask_pred, padded_size)
     labels = winner.view(height, 1, width, 1).expand(height, stride, width, stride)
     labels = labels.reshape(tuple(padded_size))
-    labels.view(-1).index_copy_(0, pixels, exact.argmax(1))
+    labels.view(-1).index_copy_(0, pixels, first_axis_argmax(exact.T))
     return labels
 
 
@@ -88,7 +90,7 @@ def _decided_and_recomputed(
     # and the lower bound of the winning class alone
     coarse = sigmoid.view(num_queries, -1).T @ probs  # (h*w, K)
     upper = _window_extreme(sigmoid, torch.maximum).view(num_queries, -1).T @ probs
-    winner = coarse.argmax(1)
+    winner = first_axis_argmax(coarse.T)
     lower = _window_extreme(sigmoid, torch.minimum).view(num_queries, -1).T
     lower = (lower * probs.T[winner]).sum(1)
     runner_up = upper.scatter_(1, winner[:, None], float("-inf")).amax(1)
