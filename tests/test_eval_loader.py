@@ -403,3 +403,10 @@ def test_trainer_test_gives_our_evaluators_the_labels_and_others_the_scores(
     assert json.dumps(Trainer.test(cfg, model)) == same  # the evaluators built there
     assert Trainer.test(cfg, model, KeysEvaluator()) == {"keys": {"sem_seg": 1.0}}
     assert not model.inference_settings.semantic_labels_only  # restored
+
+    class WithoutEvaluator(Trainer):  # DefaultTrainer.test skips a dataset without an evaluator
+        @classmethod
+        def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+            raise NotImplementedError
+
+    assert WithoutEvaluator.test(cfg, model) == {}
