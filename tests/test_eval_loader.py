@@ -353,6 +353,8 @@ def test_detectron2_evaluation_loop_runs_on_the_loader_and_skips(folder_dataset,
     assert 0 <= results["sem_seg"]["pACC"] <= 100
 
 
+# DefaultTrainer.test logs the skipped dataset with the deprecated Logger.warn
+@pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 def test_trainer_test_gives_our_evaluators_the_labels_and_others_the_scores(
     folder_dataset, tmp_path
 ):
