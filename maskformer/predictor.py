@@ -35,7 +35,7 @@ from .data.reading import read_image
 from .engine.checkpoint import MaskFormerCheckpointer
 from .engine.config_loading import load_config, use_cpu_without_cuda
 from .maskformer_model import MaskFormer
-from .modeling.kernels.first_axis_argmax import first_axis_argmax
+from .modeling.inference import semantic_labels_of
 
 __all__ = ["InstancePredictions", "Prediction", "Predictor", "Segment", "plural"]
 
@@ -250,11 +250,8 @@ class Predictor:
 
     def to_prediction(self, output: Dict, scores: bool = False) -> Prediction:
         """The model's output dict of one image (``MaskFormer.forward``) -> a Prediction."""
-        labels = output.get("sem_seg_labels")
-        if labels is None:
-            labels = first_axis_argmax(output["sem_seg"])
         result = Prediction(
-            sem_seg=labels.to(torch.int32).cpu().numpy(),
+            sem_seg=semantic_labels_of(output).to(torch.int32).cpu().numpy(),
             sem_seg_scores=output["sem_seg"].float().cpu().numpy() if scores else None,
         )
         if "panoptic_seg" in output:

@@ -1,7 +1,7 @@
 """
 detectron2's ``SemSegEvaluator`` with its two largest per-image costs at ADE20K size taken out:
 the argmax over the (K, H, W) scores (taken from the model's "sem_seg_labels" where it gives them,
-else computed by ``first_axis_argmax``) and the run-length encoding of every predicted class.
+else computed from them) and the run-length encoding of every predicted class.
 Same metrics and the same ``sem_seg_predictions.json``.
 """
 
@@ -11,7 +11,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.evaluation import SemSegEvaluator
 
-from ..modeling.kernels.first_axis_argmax import first_axis_argmax
+from ..modeling.inference import semantic_labels_of
 
 __all__ = ["FastSemSegEvaluator", "rle_per_label"]
 
@@ -51,10 +51,7 @@ class FastSemSegEvaluator(SemSegEvaluator):
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
         for input, output in zip(inputs, outputs):
-            labels = output.get("sem_seg_labels")
-            if labels is None:
-                labels = first_axis_argmax(output["sem_seg"])
-            pred = labels.cpu().numpy()
+            pred = semantic_labels_of(output).cpu().numpy()
             gt = self.sem_seg_loading_fn(self.input_file_to_gt_file[input["file_name"]], dtype=int)
             gt[gt == self._ignore_label] = self._num_classes
             self._conf_matrix += self._confusion(pred, gt)

@@ -199,6 +199,12 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
 
 
+def semantic_labels_of(output: Dict) -> torch.Tensor:
+    """(height, width) int64 class per pixel of one image's results, from either semantic output."""
+    labels = output.get("sem_seg_labels")
+    return labels if labels is not None else first_axis_argmax(output["sem_seg"])
+
+
 def panoptic_queries(mask_cls: torch.Tensor, object_mask_threshold: float) -> torch.Tensor:
     """(Q,) bool: queries whose top class is not "no object" and whose score exceeds the threshold."""
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)

@@ -64,8 +64,8 @@ def semantic_labels_at_mask_resolution(
     class, the recomputed ones their exact scores' argmax.
     """
     height, width = mask_pred.shape[-2:]
-    stride = padded_size[0] // height
     _, winner, pixels, exact = _decided_and_recomputed(mask_cls, mask_pred, padded_size)
+    stride = whole_stride((height, width), padded_size)  # checked there
     labels = winner.view(height, 1, width, 1).expand(height, stride, width, stride)
     labels = labels.reshape(tuple(padded_size))
     labels.view(-1).index_copy_(0, pixels, first_axis_argmax(exact.T))
