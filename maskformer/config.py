@@ -59,7 +59,8 @@ def add_maskformer_config(cfg):
     # Speed options of this project's inference. On by default, as their outputs stay within
     # tolerance of the published model's (see EXACT): SEM_SEG_FAST marginalises the semantic scores
     # at mask resolution and resizes the K class maps once (slightly different scores; the
-    # published argmax but where a final resize mixes pixels); FOLD_MASK_EMBED folds the mask
+    # published argmax but where a final resize mixes pixels), on inputs large enough for that to
+    # pay (kernels.semantic_at_mask_resolution.fast_path_applies); FOLD_MASK_EMBED folds the mask
     # embeddings into the pixel decoder's last convolution (Q output channels, no dot products;
     # pixel decoders that do not declare mask_features_foldable keep the plain products). Opt-in,
     # as its precision is lower: AMP autocasts backbone and head to SOLVER.AMP.DTYPE.

@@ -1,5 +1,5 @@
-"""Shared test fixtures: the published-release reference data, datasets registered for one test, and
-a quiet, single-threaded torch."""
+"""Shared test fixtures: the published-release reference data, datasets registered for one test, the
+fast semantic path at the tests' small sizes, and a quiet, single-threaded torch."""
 
 import os
 from pathlib import Path
@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from maskformer.modeling.kernels import semantic_at_mask_resolution
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(
@@ -33,6 +35,13 @@ def require_reference(*parts) -> Path:
 @pytest.fixture
 def reference_dir() -> Path:
     return require_reference()
+
+
+@pytest.fixture
+def fast_semantic_path_at_any_size(monkeypatch):
+    """SEM_SEG_FAST takes the fast kernels wherever they apply, also on inputs below the size where
+    they pay (the tests' tiny models), so that tests of the fast path reach it."""
+    monkeypatch.setattr(semantic_at_mask_resolution, "PLAIN_IS_FASTER_BELOW", 0)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from test_mappers import (
 
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
-from maskformer.data.reading import BadSampleError, read_image
+from maskformer.data.reading import BadSampleError, check_label_values, read_image
 
 
 @pytest.fixture
@@ -196,3 +196,14 @@ def test_palette_label_map(tmp_path, rng):
     palette_label.save(sample["sem_seg_file_name"])
     classes, _, _ = check_output(map_semantic(sample, **{"INPUT.RANDOM_FLIP": "none"}))
     assert sorted(classes) == sorted(np.unique(label))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
+def test_label_value_check_for_every_dtype(dtype):
+    """Both ways of finding the values (histogram for 8/16-bit, np.unique else) name the same ones."""
+    label = np.zeros((4, 6), dtype)
+    label[0, :4] = [7, 5, 255, 4]
+    with pytest.raises(BadSampleError, match=r"a\.png: label values \[5, 7\] are outside \[0, 5\)"):
+        check_label_values("a.png", label, 5, 255)
+    label[0, :2] = 0
+    check_label_values("a.png", label, 5, 255)  # 0, 4 and the ignore value

@@ -27,6 +27,8 @@ from tests.test_golden import assert_inference_agrees
 from tests.test_inference import instance_inference
 from tests.test_model import NUM_CLASSES, _image, tiny_cfg
 
+pytestmark = pytest.mark.usefixtures("fast_semantic_path_at_any_size")
+
 
 def published_inference(settings, mask_cls, mask_pred, padded_size, image_size, output_size):
     """The published post-processing of one image: every mask upsampled to the padded size first."""

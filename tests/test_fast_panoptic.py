@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from benchmarks.pq_eval import (
     write_synthetic_panoptic,
 )
 from maskformer.evaluation.fast_panoptic import (
+    CompressedIds,
     FastCOCOPanopticEvaluator,
     image_pq_stats,
     pq_compute,
@@ -187,7 +189,10 @@ def test_missing_prediction_for_an_image(generated, tmp_path):
         pq_compute(**{**generated, "pred_json_file": str(path)})
 
 
-def test_evaluator_equals_detectron2s(generated, tmp_path):
+@pytest.mark.parametrize("form", ["segments_info", "label_divisor"])
+def test_evaluator_equals_detectron2s(generated, tmp_path, form):
+    """Same PQ and predictions.json, for both forms of "panoptic_seg": (ids, segments_info), kept
+    as CompressedIds, and detectron2's (category * label_divisor + instance, None)."""
     contiguous = {c: i for i, c in enumerate(THING_IDS + STUFF_IDS)}
     name = "test_fast_panoptic_generated"
     if name not in MetadataCatalog.list():
@@ -196,6 +201,7 @@ def test_evaluator_equals_detectron2s(generated, tmp_path):
             panoptic_root=generated["gt_folder"],
             thing_dataset_id_to_contiguous_id={c: contiguous[c] for c in THING_IDS},
             stuff_dataset_id_to_contiguous_id={c: contiguous[c] for c in STUFF_IDS},
+            label_divisor=1000,
         )
     inputs, outputs = [], []
     for _, gt_ann, pred_map, pred_ann in synthetic_panoptic_pairs(12, (40, 56), seed=3):
@@ -213,23 +219,54 @@ def test_evaluator_equals_detectron2s(generated, tmp_path):
             }
             for s in pred_ann["segments_info"]
         ]
-        outputs.append({"panoptic_seg": (torch.from_numpy(pred_map.astype(np.int32)), segments)})
-    results = []
-    for evaluator in (
-        FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")),
-        COCOPanopticEvaluator(name, str(tmp_path / "d2")),
+        ids = pred_map.astype(np.int32)
+        if form == "label_divisor":  # void -1, the n-th segment category * 1000 + n
+            lookup = np.full(ids.max() + 1, -1, dtype=np.int32)
+            for n, s in enumerate(segments):
+                lookup[s["id"]] = s["category_id"] * 1000 + n
+            ids, segments = lookup[ids], None
+        outputs.append({"panoptic_seg": (torch.from_numpy(ids), segments)})
+    results, annotations = [], []
+    for evaluator, folder in (
+        (FastCOCOPanopticEvaluator(name, str(tmp_path / "fast")), tmp_path / "fast"),
+        (COCOPanopticEvaluator(name, str(tmp_path / "d2")), tmp_path / "d2"),
     ):
         evaluator.reset()
         evaluator.process(
             inputs,
             [
-                {"panoptic_seg": (o["panoptic_seg"][0], [dict(s) for s in o["panoptic_seg"][1]])}
+                {
+                    "panoptic_seg": (
+                        o["panoptic_seg"][0].clone(),
+                        o["panoptic_seg"][1] and [dict(s) for s in o["panoptic_seg"][1]],
+                    )
+                }
                 for o in outputs
             ],
         )
+        if form == "segments_info" and isinstance(evaluator, FastCOCOPanopticEvaluator):
+            assert all(isinstance(p["ids"], CompressedIds) for p in evaluator._predictions)
         with contextlib.redirect_stdout(io.StringIO()):
             results.append(evaluator.evaluate()["panoptic_seg"])
+        annotations.append(json.loads((folder / "predictions.json").read_text())["annotations"])
     assert results[0].keys() == results[1].keys()
     for key, value in results[1].items():
         assert results[0][key] == pytest.approx(value, abs=1e-7), key
-    assert (tmp_path / "fast" / "predictions.json").exists()
+    assert annotations[0] == annotations[1] and len(annotations[0]) == 12
+    assert 0 < results[0]["PQ"] < 100
+
+
+@pytest.mark.parametrize(
+    "largest, dtype", [(0, "|u1"), (255, "|u1"), (256, "<u2"), (2**24 - 1, "<u4")]
+)
+def test_compressed_ids_round_trip(largest, dtype):
+    ids = np.random.default_rng(0).integers(0, largest + 1, (33, 47)).astype(np.int32)
+    ids[0, 0] = largest
+    compressed = CompressedIds.of(ids)
+    assert compressed.dtype == dtype and len(compressed.data) < ids.nbytes
+    decoded = pickle.loads(pickle.dumps(compressed)).decode()  # as gathered across processes
+    assert decoded.dtype == np.uint32 and np.array_equal(decoded, ids)
+    for bad in (-1, 2**24):
+        ids[1, 1] = bad
+        with pytest.raises(ValueError, match=r"panoptic ids must lie in \[0, 2\^24\)"):
+            CompressedIds.of(ids)

@@ -9,12 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from maskformer.modeling.criterion import upsampled_mask_losses
-from maskformer.modeling.inference import crop_and_resize, semantic_inference
+from maskformer.modeling.inference import (
+    InferenceSettings,
+    crop_and_resize,
+    image_inference,
+    semantic_inference,
+)
 from maskformer.modeling.kernels.bilinear_adjoint import upsample_bilinear_adjoint
 from maskformer.modeling.kernels.first_axis_argmax import first_axis_argmax
 from maskformer.modeling.kernels.folded_masks import MatchedMaskLogits, folded_mask_logits
 from maskformer.modeling.kernels.semantic_at_mask_resolution import (
     _decided_and_recomputed,
+    fast_path_applies,
     semantic_inference_at_mask_resolution,
     semantic_labels_at_mask_resolution,
     upsample_cells,
@@ -264,3 +270,20 @@ def test_semantic_at_mask_resolution_needs_a_whole_multiple():
     for kernel in (semantic_inference_at_mask_resolution, semantic_labels_at_mask_resolution):
         with pytest.raises(ValueError, match="no multiple"):
             kernel(mask_cls, mask_pred, (37, 41))
+
+
+def test_fast_semantic_path_applies_where_it_pays():
+    # the built-in R18: 20 queries, 6 classes, 160 x 128 padded; ADE20K-150 at 512 x 512
+    assert not fast_path_applies(20, 6, (40, 32), (160, 128))
+    assert fast_path_applies(100, 150, (128, 128), (512, 512))
+    assert not fast_path_applies(100, 150, (128, 128), (512, 510))  # no whole multiple
+    # below the size, SEM_SEG_FAST gives the plain computation's scores and labels exactly
+    mask_cls, mask_pred = segment_outputs(20, 6, (40, 32))
+    fast, plain = (
+        InferenceSettings(False, False, False, 0.0, 0.0, 100, frozenset(), sem_seg_fast=flag)
+        for flag in (True, False)
+    )
+    for size in ((155, 128), (157, 130)):
+        got = image_inference(mask_cls, mask_pred, (160, 128), (155, 128), size, fast)
+        want = image_inference(mask_cls, mask_pred, (160, 128), (155, 128), size, plain)
+        assert torch.equal(got["sem_seg"], want["sem_seg"])

