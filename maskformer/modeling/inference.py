@@ -8,9 +8,11 @@ logits and ``mask_pred`` (Q, H, W) mask logits at the output resolution. ``masks
 brings mask logits there from the model's mask resolution exactly as the published code does, each
 mask on its own, so that only the masks a task keeps are resized (the same values as resizing all).
 With ``sem_seg_fast`` the semantic scores are marginalised at mask resolution
-(``kernels.semantic_at_mask_resolution``). With ``semantic_labels_only`` the semantic output is each
-pixel's best class instead of the scores (what evaluators read); the fast path then decides most
-pixels at mask resolution and never builds the (K, H, W) scores.
+(``kernels.semantic_at_mask_resolution``) where that is the faster way (``fast_path_applies``);
+otherwise the masks upsampled for the semantic scores also serve the other tasks. With
+``semantic_labels_only`` the semantic output is each pixel's best class instead of the scores
+(what evaluators read); the fast path then decides most pixels at mask resolution and never builds
+the (K, H, W) scores.
 """
 
 from dataclasses import asdict, dataclass
