@@ -407,7 +407,9 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
 
         gt_json = read_panoptic_json(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        ids_of_image = {p["image_id"]: p.get("ids") or p["png_string"] for p in predictions}
+        ids_of_image = {
+            p["image_id"]: p["ids"] if "ids" in p else p["png_string"] for p in predictions
+        }
         annotations = [
             {k: v for k, v in p.items() if k not in ("ids", "png_string")} for p in predictions
         ]
