@@ -132,9 +132,9 @@ class CompressedIds:
 
     @classmethod
     def of(cls, ids: np.ndarray) -> "CompressedIds":
-        if ids.size and (ids.min() < 0 or ids.max() > 0xFFFFFF):
-            raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
-        largest = int(ids.max()) if ids.size else 0
+        smallest, largest = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
+        if smallest < 0 or largest > 0xFFFFFF:
+            raise ValueError(f"panoptic ids must lie in [0, 2^24), got {smallest}..{largest}")
         dtype = np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.uint32
         data = zlib.compress(np.ascontiguousarray(ids, dtype=dtype).tobytes(), 1)
         return cls(tuple(ids.shape), np.dtype(dtype).str, data)

@@ -131,12 +131,8 @@ def image_inference(
     thing_ids = settings.thing_ids
     if settings.panoptic_on:
         keep = panoptic_queries(mask_cls, settings.object_mask_threshold)
-        result["panoptic_seg"] = panoptic_inference(
-            mask_cls[keep],
-            masks_at_output_size(keep),
-            thing_ids,
-            settings.object_mask_threshold,
-            settings.overlap_threshold,
+        result["panoptic_seg"] = panoptic_segments(
+            mask_cls[keep], masks_at_output_size(keep), thing_ids, settings.overlap_threshold
         )
     if settings.instance_on:
         scores, labels, queries = instance_candidates(
@@ -236,8 +232,21 @@ def panoptic_inference(
     {"id", "isthing", "category_id"}), ids numbered from 1 in query order.
     """
     keep = panoptic_queries(mask_cls, object_mask_threshold)
-    cur_scores, cur_classes = F.softmax(mask_cls[keep], dim=-1).max(-1)
-    cur_masks = mask_pred[keep].sigmoid()
+    return panoptic_segments(mask_cls[keep], mask_pred[keep], thing_ids, overlap_threshold)
+
+
+def panoptic_segments(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    thing_ids: Collection[int],
+    overlap_threshold: float,
+) -> Tuple[torch.Tensor, List[Dict]]:
+    """
+    :func:`panoptic_inference` of the kept queries' (P, K+1) class logits and (P, H, W) mask logits
+    (as ``panoptic_queries`` selects them).
+    """
+    cur_scores, cur_classes = F.softmax(mask_cls, dim=-1).max(-1)
+    cur_masks = mask_pred.sigmoid()
 
     segments_info: List[Dict] = []
     if cur_masks.shape[0] == 0:
