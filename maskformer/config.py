@@ -62,9 +62,12 @@ def add_maskformer_config(cfg):
     # published argmax but where a final resize mixes pixels), on inputs large enough for that to
     # pay (kernels.semantic_at_mask_resolution.fast_path_applies); FOLD_MASK_EMBED folds the mask
     # embeddings into the pixel decoder's last convolution (Q output channels, no dot products;
-    # pixel decoders that do not declare mask_features_foldable keep the plain products). Opt-in,
-    # as its precision is lower: AMP autocasts backbone and head to SOLVER.AMP.DTYPE.
+    # pixel decoders that do not declare mask_features_foldable keep the plain products);
+    # RESIZE_BY_MATMUL resizes mask logits by two matrix products where that is faster (small
+    # masks: kernels.bilinear_by_matmul.matmul_resize_pays; values equal up to float rounding).
+    # Opt-in, as its precision is lower: AMP autocasts backbone and head to SOLVER.AMP.DTYPE.
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = True
+    cfg.MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL = True
     cfg.MODEL.MASK_FORMER.TEST.AMP = False
     cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = True
     # EXACT True turns off every option in SPEED_OPTIONS (below) wherever it is read, whatever its
@@ -120,6 +123,7 @@ def add_maskformer_config(cfg):
 #: Config keys of the speed options on by default that MODEL.MASK_FORMER.TEST.EXACT turns off.
 SPEED_OPTIONS = (
     "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST",
+    "MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL",
     "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED",
     "MODEL.MASK_FORMER.FUSED_ATTENTION",
     "MODEL.CHANNELS_LAST",

@@ -31,10 +31,11 @@ class MaskFormer(nn.Module):
     published constructor's arguments (thing classes from ``metadata``).
 
     Speed options (the constructor's defaults are off, which reproduces the published outputs;
-    the config's defaults turn ``sem_seg_fast`` and ``channels_last`` on unless
-    MODEL.MASK_FORMER.TEST.EXACT): ``sem_seg_fast`` (semantic scores marginalised at mask
-    resolution, see ``InferenceSettings``), ``inference_amp_dtype`` (autocast of backbone and head
-    in inference), ``channels_last`` (model and input in NHWC), ``torch_compile`` (torch.compile of
+    the config's defaults turn ``sem_seg_fast``, ``resize_by_matmul`` and ``channels_last`` on
+    unless MODEL.MASK_FORMER.TEST.EXACT): ``sem_seg_fast`` (semantic scores marginalised at mask
+    resolution) and ``resize_by_matmul`` (mask logits resized by matrix products where faster), see
+    ``InferenceSettings``; ``inference_amp_dtype`` (autocast of backbone and head in inference),
+    ``channels_last`` (model and input in NHWC), ``torch_compile`` (torch.compile of
     backbone and head, state_dict keys unchanged).
     """
 
@@ -57,6 +58,7 @@ class MaskFormer(nn.Module):
         instance_on: bool = False,
         test_topk_per_image: int = 100,
         sem_seg_fast: bool = False,
+        resize_by_matmul: bool = False,
         inference_amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
         torch_compile: bool = False,
@@ -82,6 +84,7 @@ class MaskFormer(nn.Module):
             test_topk_per_image=int(test_topk_per_image),
             thing_ids=frozenset(int(i) for i in thing_ids.values()),
             sem_seg_fast=bool(sem_seg_fast),
+            resize_by_matmul=bool(resize_by_matmul),
         )
         self.inference_amp_dtype = inference_amp_dtype
         self.channels_last = channels_last
@@ -136,6 +139,7 @@ class MaskFormer(nn.Module):
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "sem_seg_fast": speed_option(cfg, "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST"),
+            "resize_by_matmul": speed_option(cfg, "MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL"),
             "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
             "channels_last": speed_option(cfg, "MODEL.CHANNELS_LAST"),
             "torch_compile": cfg.MODEL.COMPILE,

@@ -200,10 +200,19 @@ def test_palette_label_map(tmp_path, rng):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.int64])
 def test_label_value_check_for_every_dtype(dtype):
-    """Both ways of finding the values (histogram for 8/16-bit, np.unique else) name the same ones."""
+    """The bad values are named for every dtype a label map is read as."""
     label = np.zeros((4, 6), dtype)
     label[0, :4] = [7, 5, 255, 4]
     with pytest.raises(BadSampleError, match=r"a\.png: label values \[5, 7\] are outside \[0, 5\)"):
         check_label_values("a.png", label, 5, 255)
     label[0, :2] = 0
     check_label_values("a.png", label, 5, 255)  # 0, 4 and the ignore value
+    check_label_values("a.png", label, 300, 255)  # more classes than the dtype's values
+    with pytest.raises(BadSampleError, match=r"label values \[255\] are outside \[0, 5\)"):
+        check_label_values("a.png", label, 5, -1)  # an ignore value the map cannot hold
+    if np.issubdtype(dtype, np.signedinteger):
+        label[1, 1] = -3
+        with pytest.raises(BadSampleError, match=r"label values \[-3\] are outside"):
+            check_label_values("a.png", label, 5, 255)
+        label[0, 2] = 0
+        check_label_values("a.png", label, 5, -3)  # a negative ignore value

@@ -13,9 +13,16 @@ from maskformer.modeling.inference import (
     InferenceSettings,
     crop_and_resize,
     image_inference,
+    masks_to_output_size,
     semantic_inference,
+    upsample_to_padded,
 )
 from maskformer.modeling.kernels.bilinear_adjoint import upsample_bilinear_adjoint
+from maskformer.modeling.kernels.bilinear_by_matmul import (
+    interpolation_matrix,
+    matmul_resize_pays,
+    resize_by_matmul,
+)
 from maskformer.modeling.kernels.first_axis_argmax import first_axis_argmax
 from maskformer.modeling.kernels.folded_masks import MatchedMaskLogits, folded_mask_logits
 from maskformer.modeling.kernels.semantic_at_mask_resolution import (
@@ -178,6 +185,55 @@ def test_upsampled_cells_match_interpolate_including_the_edges():
     cells = upsample_cells(logits, ys, xs, 4).view(3, len(ys), 4, 4)
     for n, (y, x) in enumerate(zip(ys.tolist(), xs.tolist())):
         assert torch.allclose(cells[:, n], full[:, 4 * y : 4 * y + 4, 4 * x : 4 * x + 4], atol=1e-6)
+
+
+def resize_tolerance(maps: torch.Tensor) -> float:
+    """
+    How far a resize by matrix products may be from interpolate's: float32 rounding of the sums
+    (the same weights summed in another order: a few ulps of the largest value) and of aten's source
+    positions, which its kernels for CPUs without FMA round twice (an ulp of the largest position).
+    """
+    return (8 + max(maps.shape[-2:])) * 2**-23 * maps.abs().max().item()
+
+
+@pytest.mark.parametrize(
+    "in_size, out_size",
+    [
+        ((40, 32), (160, 128)),  # the built-in R18's masks to the padded size
+        ((32, 40), (128, 160)),
+        ((155, 128), (157, 130)),  # non-integer scales
+        ((30, 40), (17, 90)),  # down along one axis
+        ((7, 9), (1, 3)),
+        ((1, 1), (5, 7)),
+    ],
+)
+def test_resize_by_matmul_is_bilinear_interpolate(in_size, out_size):
+    maps = 10 * torch.randn(5, *in_size)
+    expected = F.interpolate(maps[None], size=out_size, mode="bilinear", align_corners=False)[0]
+    resized = resize_by_matmul(maps, out_size)
+    assert resized.dtype == maps.dtype and resized.shape == expected.shape
+    assert torch.allclose(resized, expected, rtol=0, atol=resize_tolerance(maps))
+    # kept for the next image of the same size, safe from writes
+    assert not interpolation_matrix(in_size[0], out_size[0]).flags.writeable
+
+
+@pytest.mark.parametrize("output_size", [(155, 128), (157, 130), (60, 50)])
+def test_masks_to_output_size_by_matmul_is_the_two_step_resize(output_size):
+    masks = 10 * torch.randn(9, 40, 32)
+    expected = masks_to_output_size(masks, (160, 128), (155, 128), output_size)
+    resized = masks_to_output_size(masks, (160, 128), (155, 128), output_size, by_matmul=True)
+    assert resized.shape == expected.shape and not torch.equal(resized, expected)  # the products
+    assert torch.allclose(resized, expected, rtol=0, atol=resize_tolerance(masks))
+
+
+def test_matmul_resize_pays_for_small_masks_only():
+    assert matmul_resize_pays((40, 32), (160, 128))  # the built-in R18: 42 per pixel
+    assert not matmul_resize_pays((128, 128), (512, 512))  # ADE20K's masks: 160
+    assert not matmul_resize_pays((155, 128), (157, 130))  # a near-identity resize: 281
+    # where it does not pay, resizes go through interpolate: bit for bit the plain values
+    masks = torch.randn(3, 128, 128)
+    expected = F.interpolate(masks[None], size=(512, 512), mode="bilinear", align_corners=False)
+    assert torch.equal(upsample_to_padded(masks, (512, 512), by_matmul=True), expected[0])
 
 
 def _plain_semantic(mask_cls, mask_pred, padded_size):

@@ -38,11 +38,15 @@ def scores_for(labels: np.ndarray, seed: int, pixel_major: bool) -> torch.Tensor
     return scores if pixel_major else scores.contiguous()
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(6))
 def test_rle_per_label_equals_pycocotools_encode(seed):
     labels = blobs(seed)
     if seed == 1:
         labels[:] = 3  # one label everywhere: a single run
+    if seed == 4:  # many short runs; labels that start or end the (column-major) map
+        labels = np.random.default_rng(seed).integers(0, 4, (9, 7))
+    if seed == 5:
+        labels = np.array([[2]])
     encoded = rle_per_label(labels)
     assert sorted(encoded) == sorted(np.unique(labels).tolist())
     for label, rle in encoded.items():

@@ -1,7 +1,7 @@
 """
 Speed options: each runs and gives (nearly) the results without it. The default ones (channels-last,
-fused attention, folded mask embeddings, the fast semantic path) against MODEL.MASK_FORMER.TEST.EXACT,
-which turns them all off; mixed precision and torch.compile of the model; the low-memory mask loss
+fused attention, folded mask embeddings, the fast semantic path, resizes by matrix products) against
+MODEL.MASK_FORMER.TEST.EXACT, which turns them all off; mixed precision and torch.compile of the model; the low-memory mask loss
 and the matcher's target resizing against the computations they replace.
 """
 
@@ -99,6 +99,7 @@ def _speed_flags(model):
     predictor = model.sem_seg_head.predictor.modules()
     return {
         "sem_seg_fast": model.inference_settings.sem_seg_fast,
+        "resize_by_matmul": model.inference_settings.resize_by_matmul,
         "fold_mask_embed": model.sem_seg_head.fold_mask_embed,
         "channels_last": model.channels_last
         and model.backbone.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last),
@@ -130,7 +131,7 @@ SWIN_ENCODER = {
 
 
 def test_exact_turns_off_every_default_speed_option():
-    assert len(SPEED_OPTIONS) == 4
+    assert len(SPEED_OPTIONS) == 5
     default = build_model(tiny_cfg(**SWIN_ENCODER))
     # EXACT wins over options set explicitly, as they are where a config file sets them
     exact = build_model(tiny_cfg(**SWIN_ENCODER, **EXACT, **{key: True for key in SPEED_OPTIONS}))
@@ -139,7 +140,8 @@ def test_exact_turns_off_every_default_speed_option():
     assert all(value in (False, {False}) for value in off.values()), off
     # turning one option off turns off its own part only
     for key, flag in zip(
-        SPEED_OPTIONS, ("sem_seg_fast", "fold_mask_embed", "fused", "channels_last")
+        SPEED_OPTIONS,
+        ("sem_seg_fast", "resize_by_matmul", "fold_mask_embed", "fused", "channels_last"),
     ):
         flags = _speed_flags(build_model(tiny_cfg(**SWIN_ENCODER, **{key: False})))
         assert {name for name, value in flags.items() if value not in (True, {True})} == {
@@ -150,15 +152,19 @@ def test_exact_turns_off_every_default_speed_option():
 PANOPTIC_META = "test_speed_options_panoptic"
 
 
-@pytest.mark.usefixtures("fast_semantic_path_at_any_size")
-def test_default_outputs_agree_with_the_exact_computation():
+@pytest.mark.parametrize("fast_semantic_path", [True, False])
+def test_default_outputs_agree_with_the_exact_computation(request, fast_semantic_path):
     """
     The default speed options against EXACT, by the margin rule of tests/decision_margins.py: the
     semantic argmax and the panoptic segments exactly where EXACT's own scores, logits and masks
     decide them by more than the two runs' logits and masks differ, on >= 99.9% of pixels elsewhere.
     The images are not resized (the fast semantic path keeps the published argmax where no final
-    resize mixes its pixels), and the second is padded in its batch.
+    resize mixes its pixels), and the second is padded in its batch. With the fast semantic path
+    taken at any size, and with the plain one these small images take by default; the mask logits
+    are resized by matrix products (RESIZE_BY_MATMUL) in both.
     """
+    if fast_semantic_path:
+        request.getfixturevalue("fast_semantic_path_at_any_size")
     MetadataCatalog.get(PANOPTIC_META).set(
         thing_dataset_id_to_contiguous_id={1: 0, 2: 1},
         stuff_dataset_id_to_contiguous_id={3: 2, 4: 3, 5: 4},

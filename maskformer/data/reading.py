@@ -212,12 +212,13 @@ def check_same_size(file_name, label, image):
 
 def check_label_values(file_name, label, num_classes, ignore_value):
     """Raise if a label map holds a value outside [0, num_classes) other than ``ignore_value``."""
-    if label.dtype in (np.uint8, np.uint16):  # a histogram: a third of np.unique's sort
-        values = np.flatnonzero(np.bincount(label.ravel()))
-    else:
-        values = np.unique(label)
-    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_value)]
-    if len(bad):
+    # comparisons over the map (a tenth of a histogram's time), the values only for the message
+    outside = label >= num_classes
+    if label.dtype.kind == "i":
+        outside |= label < 0
+    outside &= label != ignore_value
+    if outside.any():
+        bad = np.unique(label[outside])
         raise BadSampleError(
             file_name,
             f"label values {bad[:10].tolist()} are outside [0, {num_classes}) and are not the "

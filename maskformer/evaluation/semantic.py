@@ -21,26 +21,28 @@ def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
     {label: COCO compressed RLE of ``label_map == label``} for every label in the (H, W) map, equal to
     ``pycocotools.mask.encode`` of each binary mask, from one pass over the map: the runs of
     equal labels in column-major order (COCO's) are found once, and each label's RLE counts are
-    the gaps between its own runs.
+    the gaps between its own runs and their lengths, for all labels at once.
     """
     height, width = label_map.shape
     flat = np.ascontiguousarray(label_map.T).ravel()  # column-major order
-    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
-    ends = np.append(starts[1:], flat.size)
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    order = np.argsort(flat[np.concatenate([[0], changes])], kind="stable")  # by label, in order
+    starts = np.concatenate([[0], changes])[order]
+    ends = np.concatenate([changes, [flat.size]])[order]
     values = flat[starts]
-    order = np.argsort(values, kind="stable")  # each label's runs, in image order
-    labels, first = np.unique(values[order], return_index=True)
-    encoded = {}
-    for label, runs in zip(labels, np.split(order, first[1:])):
-        # alternating lengths, starting with the background before the first run
-        edges = np.stack([starts[runs], ends[runs]], 1).ravel()
-        counts = np.diff(edges, prepend=0)
-        if edges[-1] < flat.size:
-            counts = np.append(counts, flat.size - edges[-1])
-        encoded[int(label)] = mask_util.frPyObjects(
-            {"counts": counts.tolist(), "size": [height, width]}, height, width
-        )
-    return encoded
+    first = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))  # of each label
+    # alternating lengths: the background before each run (from the label's previous run), the run
+    previous_end = np.concatenate([[0], ends[:-1]])
+    previous_end[first] = 0
+    counts = np.stack([starts - previous_end, ends - starts], 1).ravel().tolist()
+    last = np.append(first[1:], len(ends)) - 1
+    bounds = zip((2 * first).tolist(), (2 * last + 2).tolist(), (flat.size - ends[last]).tolist())
+    uncompressed = [
+        {"counts": counts[begin:end] + ([tail] if tail else []), "size": [height, width]}
+        for begin, end, tail in bounds
+    ]
+    encoded = mask_util.frPyObjects(uncompressed, height, width)
+    return dict(zip(values[first].tolist(), encoded))
 
 
 class FastSemSegEvaluator(SemSegEvaluator):

@@ -10,6 +10,8 @@ mask on its own, so that only the masks a task keeps are resized (the same value
 With ``sem_seg_fast`` the semantic scores are marginalised at mask resolution
 (``kernels.semantic_at_mask_resolution``) where that is the faster way (``fast_path_applies``);
 otherwise the masks upsampled for the semantic scores also serve the other tasks. With
+``resize_by_matmul`` mask logits are resized by matrix products where that is the faster way
+(``kernels.bilinear_by_matmul``: small masks; the same values up to float rounding). With
 ``semantic_labels_only`` the semantic output is each pixel's best class instead of the scores
 (what evaluators read); the fast path then decides most pixels at mask resolution and never builds
 the (K, H, W) scores.
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
+from .kernels.bilinear_by_matmul import matmul_resize_pays, resize_by_matmul
 from .kernels.first_axis_argmax import first_axis_argmax
 from .kernels.semantic_at_mask_resolution import (
     fast_path_applies,
@@ -35,9 +38,9 @@ class InferenceSettings:
     """
     What turns a MaskFormer's outputs into results: the semantic order (masks resized to the output
     size before marginalising, else after), the panoptic and instance outputs with their thresholds
-    (``thing_ids``: contiguous ids of the thing classes), the fast semantic path, and whether the
+    (``thing_ids``: contiguous ids of the thing classes), the fast semantic path, whether the
     semantic output is "sem_seg_labels" (height, width) int64, the argmax of the "sem_seg" scores,
-    in their place.
+    in their place, and whether mask logits are resized by matrix products where that is faster.
     """
 
     sem_seg_postprocess_before_inference: bool
@@ -49,6 +52,7 @@ class InferenceSettings:
     thing_ids: FrozenSet[int]
     sem_seg_fast: bool = False
     semantic_labels_only: bool = False
+    resize_by_matmul: bool = False
 
     @classmethod
     def from_model(cls, model) -> "InferenceSettings":
@@ -97,6 +101,7 @@ def image_inference(
     """``inference`` of one image: mask_cls (Q, K+1), mask_pred (Q, h, w) over the padded batch."""
     padded_size, image_size, output_size = tuple(padded_size), tuple(image_size), tuple(output_size)
     num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
+    by_matmul = settings.resize_by_matmul
     fast = settings.sem_seg_fast and fast_path_applies(
         num_queries, num_classes, mask_pred.shape[-2:], padded_size
     )
@@ -115,7 +120,7 @@ def image_inference(
             if fast:
                 scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size)
             else:
-                masks = upsample_to_padded(mask_pred, padded_size)
+                masks = upsample_to_padded(mask_pred, padded_size, by_matmul)
                 scores = semantic_inference(mask_cls, masks)
             sem_seg = crop_and_resize(scores, image_size, output_size)
         if settings.semantic_labels_only:
@@ -126,7 +131,7 @@ def image_inference(
     def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
         if at_output_size:
             return masks[queries]
-        return masks_to_output_size(masks[queries], padded_size, image_size, output_size)
+        return masks_to_output_size(masks[queries], padded_size, image_size, output_size, by_matmul)
 
     thing_ids = settings.thing_ids
     if settings.panoptic_on:
@@ -145,10 +150,17 @@ def image_inference(
     return result
 
 
-def upsample_to_padded(masks: torch.Tensor, padded_size: Tuple[int, int]) -> torch.Tensor:
-    """(N, h, w) mask logits over the padded batch -> (N, H_pad, W_pad), bilinear."""
+def upsample_to_padded(
+    masks: torch.Tensor, padded_size: Tuple[int, int], by_matmul: bool = False
+) -> torch.Tensor:
+    """
+    (N, h, w) mask logits over the padded batch -> (N, H_pad, W_pad), bilinear; ``by_matmul``: by
+    matrix products where that is faster (``kernels.bilinear_by_matmul``).
+    """
     if tuple(masks.shape[-2:]) == tuple(padded_size):
         return masks
+    if by_matmul and matmul_resize_pays(masks.shape[-2:], padded_size):
+        return resize_by_matmul(masks, padded_size)
     return F.interpolate(
         _batch_of_one(masks), size=tuple(padded_size), mode="bilinear", align_corners=False
     )[0]
@@ -184,14 +196,17 @@ def masks_to_output_size(
     padded_size: Tuple[int, int],
     image_size: Tuple[int, int],
     output_size: Tuple[int, int],
+    by_matmul: bool = False,
 ) -> torch.Tensor:
     """
     (N, h, w) mask logits over the padded batch -> (N, height, width): bilinear to the padded size,
-    crop the image's ``image_size`` region, bilinear to ``output_size`` (the published two steps).
+    crop the image's ``image_size`` region, bilinear to ``output_size`` (the published two steps);
+    ``by_matmul``: the first step by matrix products where that is faster.
     """
     if not len(masks):  # no query kept (panoptic): interpolate refuses zero channels
         return masks.new_zeros((0, *output_size))
-    return crop_and_resize(upsample_to_padded(masks, padded_size), image_size, output_size)
+    padded = upsample_to_padded(masks, padded_size, by_matmul)
+    return crop_and_resize(padded, image_size, output_size)
 
 
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:

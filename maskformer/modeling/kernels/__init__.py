@@ -9,7 +9,9 @@ docstring and checked against it in tests/test_kernels.py (values and gradients)
   convolution, in inference and for the loss's matched masks' backward;
 - ``semantic_at_mask_resolution``: semantic inference marginalised at mask resolution
   (``SEM_SEG_FAST``), with the plain argmax; and that argmax alone, without the scores;
-- ``first_axis_argmax``: ``torch.argmax(dim=0)`` without its scalar loop on the CPU.
+- ``first_axis_argmax``: ``torch.argmax(dim=0)`` without its scalar loop on the CPU;
+- ``bilinear_by_matmul``: bilinear resizing of small maps as two matrix products
+  (``RESIZE_BY_MATMUL``).
 
 The paper-level code (criterion, predictor, inference) calls them and keeps the plain computation
 callable.
