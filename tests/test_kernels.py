@@ -226,6 +226,33 @@ def test_masks_to_output_size_by_matmul_is_the_two_step_resize(output_size):
     assert torch.allclose(resized, expected, rtol=0, atol=resize_tolerance(masks))
 
 
+@pytest.mark.parametrize("postprocess_before_inference", [True, False])
+def test_resizing_by_matmul_changes_only_the_rounding_of_the_semantic_scores(
+    postprocess_before_inference,
+):
+    """Both semantic orders (masks resized to the output size first, or the scores after)."""
+    mask_cls, mask_pred = segment_outputs(20, 6, (40, 32))
+    plain, by_matmul = (
+        InferenceSettings(
+            postprocess_before_inference,
+            False,
+            False,
+            0.0,
+            0.0,
+            100,
+            frozenset(),
+            resize_by_matmul=flag,
+        )
+        for flag in (False, True)
+    )
+    sizes = ((160, 128), (155, 128), (157, 130))
+    expected = image_inference(mask_cls, mask_pred, *sizes, plain)["sem_seg"]
+    scores = image_inference(mask_cls, mask_pred, *sizes, by_matmul)["sem_seg"]
+    # class probabilities sum to at most 1 and the sigmoid's slope is at most 1/4
+    assert not torch.equal(scores, expected)
+    assert torch.allclose(scores, expected, rtol=0, atol=resize_tolerance(mask_pred) / 4)
+
+
 def test_matmul_resize_pays_for_small_masks_only():
     assert matmul_resize_pays((40, 32), (160, 128))  # the built-in R18: 42 per pixel
     assert not matmul_resize_pays((128, 128), (512, 512))  # ADE20K's masks: 160

@@ -113,7 +113,7 @@ def image_inference(
         result = {"sem_seg_labels": labels[: image_size[0], : image_size[1]]}
     else:
         if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
-            masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size)
+            masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size, by_matmul)
             at_output_size = True
             sem_seg = semantic_inference(mask_cls, masks)
         else:  # marginalised over the padded batch (fast: at mask resolution), cropped and resized
