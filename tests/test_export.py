@@ -285,16 +285,21 @@ def test_graph_does_not_fold_and_leaves_the_model_untouched():
         MaskFormerGraph(model.backbone)
 
 
-def test_inference_settings_of_an_export_without_the_fast_semantic_flag():
-    """Exports written before InferenceSettings had sem_seg_fast load with the published path."""
+def test_inference_settings_of_an_export_without_the_speed_flags():
+    """
+    Exports written before InferenceSettings had sem_seg_fast or resize_by_matmul load with the
+    published computation.
+    """
     cfg = tiny_cfg(panoptic=True)
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = True
     settings = InferenceSettings.from_model(build_model(cfg))
     saved = settings.to_dict()
-    assert saved["sem_seg_fast"] is True and saved["thing_ids"] == [0, 1]
-    del saved["sem_seg_fast"]
+    assert saved["sem_seg_fast"] is True and saved["resize_by_matmul"] is True
+    assert saved["thing_ids"] == [0, 1]
+    del saved["sem_seg_fast"], saved["resize_by_matmul"]
     older = InferenceSettings.from_dict(saved)
-    assert older.sem_seg_fast is False and older.thing_ids == settings.thing_ids
+    assert not older.sem_seg_fast and not older.resize_by_matmul
+    assert older.thing_ids == settings.thing_ids
 
 
 def test_metadata_and_onnx_opset(exported):
