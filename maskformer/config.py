@@ -63,8 +63,8 @@ def add_maskformer_config(cfg):
     # pay (kernels.semantic_at_mask_resolution.fast_path_applies); FOLD_MASK_EMBED folds the mask
     # embeddings into the pixel decoder's last convolution (Q output channels, no dot products;
     # pixel decoders that do not declare mask_features_foldable keep the plain products);
-    # RESIZE_BY_MATMUL resizes mask logits by two matrix products where that is faster (small
-    # masks: kernels.bilinear_by_matmul.matmul_resize_pays; values equal up to float rounding).
+    # RESIZE_BY_MATMUL resizes mask logits by two matrix products where that is faster on the CPU
+    # (small masks: kernels.bilinear_by_matmul.matmul_resize_pays; equal up to float rounding).
     # Opt-in, as its precision is lower: AMP autocasts backbone and head to SOLVER.AMP.DTYPE.
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = True
     cfg.MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL = True
