@@ -254,9 +254,11 @@ def test_resizing_by_matmul_changes_only_the_rounding_of_the_semantic_scores(
 
 
 def test_matmul_resize_pays_for_small_masks_only():
-    assert matmul_resize_pays((40, 32), (160, 128))  # the built-in R18: 42 per pixel
-    assert not matmul_resize_pays((128, 128), (512, 512))  # ADE20K's masks: 160
-    assert not matmul_resize_pays((155, 128), (157, 130))  # a near-identity resize: 281
+    cpu = torch.device("cpu")
+    assert matmul_resize_pays((40, 32), (160, 128), cpu)  # the built-in R18: 42 per pixel
+    assert not matmul_resize_pays((40, 32), (160, 128), torch.device("cuda"))  # not measured
+    assert not matmul_resize_pays((128, 128), (512, 512), cpu)  # ADE20K's masks: 160
+    assert not matmul_resize_pays((155, 128), (157, 130), cpu)  # a near-identity resize: 281
     # where it does not pay, resizes go through interpolate: bit for bit the plain values
     masks = torch.randn(3, 128, 128)
     expected = F.interpolate(masks[None], size=(512, 512), mode="bilinear", align_corners=False)

@@ -26,9 +26,9 @@ def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
     height, width = label_map.shape
     flat = np.ascontiguousarray(label_map.T).ravel()  # column-major order
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    order = np.argsort(flat[np.concatenate([[0], changes])], kind="stable")  # by label, in order
-    starts = np.concatenate([[0], changes])[order]
-    ends = np.concatenate([changes, [flat.size]])[order]
+    starts = np.concatenate([[0], changes])
+    order = np.argsort(flat[starts], kind="stable")  # by label, in image order
+    starts, ends = starts[order], np.concatenate([changes, [flat.size]])[order]
     values = flat[starts]
     first = np.flatnonzero(np.concatenate([[True], values[1:] != values[:-1]]))  # of each label
     # alternating lengths: the background before each run (from the label's previous run), the run

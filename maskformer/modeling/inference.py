@@ -155,13 +155,11 @@ def upsample_to_padded(
 ) -> torch.Tensor:
     """
     (N, h, w) mask logits over the padded batch -> (N, H_pad, W_pad), bilinear; ``by_matmul``: by
-    matrix products where that is faster on the CPU (``kernels.bilinear_by_matmul``; measured
-    there only).
+    matrix products where that is faster (``kernels.bilinear_by_matmul``).
     """
     if tuple(masks.shape[-2:]) == tuple(padded_size):
         return masks
-    on_cpu = masks.device.type == "cpu"
-    if by_matmul and on_cpu and matmul_resize_pays(masks.shape[-2:], padded_size):
+    if by_matmul and matmul_resize_pays(masks.shape[-2:], padded_size, masks.device):
         return resize_by_matmul(masks, padded_size)
     return F.interpolate(
         _batch_of_one(masks), size=tuple(padded_size), mode="bilinear", align_corners=False

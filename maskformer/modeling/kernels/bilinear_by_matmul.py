@@ -25,17 +25,28 @@ import torch
 MATMUL_PAYS_UP_TO = 64
 
 
+def _multiply_adds_per_pixel(
+    in_size: Tuple[int, int], out_size: Tuple[int, int]
+) -> Tuple[float, float]:
+    """Multiply-adds per output pixel of the two orders: height first, width first."""
+    (h, w), (H, W) = in_size, out_size
+    return h * w / W + w, w * h / H + h  # (A_h @ maps) @ A_w^T, A_h @ (maps @ A_w^T)
+
+
 def multiply_adds_per_pixel(in_size: Tuple[int, int], out_size: Tuple[int, int]) -> float:
     """Multiply-adds per output pixel of the cheaper order of the two products."""
-    (h, w), (H, W) = in_size, out_size
-    height_first = h * w / W + w  # (along_height @ maps) @ along_width^T
-    width_first = w * h / H + h  # along_height @ (maps @ along_width^T)
-    return min(height_first, width_first)
+    return min(_multiply_adds_per_pixel(in_size, out_size))
 
 
-def matmul_resize_pays(in_size: Tuple[int, int], out_size: Tuple[int, int]) -> bool:
-    """Whether ``resize_by_matmul`` is the faster way from ``in_size`` to ``out_size``."""
-    return multiply_adds_per_pixel(in_size, out_size) <= MATMUL_PAYS_UP_TO
+def matmul_resize_pays(
+    in_size: Tuple[int, int], out_size: Tuple[int, int], device: torch.device
+) -> bool:
+    """
+    Whether ``resize_by_matmul`` is the faster way from ``in_size`` to ``out_size`` on ``device``:
+    measured on the CPU only, so elsewhere interpolate stays.
+    """
+    on_cpu = torch.device(device).type == "cpu"
+    return on_cpu and multiply_adds_per_pixel(in_size, out_size) <= MATMUL_PAYS_UP_TO
 
 
 # A pure function of two sizes: inference meets the same few padded sizes over and over, and
@@ -62,11 +73,11 @@ def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 def resize_by_matmul(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """(N, h, w) -> (N, H, W) for ``size`` (H, W): bilinear as above, contiguous, in maps' dtype."""
-    (h, w), (H, W) = maps.shape[-2:], size
     along_height, along_width = (
         torch.tensor(interpolation_matrix(a, b), dtype=maps.dtype, device=maps.device)
-        for a, b in ((h, H), (w, W))
+        for a, b in zip(maps.shape[-2:], size)
     )
-    if h * w / W + w <= w * h / H + h:
+    height_first, width_first = _multiply_adds_per_pixel(maps.shape[-2:], size)
+    if height_first <= width_first:
         return torch.matmul(torch.matmul(along_height, maps), along_width.t())
     return torch.matmul(along_height, torch.matmul(maps, along_width.t()))
