@@ -17,11 +17,18 @@ def add_maskformer_config(cfg):
     cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
     cfg.INPUT.COLOR_AUG_SSD = False
     cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # An image with an EXIF orientation whose annotation carries none: was the annotation drawn on
+    # the image as displayed or as stored? "refuse" (refused where its size cannot tell),
+    # "annotations_displayed" or "annotations_stored"; see maskformer.data.reading.EXIF_ORIENTATIONS
+    cfg.INPUT.EXIF_ORIENTATION = "refuse"
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     cfg.SOLVER.OPTIMIZER = "ADAMW"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # iterations between two lines of the console log, metrics.json and TensorBoard (losses are
+    # still medians over the last 20 iterations)
+    cfg.SOLVER.LOG_PERIOD = 20
 
     # mask_former model
     cfg.MODEL.MASK_FORMER = CN()

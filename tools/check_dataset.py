@@ -12,6 +12,7 @@ Examples:
   python tools/check_dataset.py --config-file my_config.yaml        # its DATASETS.TRAIN and TEST
   python tools/check_dataset.py --config-file my_config.yaml --opts MODEL.SEM_SEG_HEAD.NUM_CLASSES 5
   python tools/check_dataset.py --spec my_data.yaml my_data_train --json report.json
+  python tools/check_dataset.py --spec my_data.yaml my_data_train --exif-orientation annotations_stored
 """
 import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
 
@@ -26,7 +27,9 @@ from detectron2.utils.logger import setup_logger
 from maskformer.data import check_num_classes, register_dataset_spec
 from maskformer.data.datasets.custom import register_custom_datasets
 from maskformer.data.inspection import format_report, inspect_dataset
-from maskformer.engine.config_loading import load_config
+from maskformer.data.reading import EXIF_ORIENTATIONS, check_exif_orientation
+from maskformer.engine.cli import exit_on_user_error
+from maskformer.engine.config_loading import ConfigError, load_config
 from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.check_dataset")
@@ -47,6 +50,12 @@ def get_parser():
         help="a config: registers its DATASETS.CUSTOM, checks NUM_CLASSES against its datasets, "
         "and checks its DATASETS.TRAIN and TEST when no name is given",
     )
+    parser.add_argument(
+        "--exif-orientation",
+        choices=EXIF_ORIENTATIONS,
+        help="INPUT.EXIF_ORIENTATION: on which pixels the annotations of images with an EXIF "
+        "orientation were drawn (default: the config's, else refuse)",
+    )
     parser.add_argument("--json", help="also write the reports to this JSON file")
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
@@ -57,6 +66,12 @@ def get_parser():
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="maskformer")
+    with exit_on_user_error():
+        return check(args)
+
+
+def check(args) -> int:
+    exif_orientation = args.exif_orientation or "refuse"
     names = list(args.names)
     errors = []
     for spec in args.spec:
@@ -65,6 +80,11 @@ def main(argv=None) -> int:
         cfg = load_config(args.config_file, args.opts, need_datasets=False)
         register_custom_datasets(cfg)
         names = names or list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)))
+        exif_orientation = args.exif_orientation or cfg.INPUT.EXIF_ORIENTATION
+        try:
+            check_exif_orientation(exif_orientation)
+        except ValueError as e:
+            raise ConfigError(f"{args.config_file}: {e}") from e
         try:
             check_num_classes(cfg)
         except ValueError as e:
@@ -73,7 +93,7 @@ def main(argv=None) -> int:
         raise SystemExit("check_dataset.py: name a dataset, or give --config-file")
     for e in errors:
         print(f"ERROR: {e}", end="\n\n")
-    reports = [inspect_dataset(name) for name in names]
+    reports = [inspect_dataset(name, exif_orientation) for name in names]
     for report in reports:
         print(format_report(report), end="\n\n")
         errors += report["errors"]

@@ -16,6 +16,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .dataset_mappers.utils import read_sample_image
 from .reading import (
     BadSampleError,
+    check_exif_orientation,
     check_same_size,
     panoptic_segment_index,
     read_label_map,
@@ -54,10 +55,12 @@ def _panoptic_classes(dataset_dict, num_classes, ignore_label):
     return to_class[index]
 
 
-def inspect_dataset(name: str) -> Dict:
+def inspect_dataset(name: str, exif_orientation: str = "refuse") -> Dict:
     """
     Read every sample of the registered dataset ``name`` (semantic: "sem_seg_file_name";
-    panoptic: "pan_seg_file_name" + "segments_info") and collect the report.
+    panoptic: "pan_seg_file_name" + "segments_info") and collect the report. ``exif_orientation``
+    (``INPUT.EXIF_ORIENTATION``) pairs images that carry an EXIF orientation with their
+    annotations, as in training.
 
     Returns:
         dict: "dataset", "num_images", "num_classes", "class_names", "ignore_label",
@@ -66,6 +69,7 @@ def inspect_dataset(name: str) -> Dict:
         "expected_stored_values" (those of the classes and the ignore value, as text), "errors"
         and "warnings" (lists of messages; errors make a run fail or give wrong metrics).
     """
+    check_exif_orientation(exif_orientation)
     meta = MetadataCatalog.get(name)
     dicts = DatasetCatalog.get(name)
     names = list(meta.get("stuff_classes", []))
@@ -81,13 +85,13 @@ def inspect_dataset(name: str) -> Dict:
     if not num_classes:
         errors.append(f"dataset {name!r} has no stuff_classes in its metadata")
     for d in dicts:
+        panoptic = "pan_seg_file_name" in d
+        label_file = d["pan_seg_file_name"] if panoptic else d["sem_seg_file_name"]
         try:
-            image = read_sample_image(d, "RGB")
-            if "pan_seg_file_name" in d:
-                label_file = d["pan_seg_file_name"]
+            image = read_sample_image(d, "RGB", [label_file], exif_orientation)
+            if panoptic:
                 classes = _panoptic_classes(d, num_classes, ignore_label)
             else:
-                label_file = d["sem_seg_file_name"]
                 classes, stored = _sem_seg_classes(d, ignore_label)
                 stored_values.update(np.unique(stored).tolist())
             check_same_size(label_file, classes, image)

@@ -1,5 +1,7 @@
 """
-Reading images and annotation maps for the dataset mappers.
+Reading images and annotation maps for the dataset mappers, the evaluators, the dataset check and
+the predictor, by the rules of docs/custom_datasets.md ("File formats"): every file reaches the
+model by a documented rule or is refused, never flattened or crushed in silence.
 
 Every failure is raised as a :class:`BadSampleError` naming the file and the problem, so that a
 training run can skip the sample (``DATALOADER.SKIP_BAD_SAMPLES``) or stop with a message that
@@ -7,6 +9,7 @@ says which file to fix.
 """
 
 import logging
+import re
 
 import numpy as np
 from detectron2.data import detection_utils as utils
@@ -16,7 +19,10 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "BadSampleError",
+    "EXIF_ORIENTATIONS",
+    "check_exif_orientation",
     "read_image",
+    "image_to_array",
     "read_label_map",
     "read_sem_seg_label",
     "to_class_ids",
@@ -28,8 +34,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# PIL modes holding more than 8 bits per pixel; PIL's convert("RGB") would clip them, not scale.
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I")
+#: Values of ``INPUT.EXIF_ORIENTATION``: on which pixels an annotation map that carries no EXIF
+#: orientation was drawn when its image carries one. "refuse": the image as displayed, and the
+#: sample refused where the annotation's size cannot tell; "annotations_displayed": the image as
+#: displayed; "annotations_stored": the image as stored (its orientation not applied).
+EXIF_ORIENTATIONS = ("refuse", "annotations_displayed", "annotations_stored")
+_ORIENTATION_TAG = 0x0112
+# orientations that swap height and width (quarter turns); 2..4 mirror or turn by 180 degrees
+_SWAPPING_ORIENTATIONS = (5, 6, 7, 8)
+
+# PIL modes of 8-bit images; PIL converts them to RGB (alpha dropped, CMYK and YCbCr converted)
+_EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+# PIL modes of 16-bit grayscale; "I" (32-bit) is read like them when its values fit 16 bits
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+# 16-bit images become their high byte; one whose high bytes all stay below this uses at most 12
+# of its 16 bits (8-, 10- or 12-bit data stored in 16 bits) and would be read nearly black
+_MIN_HIGH_BYTE = 16
 # Errors PIL raises for unreadable, truncated or undecodable files (OSError covers
 # UnidentifiedImageError and "image file is truncated").
 _READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -44,48 +64,188 @@ class BadSampleError(ValueError):
         super().__init__(f"{file_name}: {problem}")
 
 
+def check_exif_orientation(value):
+    """``value`` if it is one of :data:`EXIF_ORIENTATIONS`, else ValueError."""
+    if value not in EXIF_ORIENTATIONS:
+        raise ValueError(
+            f"INPUT.EXIF_ORIENTATION must be one of {', '.join(EXIF_ORIENTATIONS)}; got {value!r}"
+        )
+    return value
+
+
+def _stored_with_16_bits(image):
+    """
+    Whether a just-opened PIL image is stored with 16 bits per channel (PIL decodes 16-bit colour
+    PNGs to their high bytes, so only the decoder's raw mode says so).
+    """
+    for tile in image.tile:
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        # ";16B", ";16L", ";16N": 16 bits per channel ("BGR;16" is a packed 5-6-5 pixel)
+        if args and isinstance(args[0], str) and re.search(";16[BLN]", args[0]):
+            return True
+    return False
+
+
 def _open(file_name, what):
-    """Decode a file fully with PIL (PIL decodes lazily, so truncation shows up only here)."""
+    """
+    Decode a single-frame file fully with PIL (PIL decodes lazily, so truncation shows up only
+    here). Returns the PIL image and whether it was stored with 16 bits per channel.
+    """
     if not PathManager.isfile(file_name):
         raise BadSampleError(file_name, f"{what} file not found")
     try:
         with PathManager.open(file_name, "rb") as f:
             image = Image.open(f)
+            frames = getattr(image, "n_frames", 1)
+            stored_16_bit = _stored_with_16_bits(image)
             image.load()
     except _READ_ERRORS as e:
         raise BadSampleError(file_name, f"cannot read {what} ({type(e).__name__}: {e})") from e
-    return image
+    # an MPO is a camera JPEG whose first frame is the picture (the others: previews, depth maps)
+    if frames > 1 and image.format != "MPO":
+        raise BadSampleError(
+            file_name,
+            f"{what} has {frames} frames (an animation or a multi-page file) and only "
+            f"single-frame files are read: save the frame to use as a file of its own",
+        )
+    return image, stored_16_bit
 
 
-def read_image(file_name, format):
+def _orientation(file_name, image):
     """
-    Read an image as a 3-channel uint8 array in ``format`` ("RGB" or "BGR"), whatever it is on
-    disk: grayscale, palette, RGBA, CMYK and 16-bit images are converted.
+    The EXIF orientation (1..8) of a PIL image; 1 (as stored) when it has none or an invalid one,
+    as image viewers read it.
+    """
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+    except _READ_ERRORS as e:
+        raise BadSampleError(
+            file_name, f"cannot read its EXIF metadata ({type(e).__name__}: {e})"
+        ) from e
+    return orientation if orientation in range(2, 9) else 1
+
+
+def _displayed(file_name, image):
+    """A PIL image with its own EXIF orientation applied, as image viewers display it."""
+    return ImageOps.exif_transpose(image) if _orientation(file_name, image) != 1 else image
+
+
+def _applies_orientation(file_name, image, orientation, annotation_files, exif_orientation):
+    """
+    Whether the EXIF orientation (not 1) of the image ``file_name`` is applied when it is read for
+    ``annotation_files``: yes for an annotation that carries an orientation of its own (it is
+    read as displayed too) and as ``exif_orientation`` says for one that carries none; "refuse"
+    refuses the sample where the annotation's size cannot tell on which pixels it was drawn (a
+    mirror or half turn, or a square image), and otherwise applies it (an annotation of the
+    stored size is then refused by :func:`check_same_size`).
+    """
+    applies = {}
+    for annotation_file in annotation_files:
+        annotation, _ = _open(annotation_file, "annotation")
+        if _orientation(annotation_file, annotation) != 1:
+            applies[annotation_file] = True
+        elif exif_orientation == "annotations_stored":
+            applies[annotation_file] = False
+        elif exif_orientation == "refuse" and (
+            orientation not in _SWAPPING_ORIENTATIONS or image.width == image.height
+        ):
+            raise BadSampleError(
+                file_name,
+                f"carries EXIF orientation {orientation} but its annotation {annotation_file} "
+                f"carries none, and its size cannot tell whether it was drawn on the image as "
+                f"displayed or as stored: say which with INPUT.EXIF_ORIENTATION "
+                f"(annotations_displayed or annotations_stored)",
+            )
+        else:
+            applies[annotation_file] = True
+    if len(set(applies.values())) > 1:
+        raise BadSampleError(
+            file_name,
+            f"carries EXIF orientation {orientation}, which its annotations "
+            f"{sorted(applies)} need applied (those with an orientation of their own) and not "
+            f"applied (INPUT.EXIF_ORIENTATION annotations_stored) at once",
+        )
+    return all(applies.values())
+
+
+def read_image(file_name, format, annotation_files=(), exif_orientation="refuse"):
+    """
+    Read an image as a 3-channel uint8 array in ``format`` ("RGB" or "BGR") by the rules of
+    :func:`image_to_array`, with its EXIF orientation applied or not as its annotation maps need
+    (see :data:`EXIF_ORIENTATIONS`); with no annotation, applied (as image viewers do).
+
+    Args:
+        annotation_files (list[str]): the annotation maps (label map, panoptic PNG) the image is
+            read for.
+        exif_orientation (str): one of :data:`EXIF_ORIENTATIONS`.
 
     Returns:
         np.ndarray: (H, W, 3) uint8.
     """
-    image = _open(file_name, "image")
-    image = ImageOps.exif_transpose(image)
-    if image.mode in _WIDE_MODES:
-        # 16-bit grayscale: keep the high byte, so that the 16-bit range maps onto 0..255.
-        high_byte = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
-        image = Image.fromarray(high_byte)
-    return np.ascontiguousarray(utils.convert_PIL_to_numpy(image, format))
+    image, stored_16_bit = _open(file_name, "image")
+    orientation = _orientation(file_name, image)
+    if orientation != 1 and _applies_orientation(
+        file_name, image, orientation, annotation_files, exif_orientation
+    ):
+        image = ImageOps.exif_transpose(image)
+    return _to_array(file_name, image, stored_16_bit, format)
+
+
+def image_to_array(image, format, name="PIL image"):
+    """
+    A PIL image as (H, W, 3) uint8 in ``format`` ("RGB" or "BGR"), its EXIF orientation applied
+    (as for a file read without annotation). 8-bit modes are converted by PIL: grayscale and
+    1-bit repeated to three channels, palette colours looked up, alpha dropped (the stored colours
+    are used), CMYK and YCbCr converted. 16-bit grayscale (and 32-bit integer values within
+    0..65535) keeps the high byte, the 16-bit range mapped onto 0..255, as PIL decodes 16-bit
+    colour. Refused with :class:`BadSampleError` naming ``name``: float and other modes, 32-bit
+    values outside 0..65535, and 16-bit images whose values all stay below 4096 (which would be
+    read nearly black).
+    """
+    return _to_array(name, _displayed(name, image), False, format)
+
+
+def _to_array(file_name, image, stored_16_bit, format):
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise BadSampleError(
+                file_name,
+                f"32-bit integer image with values in [{values.min()}, {values.max()}], outside "
+                f"the 16-bit range 0..65535 images are read in: save it as 8- or 16-bit",
+            )
+        image = Image.fromarray((values >> 8).astype(np.uint8))
+        stored_16_bit = True
+    elif image.mode not in _EIGHT_BIT_MODES:
+        raise BadSampleError(
+            file_name,
+            f"image mode {image.mode} is not read (a float image has no defined intensity "
+            f"range): save it as 8- or 16-bit grayscale or RGB",
+        )
+    array = utils.convert_PIL_to_numpy(image, format)
+    if stored_16_bit and array.size and array.max() < _MIN_HIGH_BYTE:
+        raise BadSampleError(
+            file_name,
+            f"16-bit image whose values all stay below {_MIN_HIGH_BYTE * 256}: read by its 16-bit "
+            f"range it would be nearly black; rescale it to 8 bits or to the full 16-bit range",
+        )
+    return np.ascontiguousarray(array)
 
 
 def read_label_map(file_name):
     """
-    Read a single-channel label map (8-bit, 16-bit or 32-bit grayscale PNG or TIFF, or a palette
-    PNG, whose palette indices are the labels). The stored values are returned as they are: no
-    EXIF rotation (label maps carry none; see :func:`check_same_size`), no colour conversion.
-    Anything else (RGB, RGBA, gray + alpha, 1-bit, float) is refused, never converted: a colour
-    or a float is not a class id.
+    Read a single-channel label map: 8-bit ("L"), 16-bit ("I;16") or 32-bit ("I") grayscale PNG or
+    TIFF, or a palette PNG, whose palette indices are the labels (its transparency is ignored).
+    The stored values are returned as they are, no colour conversion; a label map that carries an
+    EXIF orientation is read as displayed (see :data:`EXIF_ORIENTATIONS`). Refused: anything else
+    (RGB, RGBA, gray + alpha, 1-bit, float, several frames: a colour or a float is not a class id),
+    and a palette of grays that differ from their indices (see :func:`_check_gray_palette`).
 
     Returns:
         np.ndarray: (H, W) integer array with the stored values (uint8, uint16 or int32).
     """
-    image = _open(file_name, "label map")
+    image, _ = _open(file_name, "label map")
+    image = _displayed(file_name, image)
     label = np.asarray(image)
     if label.ndim != 2 or label.dtype.kind not in "ui":
         hint = (
@@ -98,7 +258,33 @@ def read_label_map(file_name):
             f"label map must be one channel of integers, got PIL mode {image.mode}, shape "
             f"{label.shape} {label.dtype}{hint}",
         )
+    if image.mode == "P":
+        _check_gray_palette(file_name, image, label)
     return label
+
+
+def _check_gray_palette(file_name, image, label):
+    """
+    Refuse a palette label map whose palette is all grays and which uses an index whose gray
+    differs from it: a gray label saved through a palette, whose pixels show one value and store
+    another. A palette with any colour is a class palette (VOC), read by its indices; an identity
+    gray palette shows what it stores.
+    """
+    palette = np.asarray(image.getpalette() or [], np.int64).reshape(-1, 3)
+    if not (palette == palette[:, :1]).all():
+        return
+    differs = palette[:, 0] != np.arange(len(palette))
+    if not differs.any():
+        return
+    used = np.flatnonzero(np.bincount(label.ravel(), minlength=len(palette))[: len(palette)])
+    shown = [f"{i} shows {palette[i, 0]}" for i in used[differs[used]][:5]]
+    if shown:
+        raise BadSampleError(
+            file_name,
+            f"palette label map whose palette is grays other than its indices (index "
+            f"{', '.join(shown)}): the class stored is not the one shown; save it as one-channel "
+            f"8-bit grayscale with the class ids as values",
+        )
 
 
 def read_sem_seg_label(file_name, num_classes, ignore_label, offset=0, stored_ignore=None):
@@ -136,17 +322,27 @@ def to_class_ids(label, ignore_label, offset=0, stored_ignore=None):
 
 def read_panoptic_ids(file_name):
     """
-    Read a COCO-format panoptic PNG (segment id = R + 256 * G + 256^2 * B).
+    Read a COCO-format panoptic PNG (segment id = R + 256 * G + 256^2 * B of 8-bit channels), read
+    as displayed when it carries an EXIF orientation. An alpha channel is dropped where it is
+    opaque or hides id 0 only; a hidden segment id, 16-bit channels and other modes are refused.
 
     Returns:
         np.ndarray: (H, W) int64 segment ids, 0 for unlabeled pixels.
     """
-    image = _open(file_name, "panoptic PNG")
-    if image.mode == "RGBA":
-        image = image.convert("RGB")
-    if image.mode != "RGB":
+    image, stored_16_bit = _open(file_name, "panoptic PNG")
+    image = _displayed(file_name, image)
+    if stored_16_bit:
+        raise BadSampleError(file_name, "panoptic PNG must have 8-bit channels, got 16-bit")
+    if image.mode not in ("RGB", "RGBA"):
         raise BadSampleError(file_name, f"panoptic PNG must be RGB-encoded, got mode {image.mode}")
-    return rgb2id(np.asarray(image)).astype(np.int64)
+    pixels = np.asarray(image)
+    ids = rgb2id(pixels[:, :, :3]).astype(np.int64)
+    if image.mode == "RGBA" and ids[pixels[:, :, 3] != 255].any():
+        raise BadSampleError(
+            file_name,
+            "panoptic PNG has transparent pixels that store a segment id: save it as RGB",
+        )
+    return ids
 
 
 def panoptic_segment_index(pan_file, segment_ids, segments_info, num_classes):
@@ -190,18 +386,19 @@ def panoptic_segment_index(pan_file, segment_ids, segments_info, num_classes):
 
 def check_same_size(file_name, label, image):
     """
-    Raise if a (H, W) annotation map does not cover the (H, W, C) image exactly. Images are read
-    with their EXIF orientation applied (as detectron2 and image viewers show them) and labels as
-    stored, so an annotation made on the displayed image is aligned; one made on the stored pixels
-    of a rotated photo has the image's size transposed, which the message points out.
+    Raise if a (H, W) annotation map does not cover the (H, W, C) image exactly. An image with an
+    EXIF orientation is read as displayed unless INPUT.EXIF_ORIENTATION says its annotations were
+    drawn on the stored pixels (:func:`read_image`); an annotation drawn on the stored pixels of a
+    quarter-turned photo then has the image's size transposed, which the message points out.
     """
     if label.shape[:2] != image.shape[:2]:
         hint = ""
         if label.shape[:2] == image.shape[1::-1]:
             hint = (
-                ": height and width are swapped, so the image file probably carries an EXIF "
-                "orientation tag, which the reader applies; rotate the annotation to the image as "
-                "displayed, or remove the image's EXIF orientation"
+                ": height and width are swapped, so the image (or the annotation) probably "
+                "carries an EXIF orientation, which the reader applies; if the annotation was "
+                "drawn on the image's stored pixels, set INPUT.EXIF_ORIENTATION to "
+                "annotations_stored"
             )
         raise BadSampleError(
             file_name,

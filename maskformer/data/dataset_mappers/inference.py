@@ -6,16 +6,25 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from ..reading import check_same_size, panoptic_segment_index, read_panoptic_ids
+from ..reading import (
+    check_exif_orientation,
+    check_same_size,
+    panoptic_segment_index,
+    read_panoptic_ids,
+)
 from .utils import read_sample_image, read_sample_label
 
 __all__ = ["MaskFormerInferenceDatasetMapper"]
 
+# the dict's annotation files that the evaluators read as ground truth
+_GROUND_TRUTH_KEYS = ("sem_seg_file_name", "pan_seg_file_name")
+
 
 class MaskFormerInferenceDatasetMapper:
     """
-    Reads ``file_name`` with the training reader (EXIF orientation applied, any colour mode), and
-    checks the ground truth the evaluators will read, before the model runs on the image: a
+    Reads ``file_name`` with the training reader (EXIF orientation as ``INPUT.EXIF_ORIENTATION``
+    says for its ground truth, colour modes converted), and checks the ground truth the evaluators
+    will read, before the model runs on the image: a
     ``sem_seg_file_name`` must be a one-channel label map of the image's size whose values are
     classes or the ignore value; a ``pan_seg_file_name`` must be an RGB panoptic PNG of the image's
     size whose ids are those of ``segments_info``. Failures raise
@@ -27,18 +36,23 @@ class MaskFormerInferenceDatasetMapper:
     """
 
     @configurable
-    def __init__(self, *, augmentations, image_format, num_classes, ignore_label):
+    def __init__(
+        self, *, augmentations, image_format, num_classes, ignore_label, exif_orientation="refuse"
+    ):
         """
         Args:
             augmentations (list[Augmentation]): applied to the image only.
             image_format (str): "RGB" or "BGR".
             num_classes (int): ground-truth classes lie in [0, num_classes).
             ignore_label (int): the ignore value of semantic ground truth.
+            exif_orientation (str): ``INPUT.EXIF_ORIENTATION``, see
+                :data:`~maskformer.data.reading.EXIF_ORIENTATIONS`.
         """
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.num_classes = num_classes
         self.ignore_label = ignore_label
+        self.exif_orientation = check_exif_orientation(exif_orientation)
 
     @classmethod
     def from_config(cls, cfg):
@@ -47,6 +61,7 @@ class MaskFormerInferenceDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "exif_orientation": cfg.INPUT.EXIF_ORIENTATION,
         }
 
     def check_ground_truth(self, dataset_dict, image):
@@ -68,7 +83,10 @@ class MaskFormerInferenceDatasetMapper:
             dict: the input keys plus "image" (3, H', W') uint8 tensor resized for testing and
             "height"/"width" of the image as read (unless the dataset gives them).
         """
-        image = read_sample_image(dataset_dict, self.image_format)
+        ground_truth = [dataset_dict[k] for k in _GROUND_TRUTH_KEYS if k in dataset_dict]
+        image = read_sample_image(
+            dataset_dict, self.image_format, ground_truth, self.exif_orientation
+        )
         self.check_ground_truth(dataset_dict, image)
         out = dict(dataset_dict)
         out.setdefault("height", image.shape[0])

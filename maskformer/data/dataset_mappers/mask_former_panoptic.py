@@ -39,9 +39,11 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         Returns:
             dict: see :func:`mapper_output`; includes "sem_seg".
         """
-        image = read_sample_image(dataset_dict, self.image_format)
-        original_size = image.shape[:2]
         pan_file = dataset_dict["pan_seg_file_name"]
+        image = read_sample_image(
+            dataset_dict, self.image_format, [pan_file], self.exif_orientation
+        )
+        original_size = image.shape[:2]
         segment_ids = read_panoptic_ids(pan_file)
         check_same_size(pan_file, segment_ids, image)
         segments_info = dataset_dict["segments_info"]

@@ -5,7 +5,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper
-from ..reading import check_same_size
+from ..reading import check_exif_orientation, check_same_size
 from .utils import (
     build_maskformer_augmentations,
     mapper_output,
@@ -38,6 +38,7 @@ class MaskFormerSemanticDatasetMapper:
         num_classes,
         ignore_label,
         size_divisibility,
+        exif_orientation="refuse",
     ):
         """
         Args:
@@ -47,6 +48,8 @@ class MaskFormerSemanticDatasetMapper:
             num_classes (int): labels must lie in [0, num_classes) or be ``ignore_label``.
             ignore_label (int): unlabeled pixels; also the padding value of the label.
             size_divisibility (int): pad height and width to a multiple of it (<= 0: no padding).
+            exif_orientation (str): ``INPUT.EXIF_ORIENTATION``, see
+                :data:`~maskformer.data.reading.EXIF_ORIENTATIONS`.
         """
         if not is_train:
             raise ValueError(f"{type(self).__name__} is for training only")
@@ -55,6 +58,7 @@ class MaskFormerSemanticDatasetMapper:
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
+        self.exif_orientation = check_exif_orientation(exif_orientation)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -65,6 +69,7 @@ class MaskFormerSemanticDatasetMapper:
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "exif_orientation": cfg.INPUT.EXIF_ORIENTATION,
         }
 
     def __call__(self, dataset_dict):
@@ -75,9 +80,11 @@ class MaskFormerSemanticDatasetMapper:
         Returns:
             dict: see :func:`mapper_output`; includes "sem_seg".
         """
-        image = read_sample_image(dataset_dict, self.image_format)
-        original_size = image.shape[:2]
         label_file = dataset_dict["sem_seg_file_name"]
+        image = read_sample_image(
+            dataset_dict, self.image_format, [label_file], self.exif_orientation
+        )
+        original_size = image.shape[:2]
         label = read_sample_label(dataset_dict, self.num_classes, self.ignore_label)
         check_same_size(label_file, label, image)
 

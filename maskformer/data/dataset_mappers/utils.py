@@ -56,13 +56,14 @@ def build_maskformer_augmentations(cfg):
     return augs + build_flip(cfg)
 
 
-def read_sample_image(dataset_dict, image_format):
+def read_sample_image(dataset_dict, image_format, annotation_files, exif_orientation):
     """
-    Read ``dataset_dict["file_name"]`` as (H, W, 3) uint8 in ``image_format`` and check it against
-    the dict's "height"/"width" when given.
+    Read ``dataset_dict["file_name"]`` as (H, W, 3) uint8 in ``image_format`` for its
+    ``annotation_files`` (:func:`read_image`: whether its EXIF orientation is applied depends on
+    them and on ``exif_orientation``) and check it against the dict's "height"/"width" when given.
     """
     file_name = dataset_dict["file_name"]
-    image = read_image(file_name, image_format)
+    image = read_image(file_name, image_format, annotation_files, exif_orientation)
     expected = (dataset_dict.get("height"), dataset_dict.get("width"))
     if expected != (None, None) and expected != image.shape[:2]:
         raise BadSampleError(
