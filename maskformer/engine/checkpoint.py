@@ -16,7 +16,7 @@ import os
 import pickle
 import re
 from typing import List, Optional, Tuple
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from detectron2.checkpoint import DetectionCheckpointer
 
@@ -24,6 +24,8 @@ from ..utils.file_io import atomic_open
 from .weights_file import (
     CheckpointError,
     UnsafeCheckpointError,
+    download_url,
+    fetch_weights,
     load_numpy_pickle,
     load_torch_checkpoint,
     looks_complete,
@@ -98,6 +100,10 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
                 checkpoint = self._read_fitting(path).checkpoint
                 self._log_incompatible_keys(self._load_model(checkpoint))
                 return {k: v for k, v in checkpoint.items() if k != "model"}
+            if path and download_url(path) is not None:
+                # downloaded by fetch_weights (checked, once per machine, clear errors) rather
+                # than by iopath; detectron2 then loads the local copy
+                path = fetch_weights(urlparse(path)._replace(query="").geturl())
             return super().load(path, checkpointables)
         finally:
             self._loading = None
@@ -110,12 +116,14 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         return loaded
 
     def _load_file(self, filename):
-        loaded = self._read_fitting(filename)
+        # detectron2's "path?matching_heuristics=True" switch for weights named by suffix
+        url = urlparse(self._loading or filename)
+        source = url._replace(query="").geturl()
+        # a download is read through its URL, so that errors name both the URL and its copy
+        loaded = self._read_fitting(source if download_url(source) is not None else filename)
         checkpoint = loaded.checkpoint
         self.logger.info(f"Read {filename} as a {loaded.format} checkpoint")
-        # detectron2's "path?matching_heuristics=True" switch for weights named by suffix
-        url = self._parsed_url_during_load
-        queries = parse_qs(url.query) if url is not None else {}
+        queries = parse_qs(url.query)
         if queries.pop("matching_heuristics", ["False"]) == ["True"]:
             checkpoint["matching_heuristics"] = True
         if queries:

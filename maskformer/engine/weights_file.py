@@ -12,20 +12,38 @@ running code from it, choosing the reader by the file's content, not its extensi
 A file that would need to run code raises :class:`UnsafeCheckpointError` naming the refused
 global; a damaged one raises :class:`CheckpointError` saying truncated or corrupted.
 
+Weights given as URLs (``detectron2://...``, ``https://...``, ``ftp://...``) are read from
+detectron2's download cache (:func:`download_cache_path`, iopath's rule), downloaded there first
+when missing (:func:`fetch_weights`: one process per machine downloads, with a timeout, and a
+download is checked before it enters the cache). Every failure is a one-line
+:class:`CheckpointError` naming the URL, the cache path and how to do without network
+(docs/weights.md).
+
 Other layouts (e.g. a Hugging Face hub folder: ``config.json`` + ``model.safetensors`` or
 ``pytorch_model.bin``, whose parameter names differ from ours) plug in with
 :func:`register_weights_format`: a reader registered there is asked first and returns the state
 dict in this project's parameter names.
 """
 
+import hashlib
+import http.client
+import logging
+import os
 import pickle
 import re
+import shutil
+import urllib.error
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import urlparse
 
 import torch
-from detectron2.utils.file_io import PathManager
+from detectron2.utils.file_io import Detectron2Handler, PathManager
+from iopath.common.file_io import HTTPURLHandler, OneDrivePathHandler, file_lock, get_cache_dir
+
+from ..utils.file_io import atomic_path
 
 __all__ = [
     "CheckpointError",
@@ -34,6 +52,9 @@ __all__ = [
     "WeightsFormat",
     "register_weights_format",
     "read_weights",
+    "download_url",
+    "download_cache_path",
+    "fetch_weights",
     "load_numpy_pickle",
     "load_torch_checkpoint",
     "load_safetensors",
@@ -66,6 +87,11 @@ _PICKLE_STARTS = (b"\x80", b"}", b"]", b"(", b"c")
 # or the object it would call or build.
 _TORCH_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _TORCH_REFUSALS = ("reduce for", "Can only", "persistent_load")
+# seconds a download waits for the server (to connect, then for each block) before giving up
+DOWNLOAD_TIMEOUT_S = 60
+_DOWNLOADED_SCHEMES = ("http://", "https://", "ftp://")
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -122,10 +148,25 @@ def register_weights_format(weights_format: WeightsFormat) -> None:
 
 def read_weights(path: str) -> LoadedWeights:
     """
-    Read the weights file or registered folder ``path`` (local, or anything PathManager opens)
-    without running code from it. Raises :class:`CheckpointError` (:class:`UnsafeCheckpointError`
-    for a file that would run code) naming the path.
+    Read the weights file or registered folder ``path`` (local, a URL, or anything PathManager
+    opens) without running code from it. Raises :class:`CheckpointError`
+    (:class:`UnsafeCheckpointError` for a file that would run code) naming the path; for a URL, the
+    cached copy too.
     """
+    if download_url(path) is None:
+        return _read_local_weights(path)
+    cached = fetch_weights(path)
+    try:
+        return _read_local_weights(cached)
+    except UnsafeCheckpointError:
+        raise  # the file is what the server sends: downloading it again would not help
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"{e} (the cached download of {path}: delete it to download it again)"
+        ) from e
+
+
+def _read_local_weights(path: str) -> LoadedWeights:
     for weights_format in _REGISTERED_FORMATS:
         if weights_format.matches(path):
             state_dict = weights_format.read(path)
@@ -157,6 +198,17 @@ def _format_of(path: str) -> str:
         raise CheckpointError(
             f"Cannot read checkpoint {path} (truncated or corrupted?): it is empty"
         )
+    fmt = _format_of_head(head)
+    if fmt is not None:
+        return fmt
+    raise CheckpointError(
+        f"Cannot read checkpoint {path} (truncated or corrupted?): it is not a torch checkpoint, a "
+        f"pickle or a safetensors file (it begins with {head!r})"
+    )
+
+
+def _format_of_head(head: bytes) -> Optional[str]:
+    """The reader of a file beginning with the 16 bytes ``head``, or None when none reads it."""
     if head.startswith(_ZIP_MAGIC) or head.startswith(_LEGACY_TORCH_MAGIC):
         return "torch"
     # safetensors: an 8-byte little-endian header length, then the JSON header
@@ -164,10 +216,7 @@ def _format_of(path: str) -> str:
         return "safetensors"
     if head.startswith(_PICKLE_STARTS):
         return "pickle"
-    raise CheckpointError(
-        f"Cannot read checkpoint {path} (truncated or corrupted?): it is not a torch checkpoint, a "
-        f"pickle or a safetensors file (it begins with {head!r})"
-    )
+    return None
 
 
 def _as_detectron2_checkpoint(data: dict, fmt: str) -> dict:
@@ -275,3 +324,109 @@ def looks_complete(path: str) -> bool:
             return True
     except (OSError, zipfile.BadZipFile):
         return False
+
+
+# ------------------------------------------------------------------------------- weights as URLs
+
+
+def download_url(path: str) -> Optional[str]:
+    """
+    The address ``path`` is downloaded from (``detectron2://`` mapped to detectron2's https
+    server), or None when ``path`` is not downloaded (a local path; a OneDrive link, which
+    PathManager turns into its download link itself).
+    """
+    if path.startswith(Detectron2Handler.PREFIX):
+        return Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX) :]
+    if path.startswith(_DOWNLOADED_SCHEMES) and not path.startswith(
+        OneDrivePathHandler.ONE_DRIVE_PREFIX
+    ):
+        return path
+    return None
+
+
+def download_cache_path(path: str) -> str:
+    """
+    Where the download of the URL ``path`` is kept: iopath's rule (detectron2's PathManager), the
+    cache folder ($FVCORE_CACHE, else ~/.torch/iopath_cache) joined with the URL's path without
+    its host, e.g. ``detectron2/ImageNetPretrained/torchvision/R-50.pkl``. A file name longer than
+    iopath's limit ends with a hash of the URL (iopath's ends randomly, so it is never found again).
+    """
+    url = download_url(path)
+    if url is None:
+        raise ValueError(f"{path} is not a URL that is downloaded")
+    folder = os.path.dirname(urlparse(url).path.lstrip("/"))
+    name = url.split("/")[-1]
+    if len(name) > HTTPURLHandler.MAX_FILENAME_LEN:
+        name = name[:100] + "_" + hashlib.sha256(url.encode()).hexdigest()[:32]
+    return os.path.join(get_cache_dir(), folder, name)
+
+
+def fetch_weights(path: str) -> str:
+    """
+    The local copy of the weights URL ``path``: its :func:`download_cache_path`, downloaded first
+    when missing. A file already there is used without touching the network. Processes sharing the
+    cache folder download once: the first takes iopath's lock on the cache path, the others wait
+    for it and use its file. Raises :class:`CheckpointError` naming the URL and the cache path.
+    """
+    cached = download_cache_path(path)
+    # a download only appears there complete (renamed from a temporary file): no lock needed
+    if os.path.isfile(cached):
+        return cached
+    with file_lock(cached):
+        if not os.path.isfile(cached):
+            _download(path, cached)
+    return cached
+
+
+def _download(path: str, cached: str) -> None:
+    """Download the URL ``path`` to ``cached``, which is only written when what came is whole."""
+    url = download_url(path)
+    source = path if url == path else f"{path} ({url})"
+    logger.info(f"Downloading {source} to {cached} ...")
+    try:
+        with atomic_path(cached) as tmp:
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                expected = response.headers.get("Content-Length")
+                with open(tmp, "wb") as f:
+                    shutil.copyfileobj(response, f, 1 << 20)
+                    size = f.tell()
+            problem = _download_problem(tmp, size, expected)
+            if problem is not None:
+                raise CheckpointError(_download_error(source, cached, problem))
+    except urllib.error.HTTPError as e:
+        e.close()  # it holds the server's answer open
+        raise CheckpointError(
+            _download_error(source, cached, f"the server answered HTTP {e.code} {e.reason}")
+        ) from e
+    except urllib.error.URLError as e:
+        raise CheckpointError(_download_error(source, cached, f"no connection ({e.reason})")) from e
+    except TimeoutError as e:
+        problem = f"timed out (nothing from the server for {DOWNLOAD_TIMEOUT_S} s)"
+        raise CheckpointError(_download_error(source, cached, problem)) from e
+    except (http.client.HTTPException, ConnectionError) as e:
+        problem = f"the connection broke ({type(e).__name__} {e})"
+        raise CheckpointError(_download_error(source, cached, problem)) from e
+    except OSError as e:  # the cache folder: not writable, disk full
+        raise CheckpointError(f"Cannot save the download of {source} to {cached}: {e}") from e
+    logger.info(f"Downloaded {source} to {cached} ({size} bytes)")
+
+
+def _download_problem(tmp: str, size: int, expected: Optional[str]) -> Optional[str]:
+    """What is wrong with the ``size`` bytes downloaded to ``tmp``, or None when nothing is."""
+    if expected is not None and size != int(expected):
+        return f"the download broke off after {size} of {expected} bytes"
+    with open(tmp, "rb") as f:
+        head = f.read(16)
+    if _format_of_head(head) is None:
+        return f"what it sent is not a weights file (it begins with {head!r})"
+    if not looks_complete(tmp):
+        return "what it sent is a truncated torch checkpoint"
+    return None
+
+
+def _download_error(source: str, cached: str, problem: str) -> str:
+    return (
+        f"Cannot download the weights {source}: {problem}. Without network, copy the file to "
+        f"{cached} (the download cache, where it is used without downloading) or point "
+        f"MODEL.WEIGHTS at a local file; see docs/weights.md"
+    )
