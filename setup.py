@@ -23,6 +23,7 @@ setup(
         "iopath>=0.1.9,<0.2",
         "pycocotools>=2.0.6",
         "panopticapi-lite>=0.2",
+        "hotcoco>=1.3,<2",
         "safetensors>=0.4",
         "tqdm>=4.60",
         "PyYAML>=6",

@@ -1,28 +1,37 @@
 """
 Panoptic quality of 200 generated predictions (COCO panoptic PNG + JSON, written to a temporary
-folder) with maskformer.evaluation.fast_panoptic against panopticapi's pq_compute on the same
-files (which runs one process per core): wall and CPU time (with child processes), and the largest
-difference of any reported number.
+folder), side by side: panopticapi's pq_compute (one process per core), hotcoco's pq_compute on
+the same files, and what FastCOCOPanopticEvaluator runs (the predicted id maps as per-segment RLEs
+scored by hotcoco's PanopticEval); wall and CPU time (with child processes and threads), PQ, and
+the largest difference of any number (All/Things/Stuff and per class) from panopticapi's.
 
     python -m benchmarks.pq_eval [--images 200] [--height 480 --width 640]
 """
 
 import argparse
 import contextlib
+import gc
 import io
 import json
 import os
 import resource
 import tempfile
 import time
-from typing import Dict, Iterator, Tuple
+from typing import Callable, Dict, Iterator, Tuple
 
 import numpy as np
+from hotcoco.panoptic import PanopticEval
+from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from maskformer.evaluation.fast_panoptic import pq_compute
+from maskformer.evaluation.fast_panoptic import (
+    PQStats,
+    image_pq_stats,
+    read_panoptic_png,
+    segment_masks,
+)
 
 THING_IDS = list(range(1, 9))
 STUFF_IDS = list(range(20, 26))
@@ -155,55 +164,128 @@ def largest_difference(a: Dict, b: Dict) -> float:
     values = []
     for name in ("All", "Things", "Stuff"):
         values += [abs(a[name][k] - b[name][k]) for k in ("pq", "sq", "rq", "n")]
-    for category, metrics in a["per_class"].items():
-        values += [abs(metrics[k] - b["per_class"][category][k]) for k in ("pq", "sq", "rq")]
+    for category, metrics in b["per_class"].items():
+        if a["per_class"][category]["pq"] == -1.0:  # hotcoco's mark of a category never seen
+            assert (metrics["pq"], metrics["sq"], metrics["rq"]) == (0.0, 0.0, 0.0)
+            continue
+        values += [abs(a["per_class"][category][k] - metrics[k]) for k in ("pq", "sq", "rq")]
     return max(values)
 
 
-def main(args):
-    with tempfile.TemporaryDirectory(prefix="pq_eval") as root:
-        start = time.perf_counter()
-        paths = write_synthetic_panoptic(root, args.images, (args.height, args.width))
-        print(
-            f"{args.images} generated {args.height}x{args.width} images written in "
-            f"{time.perf_counter() - start:.1f} s"
-        )
-        timings, results = {}, {}
-        api_paths = paths_for_api(paths)
-        runs = {
-            "panopticapi pq_compute": lambda: panopticapi_pq_compute(**api_paths),
-            "fast_panoptic, 1 process": lambda: pq_compute(**api_paths),
-            f"fast_panoptic, {args.workers} workers": lambda: pq_compute(
-                **api_paths, num_workers=args.workers
-            ),
-        }
-        for name, run in runs.items():
-            start, start_cpu = time.perf_counter(), _cpu_seconds()
-            with contextlib.redirect_stdout(io.StringIO()):
-                results[name] = run()
-            timings[name] = (time.perf_counter() - start, _cpu_seconds() - start_cpu)
-    reference = results["panopticapi pq_compute"]
-    print(
-        f"PQ {100 * reference['All']['pq']:.3f}, things {100 * reference['Things']['pq']:.3f}, "
-        f"stuff {100 * reference['Stuff']['pq']:.3f} (panopticapi)"
+def read_predictions(paths: Dict[str, str]) -> Tuple[Dict, Dict[int, np.ndarray]]:
+    """The predictions' JSON and {image id: (H, W) ids}, as the evaluator receives them."""
+    with open(paths["pred_json"]) as f:
+        pred = json.load(f)
+    ids = {
+        ann["image_id"]: read_panoptic_png(os.path.join(paths["pred_folder"], ann["file_name"]))
+        for ann in pred["annotations"]
+    }
+    return pred, ids
+
+
+def evaluator_pq(paths: Dict[str, str], pred: Dict, pred_ids: Dict[int, np.ndarray]) -> Dict:
+    """
+    PQ as FastCOCOPanopticEvaluator computes it from in-memory id maps: each prediction's segments
+    as RLEs (made in its ``process``) scored by hotcoco against the ground-truth files.
+    """
+    masks = []
+    for ann in pred["annotations"]:
+        for mask in segment_masks(pred_ids[ann["image_id"]], ann["segments_info"], ann["image_id"]):
+            masks.append({**mask, "id": len(masks) + 1, "image_id": ann["image_id"]})
+    with open(paths["gt_json"]) as f:
+        gt = json.load(f)
+    evaluation = PanopticEval(
+        gt,
+        {"images": pred["images"], "annotations": masks, "categories": gt["categories"]},
+        gt_folder=paths["gt_folder"],
     )
-    api_wall, api_cpu = timings["panopticapi pq_compute"]
-    for name, (wall, cpu) in timings.items():
-        line = f"  {name:28s} {wall:6.2f} s wall {cpu:6.2f} s cpu"
-        if name != "panopticapi pq_compute":
-            line += (
-                f"  {api_wall / wall:4.1f}x faster (cpu {api_cpu / cpu:4.1f}x), largest difference "
-                f"{largest_difference(results[name], reference):.1e}"
-            )
+    evaluation.evaluate()
+    return evaluation.results()
+
+
+def hand_written_pq(paths: Dict[str, str], pred: Dict, pred_ids: Dict[int, np.ndarray]) -> Dict:
+    """
+    PQ from the same in-memory id maps by this project's own per-image core (``image_pq_stats``,
+    which the PQ-stuff tool uses), one process; ground truth read from its PNGs.
+    """
+    with open(paths["gt_json"]) as f:
+        gt = json.load(f)
+    categories = {c["id"]: c for c in gt["categories"]}
+    total = PQStats(categories)
+    pred_anns = {ann["image_id"]: ann for ann in pred["annotations"]}
+    for gt_ann in gt["annotations"]:
+        gt_ids = read_panoptic_png(os.path.join(paths["gt_folder"], gt_ann["file_name"]))
+        image_id = gt_ann["image_id"]
+        total += image_pq_stats(gt_ids, pred_ids[image_id], gt_ann, pred_anns[image_id], categories)
+    results = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        results[name], per_class = total.average(categories, isthing)
+        results.setdefault("per_class", per_class)
+    return results
+
+
+def timed(run: Callable):
+    """(result, wall seconds, CPU seconds of this process, its threads and finished children)."""
+    start, start_own, start_children = time.perf_counter(), _cpu_seconds(), _cpu_seconds(True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run()
+    wall, own = time.perf_counter() - start, _cpu_seconds() - start_own
+    gc.collect()  # reaps the pool panopticapi leaves open, so its workers' CPU time is counted
+    return result, wall, own + _cpu_seconds(True) - start_children
+
+
+def print_comparison(title: str, measured: Dict, columns: Dict[str, Callable], check) -> None:
+    """
+    One line per library: wall and CPU seconds, the ``columns`` of its result, and (for all but the
+    first, the reference) ``check(result, reference)``, the largest difference, which must be 0 to
+    float rounding, and the speed-up over the reference.
+    """
+    names = list(measured)
+    reference, ref_wall, ref_cpu = measured[names[0]]
+    print(
+        f"{title}\n  {'':32s} {'wall s':>7s} {'cpu s':>7s}" + "".join(f"{c:>11s}" for c in columns)
+    )
+    for name, (result, wall, cpu) in measured.items():
+        line = f"  {name:32s} {wall:7.2f} {cpu:7.2f}" + "".join(
+            f"{column(result):11.3f}" for column in columns.values()
+        )
+        if name != names[0]:
+            difference = check(result, reference)
+            assert difference < 1e-9, f"{name} differs from {names[0]} by {difference}"
+            line += f"  difference {difference:.1e}, {ref_wall / wall:.1f}x faster (cpu {ref_cpu / cpu:.1f}x)"
         print(line)
 
 
-def _cpu_seconds() -> float:
-    """CPU time of this process and its finished child processes (pool workers), user + system."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN
-    )
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def compare_pq(num_images: int, size: Tuple[int, int]) -> None:
+    """Times and numbers of the PQ implementations on generated data, side by side."""
+    with tempfile.TemporaryDirectory(prefix="pq_eval") as root:
+        start = time.perf_counter()
+        paths = write_synthetic_panoptic(root, num_images, size)
+        print(
+            f"{num_images} generated {size[0]}x{size[1]} panoptic images written in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
+        api_paths = paths_for_api(paths)
+        pred, pred_ids = read_predictions(paths)
+        runs = {
+            "panopticapi pq_compute (PNGs)": lambda: panopticapi_pq_compute(**api_paths),
+            "hotcoco pq_compute (PNGs)": lambda: hotcoco_pq_compute(**api_paths),
+            "image_pq_stats (id maps)": lambda: hand_written_pq(paths, pred, pred_ids),
+            "evaluator: RLEs + hotcoco": lambda: evaluator_pq(paths, pred, pred_ids),
+        }
+        measured = {name: timed(run) for name, run in runs.items()}
+    columns = {
+        f"{metric}{suffix}": (lambda r, m=metric, n=name: 100 * r[n][m.lower()])
+        for suffix, name in (("", "All"), ("_th", "Things"), ("_st", "Stuff"))
+        for metric in ("PQ", "SQ", "RQ")
+    }
+    print_comparison("Panoptic quality", measured, columns, largest_difference)
+
+
+def _cpu_seconds(children: bool = False) -> float:
+    """User + system CPU time of this process (all threads), or of its finished child processes."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def paths_for_api(paths: Dict[str, str]) -> Dict[str, str]:
@@ -222,5 +304,5 @@ if __name__ == "__main__":
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--workers", type=int, default=2)
-    main(parser.parse_args())
+    args = parser.parse_args()
+    compare_pq(args.images, (args.height, args.width))

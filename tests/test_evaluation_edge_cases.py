@@ -75,6 +75,8 @@ def test_miou_ignores_an_image_without_ground_truth(sem_seg_dataset, tmp_path):
     assert res["IoU-c1"] == pytest.approx(100 * iou[1])
     assert math.isnan(res["IoU-c2"])
     assert res["mIoU"] == pytest.approx(100 * sum(iou) / 2)
+    # mmsegmentation's rule counts class 2, predicted on one labeled pixel, with IoU 0
+    assert res["mIoU_mmseg"] == pytest.approx(100 * sum(iou) / 3)
     assert res["fwIoU"] == pytest.approx(100 * (0.5 * iou[0] + 0.5 * iou[1]))
     assert res["pACC"] == pytest.approx(100 * 14 / 16)
     assert res["mACC"] == pytest.approx(100 * 7 / 8)
@@ -85,7 +87,7 @@ def test_miou_of_a_dataset_without_ground_truth_is_nan_not_a_crash(sem_seg_datas
     outputs = [{"sem_seg": one_hot_scores(np.zeros((4, 4), int))}]
     with np.errstate(invalid="ignore", divide="ignore"):
         res = evaluate(sem_seg_dataset("empty"), inputs, outputs, tmp_path / "eval")["sem_seg"]
-    assert math.isnan(res["mIoU"]) and math.isnan(res["pACC"])
+    assert math.isnan(res["mIoU"]) and math.isnan(res["pACC"]) and math.isnan(res["mIoU_mmseg"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def test_pq_leaves_out_images_skipped_as_bad_samples_only_under_skip(panoptic_da
     name = panoptic_dataset("stuff", "both")
     stuff = torch.ones(4, 4, dtype=torch.int32)
     outputs = [{"panoptic_seg": (stuff, [{"id": 1, "isthing": False, "category_id": STUFF}])}]
-    with pytest.raises(KeyError, match="no prediction for the images with ids \\[2\\]"):
+    with pytest.raises(ValueError, match="no prediction for the image with id 2"):
         evaluate(name, inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True)
     res = evaluate(
         name, inputs_of("stuff"), outputs, tmp_path / "eval", panoptic=True, skip_bad=True

@@ -1,8 +1,9 @@
 """
 FastSemSegEvaluator against detectron2's SemSegEvaluator on the same images: the same confusion
-matrices, metrics and sem_seg_predictions.json (run-length encodings compared as strings), for
-pixel-major and channels-first scores, with and without a contiguous -> dataset id mapping, and
-given the labels instead of the scores; and its RLE per label against pycocotools.mask.encode.
+matrices of labeled pixels, metrics and sem_seg_predictions.json (run-length encodings compared as
+strings), for pixel-major and channels-first scores, with and without a contiguous -> dataset id
+mapping, and given the labels instead of the scores; its RLE per label against pycocotools.mask.encode; and
+its "mIoU_mmseg" (mmsegmentation's rule) by hand and against hotcoco's SemanticEval.
 """
 
 import json
@@ -12,9 +13,10 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.evaluation import SemSegEvaluator
+from hotcoco.semantic import SemanticEval
 from PIL import Image
 
-from maskformer.evaluation.semantic import FastSemSegEvaluator, rle_per_label
+from maskformer.evaluation.semantic import FastSemSegEvaluator, mmseg_mean_iou, rle_per_label
 
 NUM_CLASSES = 7
 
@@ -105,10 +107,58 @@ def test_same_results_and_json_as_detectron2(dataset, tmp_path, with_id_map, giv
             json.loads((folder / "sem_seg_predictions.json").read_text()),
         )
     expected, got = results[SemSegEvaluator], results[FastSemSegEvaluator]
-    np.testing.assert_array_equal(got[0], expected[0])
-    np.testing.assert_array_equal(got[1], expected[1])
+    for matrix, expected_matrix in ((got[0], expected[0]), (got[1], expected[1])):
+        # the labeled pixels' counts; ignored ones (row and column K, read by no metric) not kept
+        np.testing.assert_array_equal(matrix[:-1, :-1], expected_matrix[:-1, :-1])
+        assert not matrix[-1].any() and not matrix[:, -1].any()
+    mmseg_miou = got[2]["sem_seg"].pop("mIoU_mmseg")  # the one key detectron2 does not give
     assert got[2] == expected[2]
+    assert mmseg_miou == 100 * mmseg_mean_iou(got[0])
     assert got[3] == expected[3]
     assert 0 < got[2]["sem_seg"]["mIoU"] < 100  # some pixels right, some wrong
     if with_id_map:
         assert {p["category_id"] for p in got[3]} <= set(range(10, 10 + NUM_CLASSES))
+
+
+def test_mmseg_mean_iou_by_hand():
+    # detectron2's layout: (predicted, true) counts of classes 0..3, index 4 the ignored pixels
+    conf_matrix = np.array(
+        [
+            [5, 1, 0, 0, 2],
+            [2, 4, 0, 0, 0],
+            [0, 1, 0, 0, 3],  # class 2: predicted on one labeled pixel (a 1), never true
+            [0, 0, 0, 0, 0],  # class 3: nowhere
+            [0, 0, 0, 0, 0],
+        ]
+    )
+    # IoU = tp / (true + predicted - tp): class 0 5/8, class 1 4/8, class 2 0/1, class 3 no pixel
+    assert mmseg_mean_iou(conf_matrix) == pytest.approx((5 / 8 + 4 / 8 + 0) / 3)
+    assert np.isnan(mmseg_mean_iou(np.zeros((5, 5), int)))
+
+
+def test_mmseg_mean_iou_equals_hotcocos_and_detectron2_metrics_too(tmp_path, register):
+    """20 maps of 40 classes, the ground truth using only the first 30: classes only predicted
+    make detectron2's mIoU and mmsegmentation's (hotcoco's) differ; fwIoU, mACC, pACC agree."""
+    num_classes, rng = 40, np.random.default_rng(0)
+    records, outputs, hotcoco_eval = [], [], SemanticEval(num_classes)
+    for i in range(20):
+        gt = rng.integers(0, 30, (24, 32)).astype(np.uint8)
+        gt[:3, :5] = 255
+        pred = np.where(
+            rng.random(gt.shape) < 0.6, gt % 255, rng.integers(0, num_classes, gt.shape)
+        )
+        Image.fromarray(gt).save(tmp_path / f"{i}.png")
+        records.append({"file_name": f"{i}.jpg", "sem_seg_file_name": str(tmp_path / f"{i}.png")})
+        outputs.append({"sem_seg_labels": torch.as_tensor(pred)})
+        hotcoco_eval.update(gt, pred)
+    name = register(
+        "mmseg_miou", records, stuff_classes=[str(k) for k in range(num_classes)], ignore_label=255
+    )
+    evaluator = FastSemSegEvaluator(name, distributed=False)
+    evaluator.reset()
+    evaluator.process([{"file_name": r["file_name"]} for r in records], outputs)
+    ours, theirs = evaluator.evaluate()["sem_seg"], hotcoco_eval.results()
+    assert ours["mIoU_mmseg"] == pytest.approx(100 * theirs["mIoU"], abs=1e-9)
+    assert ours["mIoU"] > ours["mIoU_mmseg"] + 1  # 10 classes only predicted, each IoU 0
+    for key, hotcoco_key in (("fwIoU", "fwIoU"), ("mACC", "mAcc"), ("pACC", "aAcc")):
+        assert ours[key] == pytest.approx(100 * theirs[hotcoco_key], abs=1e-9), key

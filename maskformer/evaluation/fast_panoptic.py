@@ -1,29 +1,20 @@
 """
-Panoptic quality (Kirillov et al. 2019) with the exact semantics of panopticapi's ``pq_compute``,
-vectorised per image: the pixels are cut into runs over which neither map changes, the runs' ids
-become row/column indices (a binary search over a few thousand runs instead of np.unique's sort
-of every pixel), one ``np.bincount`` over combined indices weighted by run length gives the whole
-gt x prediction intersection matrix, and matching, crowd and void handling are array operations.
-Several times faster than panopticapi; results are the same to float rounding. Optional worker
-processes; the per-image statistics are added up in image order, so the result does not depend
-on them.
+Panoptic quality (Kirillov et al. 2019), panopticapi's ``pq_compute`` semantics.
 
-``image_pq_stats`` and ``PQStats`` are the one PQ core of the project: the PQ-stuff tool
-(``tools/evaluate_pq_for_semantic_segmentation.py``) scores semantic label maps with them too.
-``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator using it, keeping each
-prediction's ids zlib-compressed (``CompressedIds``) instead of as a PNG to be written to a
-temporary folder.
+``FastCOCOPanopticEvaluator`` is detectron2's COCOPanopticEvaluator with PQ computed by hotcoco
+(``hotcoco.panoptic.PanopticEval``, Rust, verified against panopticapi): each prediction is kept
+as one COCO RLE per segment instead of a PNG to be written to a temporary folder and read back.
+
+``image_pq_stats`` and ``PQStats`` score one pair of in-memory id maps; the PQ-stuff tool
+(``tools/evaluate_pq_for_semantic_segmentation.py``) uses them.
 """
 
 import itertools
 import json
 import logging
-import multiprocessing
 import os
-import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -31,20 +22,18 @@ from detectron2.evaluation import COCOPanopticEvaluator
 from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from hotcoco.panoptic import PanopticEval
 
 from ..data.datasets.utils import read_panoptic_json
-from ..data.reading import read_panoptic_ids
 from ..utils.file_io import atomic_open
+from .semantic import rle_per_label
 
 __all__ = [
-    "CompressedIds",
     "FastCOCOPanopticEvaluator",
     "PQStats",
-    "accumulate_pq_stats",
     "image_pq_stats",
-    "pq_compute",
-    "pq_results",
     "read_panoptic_png",
+    "segment_masks",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,33 +105,6 @@ def read_panoptic_png(source: Union[str, bytes]) -> np.ndarray:
     ]  # bytes R, G, B, A read little-endian
     ids &= 0xFFFFFF
     return ids
-
-
-@dataclass(frozen=True)
-class CompressedIds:
-    """
-    An (H, W) segment-id map, zlib-compressed (fastest level) in the smallest unsigned dtype that
-    holds it: what the evaluator keeps per image. About as small as detectron2's PNG of the
-    id2rgb colours, and a twentieth of the time to make (0.05 vs 1.2 ms for 157 x 130).
-    """
-
-    shape: Tuple[int, int]
-    dtype: str
-    data: bytes
-
-    @classmethod
-    def of(cls, ids: np.ndarray) -> "CompressedIds":
-        smallest, largest = (int(ids.min()), int(ids.max())) if ids.size else (0, 0)
-        if smallest < 0 or largest > 0xFFFFFF:
-            raise ValueError(f"panoptic ids must lie in [0, 2^24), got {smallest}..{largest}")
-        dtype = np.uint8 if largest < 2**8 else np.uint16 if largest < 2**16 else np.uint32
-        data = zlib.compress(np.ascontiguousarray(ids, dtype=dtype).tobytes(), 1)
-        return cls(tuple(ids.shape), np.dtype(dtype).str, data)
-
-    def decode(self) -> np.ndarray:
-        """(H, W) uint32 ids, as :func:`read_panoptic_png` gives them."""
-        ids = np.frombuffer(zlib.decompress(self.data), dtype=self.dtype)
-        return ids.reshape(self.shape).astype(np.uint32)
 
 
 # indices of ids an annotation does not list, and of void; segments follow
@@ -265,114 +227,44 @@ def image_pq_stats(
     return stats
 
 
-def _job_stats(jobs: Sequence[Tuple], categories: Dict[int, Dict]) -> List[PQStats]:
+def segment_masks(ids: np.ndarray, segments_info: List[Dict], image_id) -> List[Dict]:
     """
-    jobs: (gt PNG path, predicted ids as a PNG path, PNG bytes or ``CompressedIds``, gt
-    annotation, predicted annotation). Ground truth goes through the training reader (errors name
-    the file).
+    Per segment of ``segments_info``, in its order, {"category_id", "segmentation": COCO RLE of
+    ``ids == segment id``}: the detection-style form of a panoptic prediction that hotcoco scores
+    like its PNG. Raises ValueError, naming the image, where the map and the list disagree (ids
+    panopticapi would reject: in the map and not listed, or listed and absent from the map).
     """
+    masks = rle_per_label(ids)
+    masks.pop(VOID, None)
+    listed = [s["id"] for s in segments_info]
+    unlisted = sorted(set(masks) - set(listed))
+    absent = sorted(set(listed) - set(masks))
+    if unlisted or absent:
+        raise ValueError(
+            f"In the image with ID {image_id} the segment IDs {unlisted} are in the panoptic map "
+            f"and not in segments_info, and {absent} in segments_info and not in the map"
+        )
     return [
-        image_pq_stats(
-            read_panoptic_ids(gt_png),
-            pred.decode() if isinstance(pred, CompressedIds) else read_panoptic_png(pred),
-            gt_ann,
-            pred_ann,
-            categories,
-        )
-        for gt_png, pred, gt_ann, pred_ann in jobs
+        {
+            "category_id": s["category_id"],
+            "segmentation": {
+                "size": masks[s["id"]]["size"],
+                "counts": masks[s["id"]]["counts"].decode("ascii"),
+            },
+        }
+        for s in segments_info
     ]
-
-
-def accumulate_pq_stats(
-    jobs: Sequence[Tuple], categories: Dict[int, Dict], num_workers: int = 0
-) -> PQStats:
-    """
-    Statistics of all ``jobs`` (see ``_job_stats``), with ``num_workers`` > 0 spread over that many
-    processes. Images are added up in order, so the result does not depend on ``num_workers``.
-    """
-    if num_workers > 0 and len(jobs) > 1:
-        chunks = np.array_split(np.arange(len(jobs)), min(num_workers, len(jobs)))
-        # fork: workers start at once instead of importing torch and detectron2 again
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        with multiprocessing.get_context(method).Pool(len(chunks)) as pool:
-            parts = pool.starmap(
-                _job_stats, [([jobs[i] for i in chunk], categories) for chunk in chunks]
-            )
-        per_image = list(itertools.chain(*parts))
-    else:
-        per_image = _job_stats(jobs, categories)
-    total = PQStats(categories)
-    for stats in per_image:
-        total += stats
-    return total
-
-
-def _pair_annotations(
-    gt_json: Dict, pred_annotations: Sequence[Dict], source: str
-) -> List[Tuple[Dict, Dict]]:
-    by_image = {ann["image_id"]: ann for ann in pred_annotations}
-    missing = [ann["image_id"] for ann in gt_json["annotations"] if ann["image_id"] not in by_image]
-    if missing:
-        raise KeyError(f"{source}: no prediction for the images with ids {missing[:10]}")
-    return [(ann, by_image[ann["image_id"]]) for ann in gt_json["annotations"]]
-
-
-def pq_results(stats: PQStats, categories: Dict[int, Dict]) -> Dict:
-    """panopticapi's result dict ("All", "Things", "Stuff", "per_class") from accumulated statistics."""
-    results = {}
-    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
-        results[name], per_class = stats.average(categories, isthing)
-        if name == "All":
-            results["per_class"] = per_class
-    return results
-
-
-def pq_compute(
-    gt_json_file: str,
-    pred_json_file: str,
-    gt_folder: Optional[str] = None,
-    pred_folder: Optional[str] = None,
-    num_workers: int = 0,
-) -> Dict:
-    """
-    Drop-in for panopticapi's ``pq_compute``: same arguments and result ("All", "Things", "Stuff"
-    with "pq", "sq", "rq", "n", and "per_class"), printing nothing. ``num_workers``: see
-    ``accumulate_pq_stats``.
-    """
-    gt_json = read_panoptic_json(gt_json_file)
-    with PathManager.open(pred_json_file) as f:
-        pred_json = json.load(f)
-    gt_folder = gt_folder or gt_json_file.replace(".json", "")
-    pred_folder = pred_folder or pred_json_file.replace(".json", "")
-    for folder, what in ((gt_folder, "ground truth"), (pred_folder, "predicted")):
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"Folder {folder} with {what} segmentations doesn't exist")
-    jobs = [
-        (
-            os.path.join(gt_folder, gt_ann["file_name"]),
-            os.path.join(pred_folder, pred_ann["file_name"]),
-            gt_ann,
-            pred_ann,
-        )
-        for gt_ann, pred_ann in _pair_annotations(gt_json, pred_json["annotations"], pred_json_file)
-    ]
-    categories = {c["id"]: c for c in gt_json["categories"]}
-    return pq_results(accumulate_pq_stats(jobs, categories, num_workers), categories)
 
 
 class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
     """
-    detectron2's COCOPanopticEvaluator (same inputs, files and results) with this module's PQ. The
-    predicted ids are kept as ``CompressedIds`` (as detectron2's PNG bytes for its label-divisor
-    form of ``panoptic_seg``); predictions.json is still written to ``output_dir``.
+    detectron2's COCOPanopticEvaluator (same inputs, files and results) scored by hotcoco. Each
+    prediction's segments are kept as COCO RLEs (:func:`segment_masks`), for both forms of
+    ``panoptic_seg``; predictions.json is still written to ``output_dir``.
     """
 
     def __init__(
-        self,
-        dataset_name: str,
-        output_dir: Optional[str] = None,
-        num_workers: int = 0,
-        allow_missing: bool = False,
+        self, dataset_name: str, output_dir: Optional[str] = None, allow_missing: bool = False
     ):
         """
         Args:
@@ -380,24 +272,25 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
                 the ground truth, with a warning, instead of being an error.
         """
         super().__init__(dataset_name, output_dir)
-        self._num_workers = num_workers
         self._allow_missing = allow_missing
 
     def process(self, inputs, outputs):
         for input, output in zip(inputs, outputs):
             ids, segments_info = output["panoptic_seg"]
             if segments_info is None:  # ids = category * label_divisor + instance: detectron2's
-                super().process([input], [output])
-                continue
-            stem = os.path.splitext(os.path.basename(input["file_name"]))[0]
-            self._predictions.append(
-                {
+                super().process([input], [output])  # conversion, into a PNG
+                prediction = self._predictions.pop()
+                ids = read_panoptic_png(prediction.pop("png_string"))
+            else:
+                stem = os.path.splitext(os.path.basename(input["file_name"]))[0]
+                ids = ids.cpu().numpy()
+                prediction = {
                     "image_id": input["image_id"],
                     "file_name": stem + ".png",
-                    "ids": CompressedIds.of(ids.cpu().numpy()),
                     "segments_info": [self._convert_category_id(x) for x in segments_info],
                 }
-            )
+            prediction["masks"] = segment_masks(ids, prediction["segments_info"], input["image_id"])
+            self._predictions.append(prediction)
 
     def evaluate(self):
         comm.synchronize()
@@ -407,12 +300,6 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
 
         gt_json = read_panoptic_json(self._metadata.panoptic_json)
         gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
-        ids_of_image = {
-            p["image_id"]: p["ids"] if "ids" in p else p["png_string"] for p in predictions
-        }
-        annotations = [
-            {k: v for k, v in p.items() if k not in ("ids", "png_string")} for p in predictions
-        ]
         if self._allow_missing:
             predicted = {p["image_id"] for p in predictions}
             kept = [a for a in gt_json["annotations"] if a["image_id"] in predicted]
@@ -423,25 +310,23 @@ class FastCOCOPanopticEvaluator(COCOPanopticEvaluator):
                 )
             gt_json = {**gt_json, "annotations": kept}
         if self._output_dir:
+            annotations = [{k: v for k, v in p.items() if k != "masks"} for p in predictions]
             with atomic_open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
                 json.dump({**gt_json, "annotations": annotations}, f)
 
-        jobs = [
-            (
-                os.path.join(gt_folder, gt_ann["file_name"]),
-                ids_of_image[gt_ann["image_id"]],
-                gt_ann,
-                pred_ann,
-            )
-            for gt_ann, pred_ann in _pair_annotations(
-                gt_json, annotations, "the model's predictions"
-            )
-        ]
-        categories = {c["id"]: c for c in gt_json["categories"]}
-        pq_res = pq_results(accumulate_pq_stats(jobs, categories, self._num_workers), categories)
-
+        masks = [{**mask, "image_id": p["image_id"]} for p in predictions for mask in p["masks"]]
+        images = [{"id": p["image_id"]} for p in predictions]
+        evaluation = PanopticEval(
+            gt_json,
+            {"images": images, "annotations": masks, "categories": gt_json["categories"]},
+            gt_folder=gt_folder,
+        )
+        evaluation.evaluate()
+        pq_res = evaluation.results()
         res = {}
         for suffix, name in (("", "All"), ("_th", "Things"), ("_st", "Stuff")):
+            if pq_res[name]["n"] == 0:  # hotcoco's -1: no category to average (panopticapi: 0/0)
+                pq_res[name].update(pq=0.0, sq=0.0, rq=0.0)
             for metric in ("PQ", "SQ", "RQ"):
                 res[metric + suffix] = 100 * pq_res[name][metric.lower()]
         _print_panoptic_results(pq_res)

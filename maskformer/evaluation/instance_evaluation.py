@@ -1,13 +1,18 @@
 """
 COCO instance AP for panoptic datasets: ground truth taken from the panoptic annotations when the
 dataset has no instance json, and predicted classes mapped from the model's contiguous ids over
-all (thing and stuff) classes back to dataset category ids.
+all (thing and stuff) classes back to dataset category ids. AP is computed by hotcoco's COCOeval
+(Rust; the same precision arrays and summary as pycocotools' COCOeval, which detectron2 runs when
+its C++ COCOeval_opt is not built).
 """
 
+import itertools
 import json
 import logging
 import os
+from typing import Dict, List, Optional, Sequence
 
+import hotcoco
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
@@ -22,7 +27,7 @@ from ..data.datasets.utils import read_panoptic_json
 from ..data.reading import read_panoptic_ids
 from ..utils.file_io import atomic_open
 
-__all__ = ["InstanceSegEvaluator", "panoptic_to_coco_instances"]
+__all__ = ["InstanceSegEvaluator", "evaluate_coco_results", "panoptic_to_coco_instances"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,28 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
     return {"images": panoptic["images"], "categories": things, "annotations": annotations}
 
 
+def evaluate_coco_results(
+    coco_gt: "hotcoco.COCO",
+    coco_results: List[Dict],
+    iou_type: str,
+    img_ids: Optional[Sequence[int]] = None,
+) -> "hotcoco.COCOeval":
+    """
+    detectron2's ``_evaluate_predictions_on_coco`` for "bbox" and "segm" with the default
+    maxDets (1, 10, 100), run by hotcoco: the evaluated, accumulated and summarized COCOeval, whose
+    ``stats`` and ``eval["precision"]`` detectron2's ``_derive_coco_results`` reads.
+    """
+    if iou_type == "segm":  # mask AP ranks instances by mask area, not by a box's (as detectron2)
+        coco_results = [{k: v for k, v in r.items() if k != "bbox"} for r in coco_results]
+    coco_eval = hotcoco.COCOeval(coco_gt, coco_gt.load_res(coco_results), iou_type)
+    if img_ids is not None:
+        coco_eval.params.imgIds = list(img_ids)
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval
+
+
 class InstanceSegEvaluator(COCOEvaluator):
     """
     COCOEvaluator ("segm" and "bbox" AP) for a panoptic dataset evaluated from a model's
@@ -86,6 +113,8 @@ class InstanceSegEvaluator(COCOEvaluator):
             meta.json_file = (
                 gt_path  # what COCOEvaluator reads; it caches its own conversions the same way
             )
+        if kwargs.get("max_dets_per_image") not in (None, 100):
+            raise ValueError("InstanceSegEvaluator evaluates COCO's 100 detections per image")
         super().__init__(
             dataset_name,
             tasks=("segm", "bbox"),
@@ -118,3 +147,23 @@ class InstanceSegEvaluator(COCOEvaluator):
             for r in results:
                 r["category_id"] = self._contiguous_to_dataset_id[r["category_id"]]
             self._predictions.append({"image_id": inp["image_id"], "instances": results})
+
+    def _eval_predictions(self, predictions, img_ids=None):
+        """COCOEvaluator's, with AP from :func:`evaluate_coco_results` (category ids are mapped)."""
+        coco_results = list(itertools.chain(*[p["instances"] for p in predictions]))
+        if self._output_dir:
+            path = os.path.join(self._output_dir, "coco_instances_results.json")
+            with atomic_open(path, "w") as f:
+                json.dump(coco_results, f)
+        if not self._do_evaluation:
+            return
+        coco_gt = hotcoco.COCO(PathManager.get_local_path(self._metadata.json_file))
+        for task in sorted(self._tasks):
+            coco_eval = (  # None: detectron2's NaN results for no predictions
+                evaluate_coco_results(coco_gt, coco_results, task, img_ids)
+                if coco_results
+                else None
+            )
+            self._results[task] = self._derive_coco_results(
+                coco_eval, task, class_names=self._metadata.get("thing_classes")
+            )

@@ -1,8 +1,10 @@
 """
-detectron2's ``SemSegEvaluator`` with its two largest per-image costs at ADE20K size taken out:
-the argmax over the (K, H, W) scores (taken from the model's "sem_seg_labels" where it gives them,
-else computed from them) and the run-length encoding of every predicted class.
-Same metrics and the same ``sem_seg_predictions.json``.
+detectron2's ``SemSegEvaluator`` with its largest per-image costs at ADE20K size taken out: the
+argmax over the (K, H, W) scores (taken from the model's "sem_seg_labels" where it gives them,
+else computed from them), the run-length encoding of every predicted class, and the confusion
+matrix (counted by hotcoco's SemanticEval instead of numpy's bincount).
+Same metrics and the same ``sem_seg_predictions.json``, plus "mIoU_mmseg": mIoU by
+mmsegmentation's rule (see :func:`mmseg_mean_iou`; docs/evaluation.md).
 """
 
 from typing import Dict, List
@@ -10,10 +12,11 @@ from typing import Dict, List
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.evaluation import SemSegEvaluator
+from hotcoco.semantic import SemanticEval
 
 from ..modeling.inference import semantic_labels_of
 
-__all__ = ["FastSemSegEvaluator", "rle_per_label"]
+__all__ = ["FastSemSegEvaluator", "mmseg_mean_iou", "rle_per_label"]
 
 
 def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
@@ -45,10 +48,26 @@ def rle_per_label(label_map: np.ndarray) -> Dict[int, Dict]:
     return dict(zip(values[first].tolist(), encoded))
 
 
+def mmseg_mean_iou(conf_matrix: np.ndarray) -> float:
+    """
+    mIoU by mmsegmentation's ``IoUMetric`` rule (hotcoco's SemanticEval's too) from detectron2's
+    (K+1, K+1) confusion matrix of (predicted, true) pixel counts, row and column K the ignored
+    pixels: IoU averaged over the classes in the ground truth or in the prediction of labeled
+    pixels, so a class that is only predicted counts with IoU 0. detectron2's "mIoU" averages over
+    the classes in the ground truth only. NaN when no labeled pixel was seen.
+    """
+    counts = conf_matrix[:-1, :-1].astype(np.float64)
+    tp = counts.diagonal()
+    union = counts.sum(0) + counts.sum(1) - tp
+    seen = union > 0
+    return float(np.mean(tp[seen] / union[seen])) if seen.any() else float("nan")
+
+
 class FastSemSegEvaluator(SemSegEvaluator):
     """
     ``SemSegEvaluator`` reading "sem_seg_labels" (height, width) where an output has them, else
     the "sem_seg" (K, height, width) scores' argmax, and encoding with :func:`rle_per_label`.
+    Its results add "mIoU_mmseg" (:func:`mmseg_mean_iou`) after detectron2's keys.
     """
 
     def process(self, inputs: List[Dict], outputs: List[Dict]) -> None:
@@ -64,12 +83,22 @@ class FastSemSegEvaluator(SemSegEvaluator):
                 )
             self._predictions.extend(self.encode_json_sem_seg(pred, input["file_name"]))
 
+    def evaluate(self):
+        results = super().evaluate()
+        if results is not None:  # None on all but the main process
+            results["sem_seg"]["mIoU_mmseg"] = 100 * mmseg_mean_iou(self._conf_matrix)
+        return results
+
     def _confusion(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-        """(K+1, K+1) counts of (predicted, true) pairs; row and column K: ignored pixels."""
-        return np.bincount(
-            (self._num_classes + 1) * pred.reshape(-1) + gt.reshape(-1),
-            minlength=self._conf_matrix.size,
-        ).reshape(self._conf_matrix.shape)
+        """
+        (K+1, K+1) counts of (predicted, true) pairs of the pixels whose truth is not K (ignored),
+        counted by hotcoco; row and column K stay 0, as no metric of detectron2's reads them.
+        """
+        counts = SemanticEval(self._num_classes, ignore_index=self._num_classes)
+        counts.update(gt, pred)
+        matrix = np.zeros_like(self._conf_matrix)
+        matrix[:-1, :-1] = counts.confusion().T  # hotcoco's rows are the true classes
+        return matrix
 
     def encode_json_sem_seg(self, sem_seg: np.ndarray, input_file_name: str) -> List[Dict]:
         to_dataset_id = self._contiguous_id_to_dataset_id
