@@ -1,7 +1,8 @@
 """
 MaskFormer's optimizer: AdamW or SGD over parameter groups (backbone learning-rate multiplier,
 separate weight decay for normalization and embedding parameters), with optional gradient
-clipping over the whole model at once.
+clipping over the whole model at once; and the placing of a learning-rate schedule at an
+iteration, for resumed runs.
 """
 
 import logging
@@ -13,7 +14,12 @@ from detectron2.layers.batch_norm import LayerNorm as ChannelsFirstLayerNorm
 from detectron2.solver.build import maybe_add_gradient_clipping, reduce_param_groups
 from torch import nn
 
-__all__ = ["build_optimizer", "get_param_groups", "with_full_model_gradient_clipping"]
+__all__ = [
+    "build_optimizer",
+    "get_param_groups",
+    "set_schedule_iteration",
+    "with_full_model_gradient_clipping",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +134,14 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         optimizer_class = maybe_add_gradient_clipping(cfg, optimizer_class)
     logger.info(f"Optimizer {optimizer_class.__name__} with {len(params)} parameter groups")
     return optimizer_class(params, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY, **kwargs)
+
+
+def set_schedule_iteration(scheduler, iteration: int) -> None:
+    """
+    Put ``scheduler`` at ``iteration`` of its schedule: its optimizer's learning rates become the
+    schedule's at that iteration, as if it had stepped there from the start. For detectron2's
+    schedulers (WarmupPolyLR, LRMultiplier), which compute the rates from the iteration alone.
+    """
+    scheduler.last_epoch = iteration
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_lr()):
+        group["lr"] = lr

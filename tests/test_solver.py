@@ -9,7 +9,7 @@ from torch import nn
 
 from maskformer.config import add_maskformer_config
 from maskformer.engine.trainer import Trainer
-from maskformer.solver import build_optimizer, get_param_groups
+from maskformer.solver import build_optimizer, get_param_groups, set_schedule_iteration
 
 BASE_LR, WD, WD_NORM, WD_EMBED, MULT = 0.1, 0.01, 0.002, 0.003, 0.5
 
@@ -242,3 +242,28 @@ def test_poly_schedule_keeps_group_ratios():
     lrs = sorted(g["lr"] for g in optimizer.param_groups)
     factor = (1 - 4 / 10) ** 0.9
     assert lrs == pytest.approx([BASE_LR * MULT * factor, BASE_LR * factor])
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {"LR_SCHEDULER_NAME": "WarmupPolyLR"},
+        {"LR_SCHEDULER_NAME": "WarmupMultiStepLR", "STEPS": "(3, 7)", "GAMMA": "0.5"},
+        {"LR_SCHEDULER_NAME": "WarmupCosineLR"},
+    ],
+)
+def test_schedule_set_at_an_iteration_has_the_rates_of_the_schedule_stepped_there(schedule):
+    """What a resumed run does (Trainer.load_state_dict): every group at the rate the scheduler,
+    stepped from the start, has at that iteration, warmup included."""
+    cfg = solver_cfg(MAX_ITER=10, WARMUP_ITERS=4, WARMUP_FACTOR=0.1, **schedule)
+    stepped = build_optimizer(cfg, TwoParams())
+    scheduler = Trainer.build_lr_scheduler(cfg, stepped)
+    placed = build_optimizer(cfg, TwoParams())
+    placed_scheduler = Trainer.build_lr_scheduler(cfg, placed)
+    for iteration in range(1, 10):
+        stepped.step()
+        scheduler.step()
+        set_schedule_iteration(placed_scheduler, iteration)
+        expected = [g["lr"] for g in stepped.param_groups]
+        assert [g["lr"] for g in placed.param_groups] == expected, iteration
+    assert len(set(expected)) == 2  # the backbone's group and the other

@@ -164,7 +164,7 @@ def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
     assert torch.load(resume_dir / "model_final.pth", weights_only=False)["iteration"] == 5
     resumed_train_metrics, _ = read_metrics(resume_dir)
     assert resumed_train_metrics["iteration"] == 5
-    # the scheduler state was restored: the same learning rate as the uninterrupted run
+    # the schedule of the same config, placed at the resumed iteration: the uninterrupted run's rate
     assert resumed_train_metrics["lr"] == pytest.approx(train_metrics["lr"], rel=1e-9)
 
 

@@ -16,6 +16,7 @@ from detectron2.engine import (
     hooks,
 )
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.modeling import build_model
 from detectron2.projects.deeplab import build_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -25,10 +26,12 @@ from ..data import build as loaders
 from ..data.resumable import ResumableTrainLoader, step_seed
 from ..evaluation import accepts_semantic_labels, build_evaluator
 from ..maskformer_model import MaskFormer
-from ..solver import build_optimizer
+from ..solver import build_optimizer, set_schedule_iteration
 from ..test_time_augmentation import SemanticSegmentorWithTTA
 from .checkpoint import MaskFormerCheckpointer
+from .config_loading import ConfigError
 from .preemption import StopOnSignal
+from .run_logging import FILE_ONLY
 
 __all__ = ["Trainer", "CPUAutocastTrainer"]
 
@@ -55,7 +58,11 @@ class Trainer(DefaultTrainer):
     - exact resumption: the checkpoint holds the data stream's position and the run seed
       (:mod:`maskformer.data.resumable`) and the smoothing window of the logged losses; each step
       seeds torch's generator from (run seed, iteration, rank), so a resumed run trains and logs
-      as the uninterrupted one would have.
+      as the uninterrupted one would have;
+    - resuming with another config: the learning rate follows this config's schedule as if the
+      run had started with it (SOLVER.MAX_ITER raised extends a run); a resume with nothing left
+      to train trains, evaluates and logs nothing (docs/training.md);
+    - the writers' period SOLVER.LOG_PERIOD, and the model printout in the log file only.
     """
 
     def __init__(self, cfg):
@@ -80,6 +87,12 @@ class Trainer(DefaultTrainer):
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = build_model(cfg)
+        logger.info(f"Model:\n{model}", extra=FILE_ONLY)
+        return model
 
     @staticmethod
     def wrap_model(model):
@@ -141,6 +154,7 @@ class Trainer(DefaultTrainer):
 
     def state_dict(self):
         state = super().state_dict()
+        state["max_iter"] = self.max_iter  # for the message of a resume with another MAX_ITER
         if isinstance(self.data_loader, ResumableTrainLoader):
             state["data"] = self.data_loader.state_dict()
         storage = getattr(self, "storage", None)
@@ -155,7 +169,12 @@ class Trainer(DefaultTrainer):
         return state
 
     def load_state_dict(self, state):
-        super().load_state_dict(state)
+        # The scheduler's saved state is left out: its schedule (WarmupPolyLR's max_iters, ...)
+        # would override the config's, and a MAX_ITER raised to extend the run would fail.
+        schedule_hook = hooks.LRScheduler.__qualname__
+        hooks_state = {k: v for k, v in state.get("hooks", {}).items() if k != schedule_hook}
+        super().load_state_dict({**state, "hooks": hooks_state})
+        self._follow_config_schedule(state.get("max_iter"))
         if isinstance(self.data_loader, ResumableTrainLoader):
             if "data" in state:
                 self.data_loader.load_state_dict(state["data"])
@@ -163,6 +182,46 @@ class Trainer(DefaultTrainer):
                 logger.warning("The checkpoint has no data stream position: the data restarts")
         # put back into the event storage, which train() creates, by before_train
         self._resumed_scalars = state.get("smoothed_scalars", {})
+
+    def _follow_config_schedule(self, checkpoint_max_iter):
+        """Put the learning rates at the next iteration of this config's schedule (the loaded
+        optimizer holds the checkpointed run's); refuse a checkpoint past SOLVER.MAX_ITER."""
+        done = self.iter + 1
+        if done > self.max_iter:
+            raise ConfigError(
+                f"The checkpoint in {self.cfg.OUTPUT_DIR} has trained {done} iterations, more than "
+                f"SOLVER.MAX_ITER {self.max_iter}: raise SOLVER.MAX_ITER above {done} to extend the "
+                f"run, or evaluate it with --eval-only --resume"
+            )
+        logged_group = hooks.LRScheduler.get_best_param_group_id(self.optimizer)
+        checkpoint_lr = self.optimizer.param_groups[logged_group]["lr"]
+        set_schedule_iteration(self.scheduler, done)
+        lr = self.optimizer.param_groups[logged_group]["lr"]
+        if checkpoint_lr == lr and checkpoint_max_iter in (None, self.max_iter):
+            return
+        previous = f" (SOLVER.MAX_ITER {checkpoint_max_iter} there)" if checkpoint_max_iter else ""
+        logger.warning(
+            f"Resuming after iteration {done - 1} with another schedule than the checkpoint's"
+            f"{previous}: the learning rate follows this config's (SOLVER.MAX_ITER "
+            f"{self.max_iter}, {self.cfg.SOLVER.LR_SCHEDULER_NAME}) as if the run had started with "
+            f"it; at iteration {done} it is {lr:.6g} ({checkpoint_lr:.6g} in the checkpointed run)"
+        )
+
+    @property
+    def nothing_to_train(self) -> bool:
+        """Whether SOLVER.MAX_ITER iterations were done before training (a finished run resumed)."""
+        return self.start_iter >= self.max_iter
+
+    def train(self):
+        if self.nothing_to_train:
+            # no hooks: no evaluation again, no metrics row and no TensorBoard file
+            logger.warning(
+                f"Nothing to train: {self.start_iter} of SOLVER.MAX_ITER {self.max_iter} iterations "
+                f"are done. Raise SOLVER.MAX_ITER to extend the run; evaluate it with --eval-only "
+                f"--resume"
+            )
+            return None
+        return super().train()
 
     def before_train(self):
         # into the histories only, not as the latest values: the writers would log those again
@@ -210,6 +269,11 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hook_list = super().build_hooks()
+        if comm.is_main_process():
+            # DefaultTrainer.build_hooks hard-codes the writers' period (20); they come last
+            writers = hook_list.pop()
+            assert isinstance(writers, hooks.PeriodicWriter), writers
+            hook_list.append(hooks.PeriodicWriter(writers._writers, self.cfg.SOLVER.LOG_PERIOD))
         # SIGTERM / SIGUSR1: checkpoint and exit after the step, before any evaluation
         first_eval = next(i for i, h in enumerate(hook_list) if isinstance(h, hooks.EvalHook))
         hook_list.insert(first_eval, StopOnSignal(self.checkpointer))
