@@ -126,7 +126,7 @@ def export_onnx(cfg, model, output_dir: Path, calibration_images: int) -> Dict[s
     onnx_file = export_model(cfg, model, "onnx", output_dir, (size, size))
     # the export tool's reading and resizing of calibration images (tools/ is not a package)
     read_calibration = runpy.run_path(str(REPO_ROOT / "tools" / "export_model.py"))[
-        "calibration_images"
+        "resized_images"
     ]
     train_file = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[0]["file_name"]
     pattern = os.path.join(os.path.dirname(train_file), "*" + os.path.splitext(train_file)[1])

@@ -2,11 +2,18 @@
 """
 MaskFormer demo: draw semantic or panoptic segmentation on images, a video or the webcam.
 
-  python demo/demo.py --config-file CONFIG --input img.jpg "photos/*.png" folder/ --output out/ \
+  python demo/demo.py --model-dir output/my_run --input img.jpg "photos/*.png" folder/ --output out/
+  python demo/demo.py --config-file CONFIG --input img.jpg --output out/ \
       [--confidence-threshold 0.5] [--opts MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu]
   python demo/demo.py --config-file CONFIG --video-input clip.mp4 --output drawn.mp4
   python demo/demo.py --exported export/model.onnx --input img.jpg --output drawn.jpg
   python demo/demo.py --config-file CONFIG --input "photos/*.jpg" --save-masks masks/ --batch-size 8
+
+--model-dir is a training run's folder (OUTPUT_DIR): its config.yaml and trained weights
+(model_final.pth, else the checkpoint last_checkpoint names). --config-file OUTPUT_DIR/config.yaml
+does the same, since that config's MODEL.WEIGHTS are what training started from; --opts
+MODEL.WEIGHTS FILE chooses other weights. No weights, or weights that do not fit the model (e.g.
+an ImageNet backbone without the head), are refused; --random-weights runs an untrained model.
 
 --output is a file for one input image (when it has an extension) and a folder otherwise; drawn
 images keep their input's name and size. --save-masks DIR writes label PNGs, panoptic PNGs + JSON
@@ -53,7 +60,7 @@ from maskformer.engine.checkpoint import CheckpointError  # noqa: E402
 from maskformer.engine.cli import USER_ERROR_EXIT_CODE  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
-from maskformer.predictor import plural  # noqa: E402
+from maskformer.predictor import load_inference_config, plural  # noqa: E402
 from maskformer.utils.file_io import atomic_open, atomic_path  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
@@ -69,7 +76,15 @@ def get_parser() -> argparse.ArgumentParser:
         "--config-file", metavar="FILE", help="model config (optional with --exported)"
     )
     parser.add_argument(
+        "--model-dir", metavar="DIR", help="a training run's folder: config.yaml + trained weights"
+    )
+    parser.add_argument(
         "--exported", metavar="MODEL_FILE", help="a .ts/.pt/.onnx model from tools/export_model.py"
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="run the untrained model (MODEL.WEIGHTS not loaded): for trying the pipeline only",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) and folders")
@@ -99,15 +114,21 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args):
-    if args.config_file:
+    if args.exported and (args.model_dir or args.random_weights):
+        raise ValueError("--exported holds its weights: drop --model-dir / --random-weights")
+    if args.model_dir and args.config_file:
+        raise ValueError("--model-dir gives the config (DIR/config.yaml): drop --config-file")
+    if args.exported and args.config_file:
         cfg = load_config(args.config_file, args.opts, need_datasets=False)
     elif args.exported:
         cfg = get_cfg()
         add_maskformer_config(cfg)
         cfg.merge_from_other_cfg(cfg.load_cfg(load_export_metadata(args.exported)["config"]))
         cfg.merge_from_list(args.opts)
+    elif args.config_file or args.model_dir:
+        cfg = load_inference_config(args.config_file, args.model_dir, args.opts)
     else:
-        raise ValueError("--config-file is required unless --exported is given")
+        raise ValueError("--model-dir or --config-file is required unless --exported is given")
     if use_cpu_without_cuda(cfg):
         logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
     cfg.freeze()
@@ -356,7 +377,7 @@ def main(argv=None) -> int:
         raise ValueError("--save-masks works with --input (image files)")
     cfg = setup_cfg(args)
     predictor = build_predictor(
-        cfg, args.exported, args.confidence_threshold, batch_size=args.batch_size
+        cfg, args.exported, args.confidence_threshold, args.batch_size, args.random_weights
     )
     demo = VisualizationDemo(predictor, instance_threshold=args.confidence_threshold)
 

@@ -4,16 +4,21 @@ import dataclasses
 from typing import Iterator, Optional
 
 import cv2
+import matplotlib.colors as mplc
 import numpy as np
 import torch
 from detectron2.config import CfgNode
+from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
 from maskformer.predictor import Prediction, Predictor, plural
 
 # instances are drawn from this score on when no --confidence-threshold is given
 DEFAULT_INSTANCE_THRESHOLD = 0.5
+# colours of classes the dataset gives none: class i gets entry i (mod its length), RGB 0-255
+CLASS_PALETTE = [[int(c) for c in rgb] for rgb in colormap(rgb=True, maximum=255)]
 
 
 def build_predictor(
@@ -21,12 +26,13 @@ def build_predictor(
     exported: Optional[str] = None,
     confidence_threshold: Optional[float] = None,
     batch_size: int = 1,
+    random_weights: bool = False,
 ) -> Predictor:
     """
     The Predictor of ``cfg`` (or of the ``exported`` model file, resized and placed as ``cfg``
-    says). ``confidence_threshold`` replaces the panoptic score threshold
-    (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) and is refused for a semantic-only model, whose
-    output has no scores to threshold.
+    says); without MODEL.WEIGHTS only with ``random_weights``. ``confidence_threshold`` replaces
+    the panoptic score threshold (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) and is refused for
+    a semantic-only model, whose output has no scores to threshold.
     """
     if exported:
         predictor = Predictor.from_exported(exported, cfg, confidence_threshold, batch_size)
@@ -34,7 +40,7 @@ def build_predictor(
         opts = []
         if confidence_threshold is not None:
             opts = ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", confidence_threshold]
-        predictor = Predictor(cfg, opts=opts, batch_size=batch_size)
+        predictor = Predictor(cfg, opts=opts, batch_size=batch_size, random_weights=random_weights)
     if confidence_threshold is not None and predictor.tasks == ("sem_seg",):
         raise ValueError(
             "--confidence-threshold: this model gives semantic segmentation only (no "
@@ -44,26 +50,53 @@ def build_predictor(
     return predictor
 
 
+def with_class_colors(metadata: Metadata, num_classes: int) -> Metadata:
+    """
+    A copy of ``metadata`` with a colour for each of the ``num_classes`` classes: its own
+    ``stuff_colors`` / ``thing_colors``, then ``CLASS_PALETTE``'s for the classes they leave out
+    (detectron2's Visualizer picks random ones where the metadata has none).
+    """
+    values = {k: v for k, v in metadata.as_dict().items() if k != "name"}
+    for key in ("stuff_colors", "thing_colors"):
+        colors = list(values.get(key) or [])
+        values[key] = colors + [
+            CLASS_PALETTE[i % len(CLASS_PALETTE)] for i in range(len(colors), num_classes)
+        ]
+    return Metadata(name=metadata.name, **values)
+
+
+class ClassColorVisualizer(Visualizer):
+    """
+    detectron2's Visualizer drawing each class in its metadata colour, instances of one class
+    told apart by a jitter that depends on their rank in the drawing (the Visualizer's jitter is
+    random), so that the same prediction is always drawn the same.
+    """
+
+    def __init__(self, image_rgb: np.ndarray, metadata: Metadata):
+        super().__init__(image_rgb, metadata, instance_mode=ColorMode.SEGMENTATION)
+        self._jitters = np.random.RandomState(0)
+
+    def _jitter(self, color):
+        direction = self._jitters.rand(3)
+        shift = direction / np.linalg.norm(direction) * 0.5  # the Visualizer's jitter size
+        return tuple(np.clip(np.asarray(mplc.to_rgb(color)) + shift, 0, 1))
+
+
 class VisualizationDemo:
     """
     draw(RGB (H, W, 3) uint8 image, its Prediction) -> VisImage of the same size;
     run_on_video(cv2.VideoCapture) -> drawn BGR frames (``frames_read`` counts them).
     Draws the panoptic segments if the model gives them, else the instances scoring at least
-    ``instance_threshold``, else the semantic label map, with the predictor's class names.
+    ``instance_threshold``, else the semantic label map, with the predictor's class names and
+    a fixed colour per class (``with_class_colors``, ``ClassColorVisualizer``).
     """
 
-    def __init__(
-        self,
-        predictor: Predictor,
-        instance_threshold: Optional[float] = None,
-        instance_mode=ColorMode.IMAGE,
-    ):
+    def __init__(self, predictor: Predictor, instance_threshold: Optional[float] = None):
         self.predictor = predictor
-        self.metadata = predictor.metadata
+        self.metadata = with_class_colors(predictor.metadata, len(predictor.class_names))
         self.instance_threshold = (
             DEFAULT_INSTANCE_THRESHOLD if instance_threshold is None else instance_threshold
         )
-        self.instance_mode = instance_mode
         self.frames_read = 0  # of the last run_on_video
 
     def run_on_video(self, video: cv2.VideoCapture) -> Iterator[np.ndarray]:
@@ -77,7 +110,7 @@ class VisualizationDemo:
             yield cv2.cvtColor(drawn.get_image(), cv2.COLOR_RGB2BGR)
 
     def draw(self, image_rgb: np.ndarray, prediction: Prediction) -> VisImage:
-        visualizer = Visualizer(image_rgb, self.metadata, instance_mode=self.instance_mode)
+        visualizer = ClassColorVisualizer(image_rgb, self.metadata)
         if prediction.panoptic_seg is not None:
             segments = [
                 {k: v for k, v in dataclasses.asdict(s).items() if v is not None}

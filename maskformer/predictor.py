@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,18 +26,26 @@ from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.modeling import build_model
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-from .data.reading import read_image
+from .data.reading import image_to_array, read_image
 from .engine.checkpoint import MaskFormerCheckpointer
-from .engine.config_loading import load_config, use_cpu_without_cuda
+from .engine.config_loading import ConfigError, load_config, use_cpu_without_cuda
 from .maskformer_model import MaskFormer
 from .modeling.inference import semantic_labels_of
 
-__all__ = ["InstancePredictions", "Prediction", "Predictor", "Segment", "plural"]
+__all__ = [
+    "InstancePredictions",
+    "Prediction",
+    "Predictor",
+    "Segment",
+    "build_inference_model",
+    "load_inference_config",
+    "plural",
+    "run_folder_files",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +104,12 @@ class Prediction:
 
 class Predictor:
     """
-    ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1)``: the model of a
-    config file (or a CfgNode) with ``opts`` overrides ``[KEY, VALUE, ...]``; ``weights`` replaces
-    MODEL.WEIGHTS (read without running pickled code; weights that do not fit the model are
-    refused); ``device`` replaces MODEL.DEVICE (a CUDA
-    device falls back to CPU where CUDA is missing, with a warning).
+    ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1,
+    random_weights=False)``: the model of a config file (or a CfgNode) with ``opts`` overrides
+    ``[KEY, VALUE, ...]``; ``weights`` replaces MODEL.WEIGHTS (read without running pickled code;
+    weights that do not fit the model, and no weights at all, are refused: see
+    ``build_inference_model``); ``device`` replaces MODEL.DEVICE (a CUDA device falls back to CPU
+    where CUDA is missing, with a warning).
 
     Attributes: ``cfg`` (frozen), ``model``, ``metadata`` (class names of DATASETS.TEST[0], else
     DATASETS.TRAIN[0]; generic names "class 0", ... with a warning when neither has any),
@@ -115,6 +124,7 @@ class Predictor:
         opts: Optional[Sequence[str]] = None,
         device: Optional[str] = None,
         batch_size: int = 1,
+        random_weights: bool = False,
     ):
         if isinstance(config_file, CfgNode):
             cfg = config_file.clone()
@@ -129,16 +139,7 @@ class Predictor:
         if use_cpu_without_cuda(cfg):
             logger.warning("CUDA is not available: running on CPU")
         cfg.freeze()
-        _check_weights_file(cfg.MODEL.WEIGHTS)
-        model = build_model(cfg)
-        model.eval()
-        if cfg.MODEL.WEIGHTS:
-            # strict: weights that do not fit (another class head) are refused, not left random
-            MaskFormerCheckpointer(model, strict=True).load(cfg.MODEL.WEIGHTS, checkpointables=[])
-        else:
-            logger.warning(
-                "No weights given (MODEL.WEIGHTS is empty): the model is randomly initialised"
-            )
+        model = build_inference_model(cfg, random_weights)
         settings = model.inference_settings
         self._setup(cfg, model, _class_metadata(cfg), cfg.INPUT.FORMAT, settings, batch_size)
 
@@ -148,10 +149,8 @@ class Predictor:
         The model of a training run's folder (``OUTPUT_DIR``): its ``config.yaml`` and the first of
         ``FOLDER_WEIGHTS`` found there, else the checkpoint ``last_checkpoint`` names.
         """
-        config_file = os.path.join(folder, "config.yaml")
-        if not PathManager.isfile(config_file):
-            raise FileNotFoundError(f"{folder}: no config.yaml in this folder")
-        return cls(config_file, _folder_weights(folder), opts, device, batch_size)
+        config_file, weights = run_folder_files(folder)
+        return cls(config_file, weights, opts, device, batch_size)
 
     @classmethod
     def from_exported(
@@ -218,8 +217,8 @@ class Predictor:
             raise ValueError(f"format must be 'BGR' or 'RGB', got {format!r}")
         if isinstance(image, (str, os.PathLike)):
             return read_image(os.fspath(image), self.input_format)  # errors name the file
-        if isinstance(image, Image.Image):
-            return np.ascontiguousarray(convert_PIL_to_numpy(image, self.input_format))
+        if isinstance(image, Image.Image):  # a file's rules: EXIF orientation, modes, bit depth
+            return image_to_array(image, self.input_format)
         if not isinstance(image, np.ndarray):
             raise TypeError(
                 f"An image is a file path, a numpy array or a PIL image, not {type(image).__name__}"
@@ -282,12 +281,73 @@ class Predictor:
         return result
 
 
-def _check_weights_file(weights: str) -> None:
-    if weights and "://" not in weights and not os.path.exists(weights):  # files or hub folders
+def build_inference_model(cfg: CfgNode, random_weights: bool = False) -> MaskFormer:
+    """
+    ``build_model(cfg)`` in eval mode with MODEL.WEIGHTS loaded strictly: weights that do not fit
+    (another class head, or a backbone-only ImageNet checkpoint that would leave the head random)
+    are refused. Empty MODEL.WEIGHTS is refused too, since a random model's drawings look like
+    results; ``random_weights`` runs one on purpose (tests, timing), leaving MODEL.WEIGHTS unread.
+    """
+    weights = cfg.MODEL.WEIGHTS
+    if random_weights:
+        unread = f"; MODEL.WEIGHTS {weights} is not loaded" if weights else ""
+        logger.warning(f"Random weights, as asked: the predictions mean nothing{unread}")
+    elif not weights:
+        raise ConfigError(
+            "No weights given (MODEL.WEIGHTS is empty): pass the trained model (MODEL.WEIGHTS "
+            "OUTPUT_DIR/model_final.pth, or the training run's folder: Predictor.from_folder, "
+            "--model-dir); random weights only on request (random_weights=True, --random-weights)"
+        )
+    elif "://" not in weights and not os.path.exists(weights):  # files or hub folders
         raise FileNotFoundError(f"Weights file {weights} does not exist")
+    model = build_model(cfg).eval()
+    if not random_weights:
+        MaskFormerCheckpointer(model, strict=True).load(weights, checkpointables=[])
+    return model
 
 
-def _folder_weights(folder: str) -> str:
+def run_folder_files(folder: str) -> Tuple[str, str]:
+    """(config.yaml, trained weights) of a training run's folder (see ``Predictor.from_folder``)."""
+    config_file = os.path.join(folder, "config.yaml")
+    if not PathManager.isfile(config_file):
+        raise FileNotFoundError(f"{folder}: no config.yaml in this folder")
+    weights = _trained_weights_in(folder)
+    if weights is None:
+        raise FileNotFoundError(
+            f"{folder}: no weights found (looked for {', '.join(FOLDER_WEIGHTS)} and "
+            f"last_checkpoint)"
+        )
+    return config_file, weights
+
+
+def load_inference_config(
+    config_file: Optional[str], model_dir: Optional[str] = None, opts: Sequence[str] = ()
+) -> CfgNode:
+    """
+    The config of a command line's ``--model-dir DIR`` (a training run's folder) or
+    ``--config-file FILE`` with ``opts``, unfrozen. MODEL.WEIGHTS is what ``opts`` set, else the
+    run's trained weights: DIR's, or those beside a FILE named config.yaml (the one training
+    writes, whose own MODEL.WEIGHTS are what training started from), logged; else FILE's own.
+    """
+    if model_dir:
+        config_file, weights = run_folder_files(model_dir)
+    elif os.path.basename(config_file) == "config.yaml":
+        weights = _trained_weights_in(os.path.dirname(os.path.abspath(config_file)))
+    else:
+        weights = None
+    cfg = load_config(config_file, list(opts), need_datasets=False)
+    if weights and "MODEL.WEIGHTS" not in list(opts)[::2]:
+        if weights != cfg.MODEL.WEIGHTS:
+            started_from = cfg.MODEL.WEIGHTS or "random weights"
+            logger.info(
+                f"{config_file} is a training run's config: using its trained weights {weights} "
+                f"(training started from {started_from}); --opts MODEL.WEIGHTS FILE chooses others"
+            )
+        cfg.MODEL.WEIGHTS = weights
+    return cfg
+
+
+def _trained_weights_in(folder: str) -> Optional[str]:
     for name in FOLDER_WEIGHTS:
         if os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
@@ -297,9 +357,7 @@ def _folder_weights(folder: str) -> str:
             name = f.read().strip()
         if name and os.path.isfile(os.path.join(folder, name)):
             return os.path.join(folder, name)
-    raise FileNotFoundError(
-        f"{folder}: no weights found (looked for {', '.join(FOLDER_WEIGHTS)} and last_checkpoint)"
-    )
+    return None
 
 
 def _class_metadata(cfg: CfgNode) -> Metadata:

@@ -1,6 +1,7 @@
 """Shared test fixtures: the published-release reference data, datasets registered for one test, the
 fast semantic path at the tests' small sizes, and a quiet, single-threaded torch."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -42,6 +43,16 @@ def fast_semantic_path_at_any_size(monkeypatch):
     """SEM_SEG_FAST takes the fast kernels wherever they apply, also on inputs below the size where
     they pay (the tests' tiny models), so that tests of the fast path reach it."""
     monkeypatch.setattr(semantic_at_mask_resolution, "PLAIN_IS_FASTER_BELOW", 0)
+
+
+@pytest.fixture
+def maskformer_caplog(caplog):
+    """caplog that also sees the "maskformer" loggers, which stop propagating to the root logger
+    once a tool has run detectron2's setup_logger in this process."""
+    logger = logging.getLogger("maskformer")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture

@@ -166,7 +166,9 @@ def test_bad_inputs(demo, config_files, tmp_path):
         demo.main(
             ["--config-file", config_file, "--input", str(good), str(other), "--output", str(out)]
         )
-    with pytest.raises(ValueError, match="--config-file is required unless --exported"):
+    with pytest.raises(
+        ValueError, match="--model-dir or --config-file is required unless --exported"
+    ):
         demo.main(["--input", str(good), "--output", str(out)])
 
 
@@ -180,7 +182,9 @@ def test_dataset_without_class_names_is_drawn_with_generic_names(demo, config_fi
     assert demo.build_predictor(cfg).class_names == ["class 0", "class 1", "class 2", "class 3"]
 
 
-def test_file_name_that_is_not_utf8_does_not_stop_the_batch(demo, config_files, tmp_path, caplog):
+def test_file_name_that_is_not_utf8_does_not_stop_the_batch(
+    demo, config_files, tmp_path, maskformer_caplog
+):
     folder = tmp_path / "in"
     folder.mkdir()
     odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
@@ -197,10 +201,10 @@ def test_file_name_that_is_not_utf8_does_not_stop_the_batch(demo, config_files, 
         b"caf\xe9.png",
         b"z.png",
     ]
-    assert "caf\\xe9.png: the file name is not valid UTF-8" in caplog.text
+    assert "caf\\xe9.png: the file name is not valid UTF-8" in maskformer_caplog.text
 
 
-def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, caplog):
+def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, maskformer_caplog):
     height, width, count = 48, 64, 8
     writer = cv2.VideoWriter(
         str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height)
@@ -215,8 +219,11 @@ def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, ca
     video = cv2.VideoCapture(str(tmp_path / "out" / "cut.avi"))
     read = int(video.get(cv2.CAP_PROP_FRAME_COUNT))
     assert 0 < read < count
-    assert f"{count - read} of the 8 frames its header announces could not be read" in caplog.text
-    assert f"the output holds the {read} read" in caplog.text
+    assert (
+        f"{count - read} of the 8 frames its header announces could not be read"
+        in maskformer_caplog.text
+    )
+    assert f"the output holds the {read} read" in maskformer_caplog.text
 
     odd = os.path.join(tmp_path, os.fsdecode(b"clip\xe9.avi"))  # not UTF-8: OpenCV cannot open it
     with open(odd, "wb") as f:

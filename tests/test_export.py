@@ -406,6 +406,7 @@ def test_export_tool_writes_what_the_demo_runs(tmp_path):
         [
             "--config-file",
             str(config_file),
+            "--random-weights",
             "--format",
             "torchscript",
             "--output",

@@ -20,7 +20,7 @@ from maskformer.engine.checkpoint import (
     MaskFormerCheckpointer,
     UnsafeCheckpointError,
 )
-from maskformer.engine.config_loading import load_config
+from maskformer.engine.config_loading import ConfigError, load_config
 from maskformer.predictor import Predictor, plural
 from tests.test_export import block_images, build_spread_model
 
@@ -192,14 +192,20 @@ def test_bad_weights_and_bad_images_are_named(images, tmp_path, caplog):
         Predictor(CONFIGS[task], weights=str(unsafe), opts=tiny_opts(task))
 
     other_head = tmp_path / "seven_classes.pth"
-    seven = load_config(CONFIGS[task], tiny_opts(task) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"])
+    seven = load_config(
+        CONFIGS[task],
+        tiny_opts(task) + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"],
+        need_datasets=False,
+    )
     torch.save({"model": build_spread_model(seven, seed=0).state_dict()}, other_head)
     with pytest.raises(CheckpointMismatchError, match="seven_classes.pth does not fit the model"):
         Predictor(CONFIGS[task], weights=str(other_head), opts=tiny_opts(task))
 
+    with pytest.raises(ConfigError, match="No weights given \\(MODEL.WEIGHTS is empty\\)"):
+        Predictor(CONFIGS[task], opts=tiny_opts(task))
     with caplog.at_level(logging.WARNING):
-        predictor = Predictor(CONFIGS[task], opts=tiny_opts(task))
-    assert "randomly initialised" in caplog.text
+        predictor = Predictor(CONFIGS[task], opts=tiny_opts(task), random_weights=True)
+    assert "Random weights, as asked" in caplog.text
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG truncated")
     with pytest.raises(ValueError, match="broken.png: cannot read image"):
@@ -217,14 +223,18 @@ def test_bad_weights_and_bad_images_are_named(images, tmp_path, caplog):
 def test_dataset_without_class_names_gets_generic_names(caplog):
     opts = tiny_opts("semantic") + ["DATASETS.TRAIN", "()", "DATASETS.TEST", '("not_registered",)']
     with caplog.at_level(logging.WARNING):
-        predictor = Predictor(CONFIGS["semantic"], opts=opts)
+        predictor = Predictor(CONFIGS["semantic"], opts=opts, random_weights=True)
     assert predictor.class_names == [f"class {i}" for i in range(6)]
     assert "no class names" in caplog.text and "6 classes" in caplog.text
     assert predictor.metadata.stuff_classes == predictor.class_names
 
     too_many = opts[:-2] + ["DATASETS.TEST", '("maskformer_synthetic_sem_seg_val",)']
     with pytest.raises(ValueError, match="names 6 classes .* the model predicts 7"):
-        Predictor(CONFIGS["semantic"], opts=too_many + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"])
+        Predictor(
+            CONFIGS["semantic"],
+            opts=too_many + ["MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7"],
+            random_weights=True,
+        )
 
 
 def test_plural():

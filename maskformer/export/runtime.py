@@ -101,11 +101,15 @@ class ExportedMaskFormer:
             name=info.get("dataset") or Path(model_file).name, **info["class_metadata"]
         )
 
-    def __call__(self, batched_inputs: List[Dict]) -> List[Dict]:
+    def preprocess(self, batched_inputs: List[Dict]) -> ImageList:
+        """The normalised batch, padded to the size divisibility, that the graph takes."""
         images = [
             (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
         ]
-        batch = ImageList.from_tensors(images, self.size_divisibility)
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def __call__(self, batched_inputs: List[Dict]) -> List[Dict]:
+        batch = self.preprocess(batched_inputs)
         with torch.no_grad():
             pred_logits, pred_masks = self.graph(batch.tensor)
         output_sizes = [
