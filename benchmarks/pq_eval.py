@@ -26,12 +26,7 @@ from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from maskformer.evaluation.fast_panoptic import (
-    PQStats,
-    image_pq_stats,
-    read_panoptic_png,
-    segment_masks,
-)
+from maskformer.evaluation.fast_panoptic import read_panoptic_png, segment_masks
 
 THING_IDS = list(range(1, 9))
 STUFF_IDS = list(range(20, 26))
@@ -203,27 +198,6 @@ def evaluator_pq(paths: Dict[str, str], pred: Dict, pred_ids: Dict[int, np.ndarr
     return evaluation.results()
 
 
-def hand_written_pq(paths: Dict[str, str], pred: Dict, pred_ids: Dict[int, np.ndarray]) -> Dict:
-    """
-    PQ from the same in-memory id maps by this project's own per-image core (``image_pq_stats``,
-    which the PQ-stuff tool uses), one process; ground truth read from its PNGs.
-    """
-    with open(paths["gt_json"]) as f:
-        gt = json.load(f)
-    categories = {c["id"]: c for c in gt["categories"]}
-    total = PQStats(categories)
-    pred_anns = {ann["image_id"]: ann for ann in pred["annotations"]}
-    for gt_ann in gt["annotations"]:
-        gt_ids = read_panoptic_png(os.path.join(paths["gt_folder"], gt_ann["file_name"]))
-        image_id = gt_ann["image_id"]
-        total += image_pq_stats(gt_ids, pred_ids[image_id], gt_ann, pred_anns[image_id], categories)
-    results = {}
-    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
-        results[name], per_class = total.average(categories, isthing)
-        results.setdefault("per_class", per_class)
-    return results
-
-
 def timed(run: Callable):
     """(result, wall seconds, CPU seconds of this process, its threads and finished children)."""
     start, start_own, start_children = time.perf_counter(), _cpu_seconds(), _cpu_seconds(True)
@@ -270,7 +244,6 @@ def compare_pq(num_images: int, size: Tuple[int, int]) -> None:
         runs = {
             "panopticapi pq_compute (PNGs)": lambda: panopticapi_pq_compute(**api_paths),
             "hotcoco pq_compute (PNGs)": lambda: hotcoco_pq_compute(**api_paths),
-            "image_pq_stats (id maps)": lambda: hand_written_pq(paths, pred, pred_ids),
             "evaluator: RLEs + hotcoco": lambda: evaluator_pq(paths, pred, pred_ids),
         }
         measured = {name: timed(run) for name, run in runs.items()}

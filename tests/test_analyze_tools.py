@@ -79,9 +79,12 @@ def test_pq_stuff_matches_hand_computation():
     stat = pq_tool.PQStuffStat(num_classes=3, ignore_label=255)
     stat.update(np.array(GT_A), np.array(PRED_A))
     stat.update(np.array(GT_B), np.array(PRED_B))
-    assert stat.tp.tolist() == [1, 0, 1]
-    assert stat.fp.tolist() == [0, 1, 1]
-    assert stat.fn.tolist() == [0, 1, 0]
+    per_class = stat.evaluate()["per_class"]
+    assert [(per_class[c]["tp"], per_class[c]["fp"], per_class[c]["fn"]) for c in range(3)] == [
+        (1, 0, 0),
+        (0, 1, 1),
+        (1, 1, 0),
+    ]
     result = stat.summary()
     for key, value in EXPECTED.items():
         assert result[key] == pytest.approx(value), key
@@ -97,6 +100,13 @@ def test_perfect_prediction_and_absent_classes():
     # ...so both segments match with IoU 1; classes 2-4 occur nowhere (class 4 only on unlabeled
     # pixels) and are not averaged
     assert (result["PQ"], result["SQ"], result["RQ"], result["n"]) == (1.0, 1.0, 1.0, 2)
+
+
+def test_no_class_occurs():
+    stat = pq_tool.PQStuffStat(num_classes=3, ignore_label=255)
+    stat.update(np.full((4, 5), 255), np.array(PRED_A))  # predictions on unlabeled pixels only
+    # no class has a TP, FP or FN: the means are 0 (hotcoco's -1, panopticapi's division by zero)
+    assert stat.summary() == {"PQ": 0.0, "SQ": 0.0, "RQ": 0.0, "n": 0, "per_class": {}}
 
 
 def test_pq_tool_reads_pngs_and_writes_results(tiny_dataset, tmp_path):

@@ -1,6 +1,6 @@
 """
-Panoptic quality: hand-computed statistics, and FastCOCOPanopticEvaluator (hotcoco) against
-panopticapi and detectron2's COCOPanopticEvaluator on a hand example and generated data.
+Panoptic quality: FastCOCOPanopticEvaluator (hotcoco) against hand computation, panopticapi and
+detectron2's COCOPanopticEvaluator on a hand example and generated data.
 """
 
 import contextlib
@@ -24,11 +24,7 @@ from benchmarks.pq_eval import (
     synthetic_panoptic_pairs,
     write_synthetic_panoptic,
 )
-from maskformer.evaluation.fast_panoptic import (
-    FastCOCOPanopticEvaluator,
-    image_pq_stats,
-    segment_masks,
-)
+from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator, segment_masks
 
 CATEGORIES = {1: {"id": 1, "isthing": 1}, 2: {"id": 2, "isthing": 1}, 10: {"id": 10, "isthing": 0}}
 # ground truth: 11, 12 (category 1), 13 (stuff 10), 14 (crowd of category 2), 99 (not in the JSON), 0 void
@@ -66,22 +62,6 @@ PRED_ANN = {
         {"id": 5, "category_id": 1},
     ],
 }
-
-
-def _stats_of(stats, category):
-    i = stats.index[category]
-    return int(stats.tp[i]), int(stats.fp[i]), int(stats.fn[i]), float(stats.iou[i])
-
-
-def test_statistics_by_hand():
-    stats = image_pq_stats(GT, PRED, GT_ANN, PRED_ANN, CATEGORIES)
-    # 1 matches 11 (IoU 6/8); 2 has IoU 0.5 with 12 (half of 2 is void, not counted): no match, and
-    # exactly half void: a false positive; 12 is missed; 5 is a false positive
-    assert _stats_of(stats, 1) == (1, 2, 1, pytest.approx(0.75))
-    # 4 lies on category 2's crowd region: ignored; the crowd segment itself is no false negative
-    assert _stats_of(stats, 2) == (0, 0, 0, 0.0)
-    # 3 matches 13: pixels of the unlisted gt id 99 count in the union (IoU 4/6)
-    assert _stats_of(stats, 10) == (1, 0, 0, pytest.approx(4 / 6))
 
 
 def _write_pair(root, gt, gt_ann, pred, pred_ann, categories):
@@ -150,8 +130,17 @@ def test_hand_example_equals_hand_computation_and_panopticapi(tmp_path, register
     paths = _write_pair(str(tmp_path), GT, GT_ANN, PRED, PRED_ANN, CATEGORIES)
     input = {"file_name": "a.jpg", "image_id": GT_ANN["image_id"]}
     results = _evaluator_results(register, "pq_hand", paths, [(input, PRED, PRED_ANN)], CATEGORIES)
+    # category 1: 1 matches 11 (IoU 6/8); 2 has IoU 0.5 with 12 (half of 2 is void, not counted):
+    # no match, and exactly half void: a false positive; 12 is missed; 5 is a false positive:
+    # TP 1, FP 2, FN 1. Category 2: 4 lies on its crowd region (ignored) and the crowd segment is
+    # no false negative: no TP, FP or FN, so not averaged.
     assert results["PQ_th"] == pytest.approx(100 * 0.75 / 2.5)
-    assert results["PQ_st"] == pytest.approx(100 * 4 / 6)
+    assert results["SQ_th"] == pytest.approx(100 * 0.75)
+    assert results["RQ_th"] == pytest.approx(100 / 2.5)
+    # category 10: 3 matches 13, the pixels of the unlisted gt id 99 counting in the union (IoU 4/6)
+    assert (results["PQ_st"], results["SQ_st"], results["RQ_st"]) == pytest.approx(
+        (100 * 4 / 6, 100 * 4 / 6, 100.0)
+    )
     with contextlib.redirect_stdout(io.StringIO()):
         expected = panopticapi_pq_compute(**paths)
     _assert_equal_to_panopticapi(results, expected)

@@ -4,12 +4,13 @@ PQ-stuff of semantic-segmentation predictions, the per-region metric of the pape
 (Sec. 4.1, after Kirillov et al.'s panoptic quality): every class is treated as "stuff", so
 each image has one segment per class present, in the ground truth and in the prediction alike.
 
-Matching and scoring are panopticapi's, computed by the panoptic evaluator's own core
-(``maskformer.evaluation.fast_panoptic``): a predicted and a ground-truth segment of the same class
-match when IoU > 0.5, where the IoU leaves out predicted pixels that fall on unlabeled (ignore)
-ground truth; an unmatched predicted segment lying mostly (> 50%) on unlabeled pixels is not a
-false positive. Per class, PQ = sum(IoU of matches) / (TP + FP/2 + FN/2), SQ = sum(IoU) / TP,
-RQ = TP / (TP + FP/2 + FN/2); the reported numbers average the classes that occur (TP+FP+FN > 0).
+Matching and scoring are panopticapi's, computed by hotcoco's ``PanopticEval`` (as for the
+panoptic evaluator) from the per-class segments as COCO RLEs: a predicted and a ground-truth
+segment of the same class match when IoU > 0.5, where the IoU leaves out predicted pixels that fall
+on unlabeled (ignore) ground truth; an unmatched predicted segment lying mostly (> 50%) on
+unlabeled pixels is not a false positive. Per class, PQ = sum(IoU of matches) / (TP + FP/2 + FN/2),
+SQ = sum(IoU) / TP, RQ = TP / (TP + FP/2 + FN/2); the reported numbers average the classes that
+occur (TP+FP+FN > 0).
 
 Examples:
   # predictions as label-map PNGs named after the images (<image stem>.png)
@@ -27,16 +28,17 @@ import json
 import logging
 import os
 from collections import defaultdict
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 import pycocotools.mask as mask_util
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
+from hotcoco.panoptic import PanopticEval
 
 from maskformer.data import reading
-from maskformer.evaluation.fast_panoptic import PQStats, image_pq_stats
+from maskformer.evaluation.semantic import rle_per_label
 from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.evaluate_pq_for_semantic_segmentation")
@@ -45,23 +47,33 @@ logger = logging.getLogger("maskformer.evaluate_pq_for_semantic_segmentation")
 NO_PREDICTION = -1
 
 
+def class_segments(label_map: np.ndarray, image_id: int, num_classes: int) -> List[Dict]:
+    """
+    One segment per class in [0, num_classes) present in the (H, W) ``label_map``, as a
+    detection-style panoptic annotation (COCO RLE); pixels of other values belong to no segment.
+    """
+    return [
+        {
+            "image_id": image_id,
+            "category_id": label,
+            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
+        }
+        for label, rle in rle_per_label(label_map).items()
+        if 0 <= label < num_classes
+    ]
+
+
 class PQStuffStat:
     """
-    Per-class PQ statistics over images, each class one "stuff" segment per image: the label maps
-    become panoptic maps (segment id = class + 1, 0 = void for unlabeled ground truth and pixels
-    without a prediction) scored by the panoptic evaluator's own per-image core,
-    :func:`maskformer.evaluation.fast_panoptic.image_pq_stats`.
+    PQ statistics over images, each class one "stuff" segment per image in the ground truth (void:
+    unlabeled pixels) and in the prediction (void: pixels without a prediction), scored by hotcoco's
+    ``PanopticEval`` (panopticapi's rules).
     """
 
     def __init__(self, num_classes: int, ignore_label: int):
         self.num_classes = num_classes
         self.ignore_label = ignore_label
-        self.categories = {c: {"id": c, "isthing": 0} for c in range(num_classes)}
-        self.stats = PQStats(self.categories)
-
-    tp = property(lambda self: self.stats.tp)
-    fp = property(lambda self: self.stats.fp)
-    fn = property(lambda self: self.stats.fn)
+        self.images, self.gt_segments, self.pred_segments = [], [], []
 
     def update(self, gt: np.ndarray, pred: np.ndarray) -> None:
         """
@@ -69,35 +81,42 @@ class PQStuffStat:
             gt: (H, W) ints in [0, K) or ignore_label
             pred: (H, W) ints; values outside [0, K) are pixels without a prediction
         """
-        gt_ids = np.where(gt == self.ignore_label, 0, gt + 1)
-        pred_ids = np.where((pred >= 0) & (pred < self.num_classes), pred + 1, 0)
-        gt_area = np.bincount(gt_ids.ravel(), minlength=self.num_classes + 1)
-        gt_ann = {
-            "segments_info": [
-                {"id": c + 1, "category_id": c, "area": int(gt_area[c + 1]), "iscrowd": 0}
-                for c in np.flatnonzero(gt_area[1:])
-            ]
-        }
-        pred_ann = {
-            "segments_info": [
-                {"id": int(i), "category_id": int(i) - 1} for i in np.unique(pred_ids) if i
-            ]
-        }
-        self.stats += image_pq_stats(gt_ids, pred_ids, gt_ann, pred_ann, self.categories)
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "height": gt.shape[0], "width": gt.shape[1]})
+        labeled = np.where(gt == self.ignore_label, -1, gt)  # unlabeled: in no segment
+        self.gt_segments += [
+            {**segment, "iscrowd": 0}
+            for segment in class_segments(labeled, image_id, self.num_classes)
+        ]
+        self.pred_segments += class_segments(pred, image_id, self.num_classes)
+
+    def evaluate(self) -> Dict:
+        """hotcoco's ``PanopticEval.results()`` over the images so far (per_class by class)."""
+        categories = [{"id": c, "name": str(c), "isthing": 0} for c in range(self.num_classes)]
+        gt = {"images": self.images, "annotations": self.gt_segments, "categories": categories}
+        pred = {"images": self.images, "annotations": self.pred_segments, "categories": categories}
+        evaluation = PanopticEval(gt, pred)
+        evaluation.evaluate()
+        return evaluation.results()
 
     def summary(self) -> Dict:
-        """PQ, SQ, RQ (in [0, 1]) averaged over the classes that occur, and per class."""
-        means, per_class = self.stats.average(self.categories, isthing=None)
-        present = (self.stats.tp + self.stats.fp + self.stats.fn) > 0
+        """
+        PQ, SQ, RQ (in [0, 1]) averaged over the classes that occur (a TP, FP or FN; 0 when none
+        does), and per such class.
+        """
+        results = self.evaluate()
+        means = results["All"]
+        per_class = {
+            c: {key.upper(): v[key] for key in ("pq", "sq", "rq")}
+            for c, v in results["per_class"].items()
+            if v["tp"] + v["fp"] + v["fn"] > 0
+        }
         return {
-            "PQ": means["pq"],
-            "SQ": means["sq"],
-            "RQ": means["rq"],
+            "PQ": means["pq"] if means["n"] else 0.0,
+            "SQ": means["sq"] if means["n"] else 0.0,
+            "RQ": means["rq"] if means["n"] else 0.0,
             "n": means["n"],
-            "per_class": {
-                c: {k.upper(): float(v) for k, v in per_class[c].items()}
-                for c in np.flatnonzero(present).tolist()
-            },
+            "per_class": per_class,
         }
 
 
