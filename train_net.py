@@ -34,17 +34,25 @@ import logging
 from datetime import timedelta
 
 import torch
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.file_io import PathManager
 
 from maskformer.engine.cli import exit_on_user_error
 from maskformer.engine.cluster_launch import detect_worker_environment, init_worker
-from maskformer.engine.config_loading import ConfigError, load_config
+from maskformer.engine.config_loading import (
+    ConfigError,
+    check_process_count,
+    load_config,
+    warn_useless_settings,
+)
 from maskformer.engine.preemption import forward_stop_signals_to_workers
 from maskformer.engine.run_dir import claim_output_dir
+from maskformer.engine.run_logging import FILE_ONLY, setup_run_logging
 from maskformer.engine.trainer import Trainer
 from maskformer.utils.file_io import atomic_open
 
@@ -53,7 +61,8 @@ logger = logging.getLogger("maskformer.train_net")
 
 def setup(args, run=None):
     """
-    The frozen config of this run (config file + command-line overrides); sets up logging.
+    The frozen config of this run (config file + command-line overrides); sets up logging
+    (:mod:`maskformer.engine.run_logging`) and seeds the generators (SEED + rank if SEED >= 0).
     ``run``: an ExitStack that, for a training run, holds OUTPUT_DIR (lock, no overwrite without
     --resume / --overwrite) from before anything is written there until it closes.
     """
@@ -66,14 +75,31 @@ def setup(args, run=None):
         run.enter_context(
             claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
         )
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="maskformer")
+    rank = comm.get_rank()
+    if comm.is_main_process():
+        PathManager.mkdirs(cfg.OUTPUT_DIR)
+    setup_run_logging(cfg.OUTPUT_DIR, rank, verbose=args.verbose)
+    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
+    logger.info("Environment info:\n" + collect_env_info(), extra=FILE_ONLY)
+    logger.info(f"Command line arguments: {args}")
+    logger.info(f"Running with full config:\n{cfg.dump()}", extra=FILE_ONLY)
+    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
+    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK and not args.eval_only
     if cuda_missing:
         logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
         # processes sharing a machine's cores should not each start one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
     return cfg
+
+
+def save_config(cfg, name):
+    """Write the run's config to OUTPUT_DIR/``name`` (on the main process)."""
+    if comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, name)
+        with atomic_open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info(f"Full config saved to {path}")
 
 
 def write_results(results, output_dir):
@@ -88,6 +114,7 @@ def main(args):
     with contextlib.ExitStack() as run:
         cfg = setup(args, None if args.eval_only else run)
         if args.eval_only:
+            save_config(cfg, "config_eval.yaml")  # config.yaml is the training run's
             model = Trainer.build_model(cfg)
             # strict: a checkpoint that does not fit (e.g. another class head) is refused
             checkpointer = Trainer.build_checkpointer(cfg, model, strict=True)
@@ -98,6 +125,11 @@ def main(args):
         else:
             trainer = Trainer(cfg)
             trainer.resume_or_load(resume=args.resume)
+            if trainer.nothing_to_train:  # a finished run resumed: Trainer.train says so
+                trainer.train()
+                return {}
+            # once the checkpoint resumed (if any) is known to fit this config
+            save_config(cfg, "config.yaml")
             trainer.train()
             results = trainer.last_eval_results
         if comm.is_main_process():
@@ -131,6 +163,12 @@ def argument_parser():
         action="store_true",
         help="print the traceback of a user error (config, weights, data, missing file) too",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print on the console the model, the full config and Python's warnings, "
+        "which OUTPUT_DIR/log.txt always has",
+    )
     return parser
 
 
@@ -155,21 +193,31 @@ def run(args, environ=os.environ) -> None:
     """
     ``main`` as one worker of a torchrun or srun job where ``environ`` describes one (see
     maskformer.engine.cluster_launch), else through :func:`launch_main`. The config is loaded
-    once first, so that a mistake in it is reported before any process starts.
+    once first and checked against the number of processes, so that a mistake in it is reported
+    before any process starts; settings that make a training run useless are warned about once.
     """
-    load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
+    cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
     try:
         worker = detect_worker_environment(environ)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if worker is None:
-        launch_main(args)
-        return
-    if args.num_gpus > 1 or args.num_machines > 1:
+    if worker is not None and (args.num_gpus > 1 or args.num_machines > 1):
         raise ConfigError(
             f"Started by {worker.launcher} as one of {worker.world_size} processes, each of them "
             f"a worker: drop --num-gpus {args.num_gpus} / --num-machines {args.num_machines}"
         )
+    if worker is None:
+        processes = (args.num_gpus * args.num_machines, args.num_gpus)
+        how = f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines}"
+    else:
+        processes = (worker.world_size, worker.local_world_size)
+        how = f"this {worker.launcher} job"
+    check_process_count(cfg, *processes, how, training=not args.eval_only)
+    if not args.eval_only and (worker is None or worker.rank == 0):
+        warn_useless_settings(cfg)
+    if worker is None:
+        launch_main(args)
+        return
     init_worker(worker, timedelta(seconds=args.dist_timeout))
     main(args)
 

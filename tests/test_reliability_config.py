@@ -108,7 +108,7 @@ def test_unregistered_components_and_datasets_are_listed_with_close_matches(tmp_
     with pytest.raises(ConfigError) as error:
         load_config(path)
     lines = str(error.value).splitlines()
-    assert lines[0] == f"{path} names unknown components or datasets:"
+    assert lines[0] == f"Unknown components or datasets in {path}:"
     # each problem on its own line, the best match first (other close matches may follow)
     expected = [
         "  MODEL.META_ARCHITECTURE: 'MaskFormr' is not registered; did you mean 'MaskFormer'",

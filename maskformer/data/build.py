@@ -81,7 +81,8 @@ def build_dataset_mapper(cfg, is_train=True, num_samples=None):
 
 def check_num_classes(cfg):
     """
-    Raise ValueError unless every dataset of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` whose
+    Raise ValueError (one line, with the override that fits, or saying that the datasets
+    disagree) unless every dataset of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` whose
     metadata lists its classes (``stuff_classes``: all classes, in contiguous-id order) has
     ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` of them and, where it states one, the ignore value
     ``MODEL.SEM_SEG_HEAD.IGNORE_VALUE``. A model with fewer classes than the data cannot learn the
@@ -91,26 +92,46 @@ def check_num_classes(cfg):
     num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     ignore_value = cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
     problems = []
+    counts, ignore_labels = {}, {}  # what the datasets say, for the override to suggest
     for name in dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)):
         meta = MetadataCatalog.get(name)
         classes = meta.get("stuff_classes", None)
-        if classes is not None and len(classes) != num_classes:
-            problems.append(
-                f"dataset {name!r} has {len(classes)} classes but MODEL.SEM_SEG_HEAD.NUM_CLASSES "
-                f"is {num_classes}"
-            )
+        if classes is not None:
+            counts[name] = len(classes)
+            if len(classes) != num_classes:
+                problems.append(
+                    f"dataset {name!r} has {len(classes)} classes but "
+                    f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {num_classes}"
+                )
         ignore_label = meta.get("ignore_label", None)
-        if ignore_label is not None and ignore_label != ignore_value:
-            problems.append(
-                f"dataset {name!r} marks unlabeled pixels with {ignore_label} but "
-                f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}"
-            )
+        if ignore_label is not None:
+            ignore_labels[name] = ignore_label
+            if ignore_label != ignore_value:
+                problems.append(
+                    f"dataset {name!r} marks unlabeled pixels with {ignore_label} but "
+                    f"MODEL.SEM_SEG_HEAD.IGNORE_VALUE is {ignore_value}"
+                )
     if problems:
+        fixes = [
+            _override_that_fits(key, values)
+            for key, values, wanted in (
+                ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", counts, num_classes),
+                ("MODEL.SEM_SEG_HEAD.IGNORE_VALUE", ignore_labels, ignore_value),
+            )
+            if set(values.values()) - {wanted}
+        ]
         raise ValueError(
-            "The config does not fit its datasets:\n  "
-            + "\n  ".join(problems)
-            + "\nSet MODEL.SEM_SEG_HEAD.NUM_CLASSES / IGNORE_VALUE to the datasets' values."
+            "The config does not fit its datasets: " + "; ".join(problems + fixes) + "."
         )
+
+
+def _override_that_fits(key, values):
+    """The override setting ``key`` to the datasets' value (dataset name -> value), or why no
+    value fits them all."""
+    if len(set(values.values())) == 1:
+        return f"add the override {key} {next(iter(values.values()))}"
+    differ = ", ".join(f"{name!r} {value}" for name, value in values.items())
+    return f"no {key} fits all the datasets ({differ}): train and test on datasets that agree"
 
 
 def build_train_loader(cfg):

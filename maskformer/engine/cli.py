@@ -14,11 +14,23 @@ from .config_loading import ConfigError
 from .run_dir import OutputDirError
 from .weights_file import CheckpointError
 
-__all__ = ["USER_ERRORS", "USER_ERROR_EXIT_CODE", "exit_on_user_error"]
+__all__ = ["InputFileError", "USER_ERRORS", "USER_ERROR_EXIT_CODE", "exit_on_user_error"]
 
-# errors whose message already says what to change: a bad config, weights file or sample, an
-# output folder another run holds, or a missing file
-USER_ERRORS = (ConfigError, CheckpointError, BadSampleError, OutputDirError, FileNotFoundError)
+
+class InputFileError(ValueError):
+    """A tool's input file that is not what it should hold (e.g. a run's metrics.json)."""
+
+
+# errors whose message already says what to change: a bad config, weights file, sample or input
+# file, an output folder another run holds, or a missing file
+USER_ERRORS = (
+    ConfigError,
+    CheckpointError,
+    BadSampleError,
+    InputFileError,
+    OutputDirError,
+    FileNotFoundError,
+)
 USER_ERROR_EXIT_CODE = 2
 
 

@@ -205,12 +205,16 @@ def evaluate_expression(expression: str):
 
     Raises:
         UnsafeExpressionError: the expression is not Python, uses anything outside the admitted
-            subset (names, attributes, other calls, lambdas, ...), or exceeds a size bound.
+            subset (names, attributes, other calls, lambdas, ...), exceeds a size bound or nests
+            too deeply.
     """
     if not isinstance(expression, str):
         raise UnsafeExpressionError(f"the expression must be a string, not {expression!r}")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except (SyntaxError, ValueError) as e:
-        raise UnsafeExpressionError(f"not a Python expression ({e})") from e
-    return _Evaluator().eval(tree)
+    try:  # the parser and the evaluator recurse as deep as the expression nests
+        try:
+            tree = ast.parse(expression.strip(), mode="eval")
+        except (SyntaxError, ValueError) as e:
+            raise UnsafeExpressionError(f"not a Python expression ({e})") from e
+        return _Evaluator().eval(tree)
+    except (RecursionError, MemoryError) as e:
+        raise UnsafeExpressionError("an expression nested too deeply") from e
