@@ -87,6 +87,8 @@ def setup(args, run=None):
     torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK and not args.eval_only
     if cuda_missing:
         logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+    if not args.eval_only and comm.is_main_process():
+        warn_useless_settings(cfg)  # in log.txt too, once logging is set up
     if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
         # processes sharing a machine's cores should not each start one thread per core
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
@@ -194,7 +196,7 @@ def run(args, environ=os.environ) -> None:
     ``main`` as one worker of a torchrun or srun job where ``environ`` describes one (see
     maskformer.engine.cluster_launch), else through :func:`launch_main`. The config is loaded
     once first and checked against the number of processes, so that a mistake in it is reported
-    before any process starts; settings that make a training run useless are warned about once.
+    before any process starts.
     """
     cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
     try:
@@ -213,8 +215,6 @@ def run(args, environ=os.environ) -> None:
         processes = (worker.world_size, worker.local_world_size)
         how = f"this {worker.launcher} job"
     check_process_count(cfg, *processes, how, training=not args.eval_only)
-    if not args.eval_only and (worker is None or worker.rank == 0):
-        warn_useless_settings(cfg)
     if worker is None:
         launch_main(args)
         return

@@ -145,7 +145,11 @@ def write(tmp_path, name, text):
 def test_values_out_of_range_name_the_key(key, value, expected):
     with pytest.raises(ConfigError) as error:
         load_config(SEM_CFG, [key, value])
-    assert str(error.value) == f"{SEM_CFG} has values out of range:\n  {key} {expected}"
+    # typed on the command line, so blamed on the overrides, not on the file
+    assert (
+        str(error.value)
+        == f"Values out of range in the command-line overrides:\n  {key} {expected}"
+    )
 
 
 def test_all_values_out_of_range_listed_and_valid_edges_accepted(tmp_path):
@@ -153,7 +157,7 @@ def test_all_values_out_of_range_listed_and_valid_edges_accepted(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(path, ["MODEL.MASK_FORMER.NHEADS", "5", "SOLVER.MAX_ITER", "-1"])
     lines = str(error.value).splitlines()
-    assert lines[0] == f"{path} has values out of range:"
+    assert lines[0] == f"Values out of range in {path} and the command-line overrides:"
     assert lines[1:] == [
         "  SOLVER.IMS_PER_BATCH is 0; it must be >= 1",
         "  SOLVER.MAX_ITER is -1; it must be >= 0",
@@ -217,3 +221,13 @@ def test_scripts_turn_on_huge_pages_before_torch_loads(script):
     if script == "train_net.py":  # the same line in both scripts: one check of a user's value
         done = run_python(["-c", probe], THP_MEM_ALLOC_ENABLE="0")
         assert "at torch import: 0" in done.stdout, done.stderr
+
+
+def test_value_out_of_range_in_the_file_is_blamed_on_the_file(tmp_path):
+    path = write(tmp_path, "c.yaml", f"_BASE_: {REPO / SEM_CFG}\nSOLVER:\n  MAX_ITER: -2\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["SOLVER.BASE_LR", "0.1"])
+    assert (
+        str(error.value)
+        == f"Values out of range in {path}:\n  SOLVER.MAX_ITER is -2; it must be >= 0"
+    )

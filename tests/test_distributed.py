@@ -140,10 +140,12 @@ def test_slurm_arguments_and_job_spec(tmp_path, capsys):
         SEM_CFG,
         "SOLVER.MAX_ITER",
         "10",
+        "SOLVER.IMS_PER_BATCH",
+        "32",
     ]
     args = slurm.parse_args(argv)
     assert (args.nodes, args.gpus_per_node, args.partition, args.timeout) == (4, 8, "gpu", 90)
-    assert args.config_file == SEM_CFG and args.opts == ["SOLVER.MAX_ITER", "10"]
+    assert args.config_file == SEM_CFG and args.opts == argv[-4:]
     spec = slurm.job_spec(args)
     assert spec["nodes"] == 4 and spec["tasks_per_node"] == 1 and spec["gpus_per_node"] == 8
     assert (
@@ -165,6 +167,14 @@ def test_slurm_arguments_and_job_spec(tmp_path, capsys):
     assert '"slurm_partition": "gpu"' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         slurm.parse_args(["--nodes", "0"])
+    # a batch that does not split among the job's 32 processes is refused before submitting
+    with pytest.raises(SystemExit) as refused:
+        slurm.main(["--dry-run", *argv[:-1], "16"])
+    assert refused.value.code == 2
+    assert (
+        "SOLVER.IMS_PER_BATCH 16 does not split into equal batches among the 32 processes of "
+        "--nodes 4 x --gpus-per-node 8"
+    ) in capsys.readouterr().err
 
 
 def test_slurm_node_arguments(monkeypatch):

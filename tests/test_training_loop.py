@@ -165,6 +165,9 @@ def test_log_file_is_plain_text_and_holds_what_the_console_leaves_out(finished_r
     for long_message in ("Model:\nMaskFormer(", "Running with full config:", "Environment info:"):
         assert long_message in log and long_message not in console
     assert "Command line arguments" in console and "Command line arguments" in log
+    # the settings warning (3 iterations, none checkpointed before the last) reaches both
+    useless = "no checkpoint is written before the last iteration"
+    assert useless in console and useless in log
     # SOLVER.LOG_PERIOD 1: a line of metrics.json for every iteration (the default writes every 20)
     assert [r["iteration"] for r in metrics_rows(out) if "total_loss" in r] == [0, 1, 2]
 

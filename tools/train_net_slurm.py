@@ -24,7 +24,7 @@ import submitit  # noqa: E402
 import train_net  # noqa: E402
 from maskformer.engine.cli import exit_on_user_error  # noqa: E402
 from maskformer.engine.cluster_launch import rendezvous_port  # noqa: E402
-from maskformer.engine.config_loading import load_config  # noqa: E402
+from maskformer.engine.config_loading import check_process_count, load_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -99,7 +99,15 @@ def main(argv=None):
     args = parse_args(argv)
     with exit_on_user_error(args.debug):
         # a mistake in the config is reported here, not in the job's log after it waited in queue
-        load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
+        cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
+        check_process_count(
+            cfg,
+            args.nodes * args.gpus_per_node,
+            args.gpus_per_node,
+            f"--nodes {args.nodes} x --gpus-per-node {args.gpus_per_node}",
+            training=not args.eval_only,
+            on_this_machine=False,
+        )
     spec = job_spec(args)
     if args.dry_run:
         print(

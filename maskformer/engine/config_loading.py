@@ -372,7 +372,7 @@ def load_config(
     except (OSError, ValueError) as e:
         source = _source(path, overridden, ["DATASETS.METADATA_FILE"])
         raise ConfigError(f"{source}: DATASETS.METADATA_FILE: {e}") from e
-    check_value_ranges(cfg, source=path)
+    check_value_ranges(cfg, source=path, overridden=overridden)
     check_registered_names(cfg, source=path, need_datasets=need_datasets, overridden=overridden)
     if need_datasets:
         try:
@@ -422,13 +422,19 @@ def use_cpu_without_cuda(cfg: CfgNode) -> bool:
 
 
 def check_process_count(
-    cfg: CfgNode, num_processes: int, processes_per_machine: int, how: str, training: bool = True
+    cfg: CfgNode,
+    num_processes: int,
+    processes_per_machine: int,
+    how: str,
+    training: bool = True,
+    on_this_machine: bool = True,
 ) -> None:
     """
     Raise :class:`ConfigError` before any worker starts when ``num_processes`` (``how``: the
     options or launcher that asked for them) cannot run ``cfg``: SOLVER.IMS_PER_BATCH must split
     into equal batches of at least one image (training), and on CUDA each of the
-    ``processes_per_machine`` needs a GPU of its own (on CPU, gloo processes share the cores).
+    ``processes_per_machine`` needs a GPU of its own (on CPU, gloo processes share the cores);
+    the GPUs are counted only ``on_this_machine`` (not for a job submitted to other machines).
     """
     total = cfg.SOLVER.IMS_PER_BATCH
     if training and total % num_processes:  # (also when fewer images than processes)
@@ -437,7 +443,7 @@ def check_process_count(
             f"{num_processes} processes of {how}: set SOLVER.IMS_PER_BATCH to a multiple of "
             f"{num_processes} (each process loads IMS_PER_BATCH / processes images)"
         )
-    if cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available():
+    if on_this_machine and cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.is_available():
         gpus = torch.cuda.device_count()
         if processes_per_machine > gpus:
             raise ConfigError(
@@ -599,25 +605,34 @@ VALUE_RANGES = (
 )
 
 
-def check_value_ranges(cfg: CfgNode, source: str = "the config") -> None:
+def check_value_ranges(
+    cfg: CfgNode, source: str = "the config", overridden: Iterable[str] = ()
+) -> None:
     """
     Raise :class:`ConfigError` listing every numeric key of :data:`VALUE_RANGES` outside its
     valid range (and HIDDEN_DIM not divisible by NHEADS), before any work starts.
+    ``overridden``: the keys the command-line overrides set (their values are blamed on them).
     """
     problems = []
     for key, low, high in VALUE_RANGES:
         value = _get(cfg, key)
         if value < low or (high is not None and value > high):
             valid = f">= {low}" if high is None else f"in [{low}, {high}]"
-            problems.append(f"  {key} is {value!r}; it must be {valid}")
+            problems.append(([key], f"  {key} is {value!r}; it must be {valid}"))
     heads, dim = cfg.MODEL.MASK_FORMER.NHEADS, cfg.MODEL.MASK_FORMER.HIDDEN_DIM
     if heads >= 1 and dim % heads:
         problems.append(
-            f"  MODEL.MASK_FORMER.HIDDEN_DIM {dim} must be divisible by MODEL.MASK_FORMER.NHEADS "
-            f"{heads}"
+            (
+                ["MODEL.MASK_FORMER.HIDDEN_DIM", "MODEL.MASK_FORMER.NHEADS"],
+                f"  MODEL.MASK_FORMER.HIDDEN_DIM {dim} must be divisible by "
+                f"MODEL.MASK_FORMER.NHEADS {heads}",
+            )
         )
     if problems:
-        raise ConfigError(f"{source} has values out of range:\n" + "\n".join(problems))
+        source = _source(source, overridden, [key for keys, _ in problems for key in keys])
+        raise ConfigError(
+            f"Values out of range in {source}:\n" + "\n".join(problem for _, problem in problems)
+        )
 
 
 def _get(cfg: CfgNode, full_key: str):
