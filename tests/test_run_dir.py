@@ -212,3 +212,29 @@ def test_every_worker_stops_when_the_main_process_cannot_claim(tmp_path, train_n
     assert result.returncode != 0
     assert f"the main process cannot use OUTPUT_DIR: {out} holds an earlier run's" in result.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_of_an_extended_run_falls_back_to_its_newest_checkpoint_not_the_first_final(
+    tmp_path, caplog
+):
+    """A run extended by a larger SOLVER.MAX_ITER has a model_final.pth from before the extension
+    and newer numbered checkpoints; model_final.pth is the newest only where none came after it."""
+    saved = {}
+    for name, iteration in (("model_0000003", 3), ("model_final", 5), ("model_0000007", 7)):
+        saved[name] = small_model(seed=iteration)
+        MaskFormerCheckpointer(saved[name], str(tmp_path), save_to_disk=True).save(
+            name, iteration=iteration
+        )
+    os.utime(tmp_path / "model_final.pth", (1_000_000, 1_000_000))  # written before the others
+    os.utime(tmp_path / "model_0000003.pth", (900_000, 900_000))
+    (tmp_path / "last_checkpoint").write_bytes(b"")
+    model = small_model(seed=100)
+    with caplog.at_level("WARNING"):
+        extra = MaskFormerCheckpointer(model, str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 7 and torch.equal(
+        model[0].weight, saved["model_0000007"][0].weight
+    )
+
+    (tmp_path / "model_0000007.pth").write_bytes(b"PK\x03\x04 truncated")  # then the final one
+    extra = MaskFormerCheckpointer(small_model(), str(tmp_path)).resume_or_load("", resume=True)
+    assert extra["iteration"] == 5

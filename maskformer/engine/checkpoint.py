@@ -194,13 +194,24 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         return path, None
 
     def _saved_checkpoints(self) -> List[str]:
-        """This folder's ``model_*.pth``, newest (final, then highest iteration) first."""
+        """
+        This folder's ``model_*.pth``, newest first: highest iteration first, and ``model_final``
+        before those not written after it (a run extended by a larger SOLVER.MAX_ITER writes
+        numbered checkpoints after its first final one).
+        """
         if not self.save_dir or not self.path_manager.isdir(self.save_dir):
             return []
-        found = [
-            (float("inf") if m.group(1) == "final" else int(m.group(1)), name)
-            for name in self.path_manager.ls(self.save_dir)
-            for m in [_CHECKPOINT_NAME.fullmatch(name)]
-            if m
-        ]
-        return [os.path.join(self.save_dir, name) for _, name in sorted(found, reverse=True)]
+        numbered, final = [], None
+        for name in self.path_manager.ls(self.save_dir):
+            m = _CHECKPOINT_NAME.fullmatch(name)
+            if m and m.group(1) == "final":
+                final = name
+            elif m:
+                numbered.append((int(m.group(1)), name))
+        paths = [os.path.join(self.save_dir, name) for _, name in sorted(numbered, reverse=True)]
+        if final is not None:
+            final = os.path.join(self.save_dir, final)
+            final_time = os.path.getmtime(final)
+            at = next((i for i, p in enumerate(paths) if os.path.getmtime(p) <= final_time), None)
+            paths.insert(len(paths) if at is None else at, final)
+        return paths
