@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import logging
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -15,6 +16,9 @@ from .config import speed_option
 from .modeling.criterion import SetCriterion
 from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
+from .utils.cpu_bfloat16 import warn_if_bfloat16_is_emulated
+
+logger = logging.getLogger(__name__)
 
 
 @META_ARCH_REGISTRY.register()
@@ -101,6 +105,8 @@ class MaskFormer(nn.Module):
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
 
         mf = cfg.MODEL.MASK_FORMER
+        if mf.TEST.AMP and cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.DTYPE == "bfloat16":
+            warn_if_bfloat16_is_emulated(logger, "MODEL.MASK_FORMER.TEST.AMP False")
         matcher = HungarianMatcher(
             cost_class=1.0, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT
         )

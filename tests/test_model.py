@@ -263,3 +263,35 @@ def test_fused_attention_matches_exact_path():
     with torch.no_grad():
         a, b = exact(inputs)[0]["sem_seg"], fused(inputs)[0]["sem_seg"]
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("has_bfloat16", [False, True])
+def test_bfloat16_autocast_on_a_cpu_that_emulates_it_is_warned(
+    monkeypatch, maskformer_caplog, has_bfloat16
+):
+    """Without bfloat16 instructions autocast emulates it, many times slower than float32 (see
+    benchmarks/README.md): inference (TEST.AMP) and training (SOLVER.AMP) say so."""
+    from maskformer.engine.trainer import Trainer
+    from maskformer.utils import cpu_bfloat16
+
+    monkeypatch.setattr(cpu_bfloat16, "cpu_has_bfloat16", lambda: has_bfloat16)
+    cfg = tiny_cfg(
+        **{
+            "MODEL.MASK_FORMER.TEST.AMP": True,
+            "SOLVER.AMP.ENABLED": True,
+            "SOLVER.AMP.DTYPE": "bfloat16",
+        }
+    )
+    caplog = maskformer_caplog
+    with caplog.at_level("WARNING"):
+        model = build_model(cfg)
+        Trainer.build_step_loop(cfg.clone(), model, [], torch.optim.SGD(model.parameters(), 0.1))
+    # (a record may reach caplog twice: through the "maskformer" logger and the root)
+    warned = {r.getMessage() for r in caplog.records if "no bfloat16 instructions" in r.message}
+    if has_bfloat16:
+        assert warned == set()
+    else:
+        assert {w.split("(")[-1] for w in warned} == {
+            "MODEL.MASK_FORMER.TEST.AMP False).",
+            "SOLVER.AMP.ENABLED False).",
+        }

@@ -28,6 +28,7 @@ from ..evaluation import accepts_semantic_labels, build_evaluator
 from ..maskformer_model import MaskFormer
 from ..solver import build_optimizer, set_schedule_iteration
 from ..test_time_augmentation import SemanticSegmentorWithTTA
+from ..utils.cpu_bfloat16 import warn_if_bfloat16_is_emulated
 from .checkpoint import MaskFormerCheckpointer
 from .config_loading import ConfigError
 from .preemption import StopOnSignal
@@ -119,11 +120,7 @@ class Trainer(DefaultTrainer):
                 f"SOLVER.AMP.DTYPE {cfg.SOLVER.AMP.DTYPE} is not supported on CPU: "
                 "training with bfloat16 autocast instead."
             )
-        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-            logger.warning(
-                "This CPU has no bfloat16 instructions (AVX512-BF16 or AMX): bfloat16 autocast "
-                "will be slower than float32 (SOLVER.AMP.ENABLED False)."
-            )
+        warn_if_bfloat16_is_emulated(logger, "SOLVER.AMP.ENABLED False")
         return CPUAutocastTrainer(model, data_loader, optimizer, precision=torch.bfloat16)
 
     @classmethod
