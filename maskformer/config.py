@@ -21,6 +21,10 @@ def add_maskformer_config(cfg):
     # the image as displayed or as stored? "refuse" (refused where its size cannot tell),
     # "annotations_displayed" or "annotations_stored"; see maskformer.data.reading.EXIF_ORIENTATIONS
     cfg.INPUT.EXIF_ORIENTATION = "refuse"
+    # Images (and annotation files) with more pixels are refused before they are decoded, naming
+    # the file and this key: PIL's decompression-bomb limit by default; 0 reads any size (a
+    # 30000x30000 mosaic, with MODEL.MASK_FORMER.TEST.SLIDING_WINDOW to keep inference bounded).
+    cfg.INPUT.MAX_IMAGE_PIXELS = 89478485
 
     # solver
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
@@ -82,6 +86,15 @@ def add_maskformer_config(cfg):
     # release. That includes FUSED_ATTENTION and CHANNELS_LAST, so also in training. The opt-in
     # options (TEST.AMP, COMPILE, SOLVER.AMP) are left as set.
     cfg.MODEL.MASK_FORMER.TEST.EXACT = False
+    # Sliding-window inference (large images): windows of SIZE x SIZE pixels of the test-resized
+    # image (0: the training crop INPUT.CROP.SIZE), STRIDE apart (0: two thirds of SIZE), run
+    # BATCH_SIZE at a time; their outputs are combined into the whole image's results without
+    # holding the (K, H, W) scores of the whole image (maskformer/modeling/sliding_window.py).
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW = CN()
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED = False
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE = 0
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE = 0
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.BATCH_SIZE = 4
 
     # pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

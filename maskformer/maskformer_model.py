@@ -16,6 +16,7 @@ from .config import speed_option
 from .modeling.criterion import SetCriterion
 from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
+from .modeling.sliding_window import SlidingWindow, sliding_window_inference
 from .utils.cpu_bfloat16 import warn_if_bfloat16_is_emulated
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class MaskFormer(nn.Module):
         inference_amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
         torch_compile: bool = False,
+        sliding_window: Optional[SlidingWindow] = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -91,6 +93,7 @@ class MaskFormer(nn.Module):
             resize_by_matmul=bool(resize_by_matmul),
         )
         self.inference_amp_dtype = inference_amp_dtype
+        self.sliding_window = sliding_window
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -149,6 +152,7 @@ class MaskFormer(nn.Module):
             "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
             "channels_last": speed_option(cfg, "MODEL.CHANNELS_LAST"),
             "torch_compile": cfg.MODEL.COMPILE,
+            "sliding_window": SlidingWindow.from_config(cfg),
         }
 
     @property
@@ -167,7 +171,22 @@ class MaskFormer(nn.Module):
         return images
 
     def forward(self, batched_inputs: List[Dict]):
+        if self.sliding_window is not None and not self.training:
+            return [self.sliding_window_inference(x) for x in batched_inputs]
         images = self.preprocess_image(batched_inputs)
+        outputs = self.head_outputs(images.tensor)
+
+        if self.training:
+            targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
+            losses = self.criterion(outputs, targets)
+            weights = self.criterion.weight_dict
+            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+        return self.postprocess(outputs, batched_inputs, images)
+
+    def head_outputs(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Backbone and head on normalised, padded (B, 3, H, W) images: "pred_logits" (B, Q, K+1),
+        "pred_masks" (B, Q, H/4, W/4) and, in training, "aux_outputs"."""
         # Training precision is the trainer's business (its autocast around this forward); this is
         # inference's own switch. No autocast(enabled=False) otherwise: it would turn the
         # trainer's off.
@@ -178,16 +197,22 @@ class MaskFormer(nn.Module):
             else contextlib.nullcontext()
         )
         with autocast:
-            features = self.backbone(images.tensor)
-            outputs = self.sem_seg_head(features)
+            return self.sem_seg_head(self.backbone(images))
 
-        if self.training:
-            targets = self.prepare_targets([x["instances"] for x in batched_inputs], images)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+    def sliding_window_inference(self, batched_input: Dict) -> Dict:
+        """One image's results by ``sliding_window`` (``modeling.sliding_window``)."""
+        image = batched_input["image"]
+        height, width = image.shape[-2:]
+        output_size = (batched_input.get("height", height), batched_input.get("width", width))
 
-        return self.postprocess(outputs, batched_inputs, images)
+        def run_windows(crops: List[torch.Tensor]):
+            images = self.preprocess_image([{"image": crop} for crop in crops])
+            outputs = self.head_outputs(images.tensor)
+            return outputs["pred_logits"], outputs["pred_masks"], images.tensor.shape[-2:]
+
+        return sliding_window_inference(
+            image, output_size, self.sliding_window, run_windows, self.inference_settings
+        )
 
     def postprocess(
         self, outputs: Dict, batched_inputs: List[Dict], images: ImageList

@@ -32,6 +32,7 @@ from ..data.build import DATASET_MAPPER_REGISTRY, check_num_classes
 from ..data.datasets.custom import register_custom_datasets
 from ..interop.metadata_file import register_metadata_file
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
+from ..modeling.sliding_window import SlidingWindow
 from .config_expression import UnsafeExpressionError, evaluate_expression
 
 __all__ = [
@@ -602,6 +603,7 @@ VALUE_RANGES = (
     ("SOLVER.LOG_PERIOD", 1, None),
     ("DATALOADER.NUM_WORKERS", 0, None),
     ("TEST.EVAL_PERIOD", 0, None),
+    ("INPUT.MAX_IMAGE_PIXELS", 0, None),
 )
 
 
@@ -628,6 +630,13 @@ def check_value_ranges(
                 f"MODEL.MASK_FORMER.NHEADS {heads}",
             )
         )
+    if cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED:
+        try:
+            SlidingWindow.from_config(cfg)
+        except ValueError as e:
+            keys = ("ENABLED", "SIZE", "STRIDE", "BATCH_SIZE")
+            keys = [f"MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.{key}" for key in keys]
+            problems.append((keys + ["INPUT.CROP.TYPE", "INPUT.CROP.SIZE"], f"  {e}"))
     if problems:
         source = _source(source, overridden, [key for keys, _ in problems for key in keys])
         raise ConfigError(
