@@ -13,6 +13,7 @@ Examples:
   python tools/check_dataset.py --config-file my_config.yaml --opts MODEL.SEM_SEG_HEAD.NUM_CLASSES 5
   python tools/check_dataset.py --spec my_data.yaml my_data_train --json report.json
   python tools/check_dataset.py --spec my_data.yaml my_data_train --exif-orientation annotations_stored
+  python tools/check_dataset.py --spec my_data.yaml mosaics --max-image-pixels 0   # any image size
 """
 import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
 
@@ -27,7 +28,12 @@ from detectron2.utils.logger import setup_logger
 from maskformer.data import check_num_classes, register_dataset_spec
 from maskformer.data.datasets.custom import register_custom_datasets
 from maskformer.data.inspection import format_report, inspect_dataset
-from maskformer.data.reading import EXIF_ORIENTATIONS, check_exif_orientation
+from maskformer.data.reading import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    EXIF_ORIENTATIONS,
+    check_exif_orientation,
+    check_max_image_pixels,
+)
 from maskformer.engine.cli import exit_on_user_error
 from maskformer.engine.config_loading import ConfigError, load_config
 from maskformer.utils.file_io import atomic_open
@@ -56,6 +62,13 @@ def get_parser():
         help="INPUT.EXIF_ORIENTATION: on which pixels the annotations of images with an EXIF "
         "orientation were drawn (default: the config's, else refuse)",
     )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        help="INPUT.MAX_IMAGE_PIXELS: files with more pixels are refused before they are decoded; "
+        f"0: no limit (default: the config's, else {DEFAULT_MAX_IMAGE_PIXELS}, PIL's "
+        "decompression-bomb limit)",
+    )
     parser.add_argument("--json", help="also write the reports to this JSON file")
     parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
@@ -72,6 +85,7 @@ def main(argv=None) -> int:
 
 def check(args) -> int:
     exif_orientation = args.exif_orientation or "refuse"
+    max_pixels = DEFAULT_MAX_IMAGE_PIXELS
     names = list(args.names)
     errors = []
     for spec in args.spec:
@@ -81,6 +95,7 @@ def check(args) -> int:
         register_custom_datasets(cfg)
         names = names or list(dict.fromkeys(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)))
         exif_orientation = args.exif_orientation or cfg.INPUT.EXIF_ORIENTATION
+        max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS  # its range checked by load_config
         try:
             check_exif_orientation(exif_orientation)
         except ValueError as e:
@@ -89,11 +104,16 @@ def check(args) -> int:
             check_num_classes(cfg)
         except ValueError as e:
             errors.append(str(e))
+    if args.max_image_pixels is not None:
+        try:
+            max_pixels = check_max_image_pixels(args.max_image_pixels)
+        except ValueError as e:
+            raise ConfigError(f"--max-image-pixels: {e}") from e
     if not names:
         raise SystemExit("check_dataset.py: name a dataset, or give --config-file")
     for e in errors:
         print(f"ERROR: {e}", end="\n\n")
-    reports = [inspect_dataset(name, exif_orientation) for name in names]
+    reports = [inspect_dataset(name, exif_orientation, max_pixels) for name in names]
     for report in reports:
         print(format_report(report), end="\n\n")
         errors += report["errors"]

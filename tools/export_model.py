@@ -159,7 +159,7 @@ def resized_images(
     resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     images = []
     for path in paths:
-        image = read_image(path, format=cfg.INPUT.FORMAT)
+        image = read_image(path, cfg.INPUT.FORMAT, max_pixels=cfg.INPUT.MAX_IMAGE_PIXELS)
         image = resize.get_transform(image).apply_image(image)
         images.append(torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))))
     return images

@@ -15,6 +15,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .dataset_mappers.utils import read_sample_image
 from .reading import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     BadSampleError,
     check_exif_orientation,
     check_same_size,
@@ -32,9 +33,9 @@ logger = logging.getLogger(__name__)
 _BACKGROUND_NAMES = {"background", "bg", "unlabeled", "unlabelled", "void", "other", "ignore"}
 
 
-def _sem_seg_classes(dataset_dict, ignore_label):
+def _sem_seg_classes(dataset_dict, ignore_label, max_pixels):
     """(H, W) class ids of the dict's label map, and its stored values (before any offset)."""
-    stored = read_label_map(dataset_dict["sem_seg_file_name"])
+    stored = read_label_map(dataset_dict["sem_seg_file_name"], max_pixels)
     classes = to_class_ids(
         stored,
         ignore_label,
@@ -44,23 +45,27 @@ def _sem_seg_classes(dataset_dict, ignore_label):
     return classes, stored
 
 
-def _panoptic_classes(dataset_dict, num_classes, ignore_label):
+def _panoptic_classes(dataset_dict, num_classes, ignore_label, max_pixels):
     """(H, W) class ids of the dict's panoptic PNG (crowd and unlabeled pixels ignored)."""
     pan_file = dataset_dict["pan_seg_file_name"]
     segments = dataset_dict["segments_info"]
-    index = panoptic_segment_index(pan_file, read_panoptic_ids(pan_file), segments, num_classes)
+    segment_ids = read_panoptic_ids(pan_file, max_pixels)
+    index = panoptic_segment_index(pan_file, segment_ids, segments, num_classes)
     to_class = np.array(
         [ignore_label] + [ignore_label if s.get("iscrowd") else s["category_id"] for s in segments]
     )
     return to_class[index]
 
 
-def inspect_dataset(name: str, exif_orientation: str = "refuse") -> Dict:
+def inspect_dataset(
+    name: str, exif_orientation: str = "refuse", max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> Dict:
     """
     Read every sample of the registered dataset ``name`` (semantic: "sem_seg_file_name";
     panoptic: "pan_seg_file_name" + "segments_info") and collect the report. ``exif_orientation``
     (``INPUT.EXIF_ORIENTATION``) pairs images that carry an EXIF orientation with their
-    annotations, as in training.
+    annotations, and files above ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``) are refused, as in
+    training.
 
     Returns:
         dict: "dataset", "num_images", "num_classes", "class_names", "ignore_label",
@@ -88,11 +93,11 @@ def inspect_dataset(name: str, exif_orientation: str = "refuse") -> Dict:
         panoptic = "pan_seg_file_name" in d
         label_file = d["pan_seg_file_name"] if panoptic else d["sem_seg_file_name"]
         try:
-            image = read_sample_image(d, "RGB", [label_file], exif_orientation)
+            image = read_sample_image(d, "RGB", [label_file], exif_orientation, max_pixels)
             if panoptic:
-                classes = _panoptic_classes(d, num_classes, ignore_label)
+                classes = _panoptic_classes(d, num_classes, ignore_label, max_pixels)
             else:
-                classes, stored = _sem_seg_classes(d, ignore_label)
+                classes, stored = _sem_seg_classes(d, ignore_label, max_pixels)
                 stored_values.update(np.unique(stored).tolist())
             check_same_size(label_file, classes, image)
         except BadSampleError as e:

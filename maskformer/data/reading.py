@@ -5,11 +5,17 @@ model by a documented rule or is refused, never flattened or crushed in silence.
 
 Every failure is raised as a :class:`BadSampleError` naming the file and the problem, so that a
 training run can skip the sample (``DATALOADER.SKIP_BAD_SAMPLES``) or stop with a message that
-says which file to fix.
+says which file to fix. Files with more pixels than ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``)
+are refused from their header, before any pixel is decoded.
 """
 
+import contextlib
+import io
 import logging
+import numbers
+import os
 import re
+import threading
 
 import numpy as np
 from detectron2.data import detection_utils as utils
@@ -19,8 +25,11 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "BadSampleError",
+    "DEFAULT_MAX_IMAGE_PIXELS",
     "EXIF_ORIENTATIONS",
+    "ImageTooLargeError",
     "check_exif_orientation",
+    "check_max_image_pixels",
     "read_image",
     "image_to_array",
     "read_label_map",
@@ -51,8 +60,13 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 # of its 16 bits (8-, 10- or 12-bit data stored in 16 bits) and would be read nearly black
 _MIN_HIGH_BYTE = 16
 # Errors PIL raises for unreadable, truncated or undecodable files (OSError covers
-# UnidentifiedImageError and "image file is truncated").
-_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+# UnidentifiedImageError and "image file is truncated"). PIL's DecompressionBombError does not
+# occur: its check is lifted while these readers apply their own (_PILSizeCheck).
+_READ_ERRORS = (OSError, ValueError, SyntaxError)
+
+#: Default of ``INPUT.MAX_IMAGE_PIXELS`` and of the readers' ``max_pixels``: PIL's
+#: ``Image.MAX_IMAGE_PIXELS`` as PIL ships it (above it PIL warns of a decompression bomb).
+DEFAULT_MAX_IMAGE_PIXELS = 89478485
 
 
 class BadSampleError(ValueError):
@@ -73,6 +87,85 @@ def check_exif_orientation(value):
     return value
 
 
+def check_max_image_pixels(value):
+    """``value`` if it is a number of pixels >= 0 (0: no limit), else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(
+            f"INPUT.MAX_IMAGE_PIXELS must be a whole number of pixels >= 0 (0: no limit); "
+            f"got {value!r}"
+        )
+    return value
+
+
+class _PILSizeCheck:
+    """
+    Lifts PIL's own decompression-bomb check for the readers of this module, which apply their
+    ``max_pixels`` instead, without leaving PIL's global setting changed.
+
+    PIL compares image sizes with the module global ``Image.MAX_IMAGE_PIXELS`` (in ``Image.open``
+    and in some formats' frame seeking and decoding: TIFF, GIF, MPO), warning above it and raising
+    above twice it; it has no per-call limit. So :meth:`lifted` sets the global to None while a
+    reader opens a header, and while it decodes a file it allowed above PIL's limit. Concurrent
+    lifts (threads) are counted: the first saves PIL's value, the last one out puts it back. Other
+    code's PIL calls in another thread during a lift go unchecked by PIL. A child forked during a
+    lift gets PIL's value back (``os.register_at_fork``).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lifts = 0
+        self._saved = None
+
+    def limit(self):
+        """PIL's limit (``Image.MAX_IMAGE_PIXELS``) as set outside the lifts; None: none."""
+        with self._lock:
+            return self._saved if self._lifts else Image.MAX_IMAGE_PIXELS
+
+    @contextlib.contextmanager
+    def lifted(self):
+        with self._lock:
+            if not self._lifts:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None
+            self._lifts += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._lifts -= 1
+                if not self._lifts:
+                    Image.MAX_IMAGE_PIXELS = self._saved
+
+    def after_fork_in_child(self):
+        # the forking thread alone lives on: no lift is running, whatever the parent had
+        if self._lifts:
+            Image.MAX_IMAGE_PIXELS = self._saved
+        self._lock = threading.Lock()
+        self._lifts = 0
+
+
+_pil_size_check = _PILSizeCheck()
+if hasattr(os, "register_at_fork"):  # POSIX; Windows starts processes without forking
+    os.register_at_fork(after_in_child=_pil_size_check.after_fork_in_child)
+
+
+class ImageTooLargeError(BadSampleError):
+    """A file with more pixels than the reader's ``max_pixels``, refused from its header."""
+
+
+def _check_pixels(file_name, what, size, max_pixels):
+    """Refuse a file whose (width, height) from its header has more than ``max_pixels`` pixels."""
+    width, height = size
+    if max_pixels and width * height > max_pixels:
+        raise ImageTooLargeError(
+            file_name,
+            f"{what} is {width}x{height} = {width * height:,} pixels, more than the limit of "
+            f"{max_pixels:,} (INPUT.MAX_IMAGE_PIXELS; by default PIL's decompression-bomb limit): "
+            f"refused before decoding. To read it, raise INPUT.MAX_IMAGE_PIXELS to at least "
+            f"{width * height} (0: no limit)",
+        )
+
+
 def _stored_with_16_bits(image):
     """
     Whether a just-opened PIL image is stored with 16 bits per channel (PIL decodes 16-bit colour
@@ -86,19 +179,31 @@ def _stored_with_16_bits(image):
     return False
 
 
-def _open(file_name, what):
+def _open(file_name, what, max_pixels, data=None):
     """
     Decode a single-frame file fully with PIL (PIL decodes lazily, so truncation shows up only
-    here). Returns the PIL image and whether it was stored with 16 bits per channel.
+    here), after checking its size from the header against ``max_pixels`` (0: no limit).
+    Returns the PIL image and whether it was stored with 16 bits per channel.
     """
-    if not PathManager.isfile(file_name):
+    if data is None and not PathManager.isfile(file_name):
         raise BadSampleError(file_name, f"{what} file not found")
     try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            frames = getattr(image, "n_frames", 1)
-            stored_16_bit = _stored_with_16_bits(image)
-            image.load()
+        with PathManager.open(file_name, "rb") if data is None else io.BytesIO(data) as f:
+            with _pil_size_check.lifted():
+                image = Image.open(f)  # the header only: size, mode, frames' layout
+            _check_pixels(file_name, what, image.size, max_pixels)
+            pil_limit = _pil_size_check.limit()
+            above_pil_limit = pil_limit is not None and image.width * image.height > pil_limit
+            with _pil_size_check.lifted() if above_pil_limit else contextlib.nullcontext():
+                frames = getattr(image, "n_frames", 1)
+                stored_16_bit = _stored_with_16_bits(image)
+                image.load()
+    except BadSampleError:  # the size refusal (a ValueError, as some of PIL's errors)
+        raise
+    except Image.UnidentifiedImageError as e:
+        raise BadSampleError(
+            file_name, f"cannot read {what}: not an image file of a format PIL reads"
+        ) from e
     except _READ_ERRORS as e:
         raise BadSampleError(file_name, f"cannot read {what} ({type(e).__name__}: {e})") from e
     # an MPO is a camera JPEG whose first frame is the picture (the others: previews, depth maps)
@@ -130,7 +235,9 @@ def _displayed(file_name, image):
     return ImageOps.exif_transpose(image) if _orientation(file_name, image) != 1 else image
 
 
-def _applies_orientation(file_name, image, orientation, annotation_files, exif_orientation):
+def _applies_orientation(
+    file_name, image, orientation, annotation_files, exif_orientation, max_pixels
+):
     """
     Whether the EXIF orientation (not 1) of the image ``file_name`` is applied when it is read for
     ``annotation_files``: yes for an annotation that carries an orientation of its own (it is
@@ -141,7 +248,7 @@ def _applies_orientation(file_name, image, orientation, annotation_files, exif_o
     """
     applies = {}
     for annotation_file in annotation_files:
-        annotation, _ = _open(annotation_file, "annotation")
+        annotation, _ = _open(annotation_file, "annotation", max_pixels)
         if _orientation(annotation_file, annotation) != 1:
             applies[annotation_file] = True
         elif exif_orientation == "annotations_stored":
@@ -168,7 +275,14 @@ def _applies_orientation(file_name, image, orientation, annotation_files, exif_o
     return all(applies.values())
 
 
-def read_image(file_name, format, annotation_files=(), exif_orientation="refuse"):
+def read_image(
+    file_name,
+    format,
+    annotation_files=(),
+    exif_orientation="refuse",
+    max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+    data=None,
+):
     """
     Read an image as a 3-channel uint8 array in ``format`` ("RGB" or "BGR") by the rules of
     :func:`image_to_array`, with its EXIF orientation applied or not as its annotation maps need
@@ -178,14 +292,18 @@ def read_image(file_name, format, annotation_files=(), exif_orientation="refuse"
         annotation_files (list[str]): the annotation maps (label map, panoptic PNG) the image is
             read for.
         exif_orientation (str): one of :data:`EXIF_ORIENTATIONS`.
+        max_pixels (int): ``INPUT.MAX_IMAGE_PIXELS``: an image (or annotation map) with more
+            pixels is refused before it is decoded (:class:`ImageTooLargeError`); 0: no limit.
+        data (bytes or None): the file's contents where they are in memory already (an upload);
+            ``file_name`` then only names it in errors.
 
     Returns:
         np.ndarray: (H, W, 3) uint8.
     """
-    image, stored_16_bit = _open(file_name, "image")
+    image, stored_16_bit = _open(file_name, "image", max_pixels, data)
     orientation = _orientation(file_name, image)
     if orientation != 1 and _applies_orientation(
-        file_name, image, orientation, annotation_files, exif_orientation
+        file_name, image, orientation, annotation_files, exif_orientation, max_pixels
     ):
         image = ImageOps.exif_transpose(image)
     return _to_array(file_name, image, stored_16_bit, format)
@@ -232,19 +350,20 @@ def _to_array(file_name, image, stored_16_bit, format):
     return np.ascontiguousarray(array)
 
 
-def read_label_map(file_name):
+def read_label_map(file_name, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """
     Read a single-channel label map: 8-bit ("L"), 16-bit ("I;16") or 32-bit ("I") grayscale PNG or
     TIFF, or a palette PNG, whose palette indices are the labels (its transparency is ignored).
     The stored values are returned as they are, no colour conversion; a label map that carries an
     EXIF orientation is read as displayed (see :data:`EXIF_ORIENTATIONS`). Refused: anything else
     (RGB, RGBA, gray + alpha, 1-bit, float, several frames: a colour or a float is not a class id),
-    and a palette of grays that differ from their indices (see :func:`_check_gray_palette`).
+    and a palette of grays that differ from their indices (see :func:`_check_gray_palette`), and
+    a map of more than ``max_pixels`` pixels (0: no limit), before it is decoded.
 
     Returns:
         np.ndarray: (H, W) integer array with the stored values (uint8, uint16 or int32).
     """
-    image, _ = _open(file_name, "label map")
+    image, _ = _open(file_name, "label map", max_pixels)
     image = _displayed(file_name, image)
     label = np.asarray(image)
     if label.ndim != 2 or label.dtype.kind not in "ui":
@@ -287,7 +406,14 @@ def _check_gray_palette(file_name, image, label):
         )
 
 
-def read_sem_seg_label(file_name, num_classes, ignore_label, offset=0, stored_ignore=None):
+def read_sem_seg_label(
+    file_name,
+    num_classes,
+    ignore_label,
+    offset=0,
+    stored_ignore=None,
+    max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+):
     """
     Read a semantic label map (:func:`read_label_map`) as class ids and check its values.
 
@@ -297,11 +423,13 @@ def read_sem_seg_label(file_name, num_classes, ignore_label, offset=0, stored_ig
         offset (int): a stored value v other than ``stored_ignore`` is class v - offset (1 for
             label maps whose classes are stored as 1..K).
         stored_ignore (int or None): the stored value of unlabeled pixels (default ``ignore_label``).
+        max_pixels (int): see :func:`read_label_map`.
 
     Returns:
         np.ndarray: (H, W) integers in [0, num_classes) or ``ignore_label``.
     """
-    label = to_class_ids(read_label_map(file_name), ignore_label, offset, stored_ignore)
+    label = read_label_map(file_name, max_pixels)
+    label = to_class_ids(label, ignore_label, offset, stored_ignore)
     check_label_values(file_name, label, num_classes, ignore_label)
     return label
 
@@ -320,16 +448,17 @@ def to_class_ids(label, ignore_label, offset=0, stored_ignore=None):
     return label
 
 
-def read_panoptic_ids(file_name):
+def read_panoptic_ids(file_name, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """
     Read a COCO-format panoptic PNG (segment id = R + 256 * G + 256^2 * B of 8-bit channels), read
     as displayed when it carries an EXIF orientation. An alpha channel is dropped where it is
-    opaque or hides id 0 only; a hidden segment id, 16-bit channels and other modes are refused.
+    opaque or hides id 0 only; a hidden segment id, 16-bit channels and other modes are refused,
+    and so is a PNG of more than ``max_pixels`` pixels (0: no limit), before it is decoded.
 
     Returns:
         np.ndarray: (H, W) int64 segment ids, 0 for unlabeled pixels.
     """
-    image, stored_16_bit = _open(file_name, "panoptic PNG")
+    image, stored_16_bit = _open(file_name, "panoptic PNG", max_pixels)
     image = _displayed(file_name, image)
     if stored_16_bit:
         raise BadSampleError(file_name, "panoptic PNG must have 8-bit channels, got 16-bit")

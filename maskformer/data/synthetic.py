@@ -29,6 +29,8 @@ __all__ = [
     "SYNTHETIC_DIRNAME",
     "generate_image",
     "ensure_synthetic_dataset",
+    "generate_once",
+    "imwrite",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,9 +112,13 @@ def _thing_mask(class_id, shape, rng):
     return mask
 
 
-def generate_image(seed):
+def generate_image(seed, shape=None):
     """
     Generate one sample.
+
+    Args:
+        shape (tuple or None): (H, W) of the sample; None: drawn from the seed, 128-160 a side.
+            The rest of the sample depends only on the seed and the shape.
 
     Returns:
         image (np.ndarray): (H, W, 3) uint8 RGB.
@@ -121,7 +127,8 @@ def generate_image(seed):
             bbox), each with at least one pixel.
     """
     rng = np.random.RandomState(seed)
-    shape = tuple(rng.randint(128, 161, 2))
+    drawn = tuple(rng.randint(128, 161, 2))  # drawn anyway: the same stream for a given shape
+    shape = drawn if shape is None else tuple(shape)
     stuff = _stuff_layout(shape, rng)
     image = np.zeros(shape + (3,), np.float32)
     segment_ids = np.zeros(shape, np.int64)
@@ -165,7 +172,7 @@ def generate_image(seed):
     return image, segment_ids, segments
 
 
-def _imwrite(path, image, params=()):
+def imwrite(path, image, params=()):
     """cv2.imwrite that raises instead of returning False. ``image`` is BGR or one channel."""
     if not cv2.imwrite(path, image, list(params)):
         raise OSError(f"could not write {path}")
@@ -183,13 +190,13 @@ def _write_split(root, split, num_images):
         image, segment_ids, segments = generate_image(_SPLIT_SEEDS[split] + i)
         stem = f"{i:06d}"
         jpg, png = stem + ".jpg", stem + ".png"
-        _imwrite(
+        imwrite(
             os.path.join(root, "images", split, jpg),
             image[:, :, ::-1],
             [cv2.IMWRITE_JPEG_QUALITY, 95],
         )
-        _imwrite(os.path.join(root, "sem_seg", split, png), to_class[segment_ids // 1000])
-        _imwrite(os.path.join(root, "panoptic", split, png), id2rgb(segment_ids)[:, :, ::-1])
+        imwrite(os.path.join(root, "sem_seg", split, png), to_class[segment_ids // 1000])
+        imwrite(os.path.join(root, "panoptic", split, png), id2rgb(segment_ids)[:, :, ::-1])
         h, w = segment_ids.shape
         images.append({"id": i, "file_name": jpg, "height": h, "width": w})
         annotations.append({"image_id": i, "file_name": png, "segments_info": segments})
@@ -207,29 +214,31 @@ def _read_stamp(path):
         return None
 
 
-def ensure_synthetic_dataset(root, num_train=300, num_val=50):
+def generate_once(root, dirname, stamp, write, what):
     """
-    Generate the dataset into ``root/maskformer_synthetic`` unless a copy with the same stamp
-    (version and sizes) is there. Generation goes to a temporary folder renamed into place, so
-    an interrupted run never leaves a partial dataset; of concurrent runs the first rename wins.
+    Generate a dataset into ``root/dirname`` with ``write(folder)`` unless a copy with the same
+    ``stamp`` (a string: generator version and sizes) is there. Generation goes to a temporary
+    folder renamed into place, so an interrupted run never leaves a partial dataset; of concurrent
+    runs the first rename wins.
+
+    Args:
+        what (str): the dataset, for the log.
 
     Returns:
         str: the dataset folder.
     """
-    target = os.path.join(root, SYNTHETIC_DIRNAME)
-    stamp = json.dumps({"version": _VERSION, "train": num_train, "val": num_val})
+    target = os.path.join(root, dirname)
     if _read_stamp(target) == stamp:
         return target
-    logger.info(f"Generating the synthetic dataset ({num_train} train, {num_val} val) in {target}")
+    logger.info(f"Generating {what} in {target}")
     os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{SYNTHETIC_DIRNAME}.", dir=root)
+    tmp = tempfile.mkdtemp(prefix=f".{dirname}.", dir=root)
     try:
-        _write_split(tmp, "train", num_train)
-        _write_split(tmp, "val", num_val)
+        write(tmp)
         with open(os.path.join(tmp, "VERSION"), "w") as f:
             f.write(stamp)
         if os.path.exists(target):  # stale: move it aside, then drop it
-            stale = tempfile.mkdtemp(prefix=f".{SYNTHETIC_DIRNAME}.stale.", dir=root)
+            stale = tempfile.mkdtemp(prefix=f".{dirname}.stale.", dir=root)
             os.rename(target, os.path.join(stale, "old"))
             shutil.rmtree(stale, ignore_errors=True)
         os.rename(tmp, target)
@@ -239,3 +248,21 @@ def ensure_synthetic_dataset(root, num_train=300, num_val=50):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def ensure_synthetic_dataset(root, num_train=300, num_val=50):
+    """
+    Generate the dataset into ``root/maskformer_synthetic`` unless a copy with the same stamp
+    (version and sizes) is there (:func:`generate_once`).
+
+    Returns:
+        str: the dataset folder.
+    """
+
+    def write(folder):
+        _write_split(folder, "train", num_train)
+        _write_split(folder, "val", num_val)
+
+    stamp = json.dumps({"version": _VERSION, "train": num_train, "val": num_val})
+    what = f"the synthetic dataset ({num_train} train, {num_val} val)"
+    return generate_once(root, SYNTHETIC_DIRNAME, stamp, write, what)

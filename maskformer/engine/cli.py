@@ -46,8 +46,10 @@ def exit_on_user_error(debug: bool = False, log_name: str = "maskformer") -> Ite
     except USER_ERRORS as e:
         details = traceback.format_exc()
         for handler in logging.getLogger(log_name).handlers:
-            if getattr(handler, "stream", None) not in (sys.stdout, sys.stderr):
-                handler.stream.write(details)
+            stream = getattr(handler, "stream", None)
+            # log files only; a closed one: an earlier run's in this process, whose file is done
+            if stream not in (None, sys.stdout, sys.stderr) and not stream.closed:
+                stream.write(details)
                 handler.flush()
         if debug:
             sys.stderr.write(details)

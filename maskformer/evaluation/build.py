@@ -13,7 +13,7 @@ from detectron2.evaluation import (
 
 from ..data.build import check_num_classes
 from ..data.datasets.custom import register_custom_datasets
-from ..data.reading import read_sem_seg_label
+from ..data.reading import DEFAULT_MAX_IMAGE_PIXELS, read_sem_seg_label
 from .fast_panoptic import FastCOCOPanopticEvaluator
 from .instance_evaluation import InstanceSegEvaluator
 from .semantic import FastSemSegEvaluator
@@ -40,11 +40,14 @@ def build_evaluator(
 
     Semantic ground truth is read by the training reader and checked (values outside the classes
     raise, naming the file). With ``DATALOADER.SKIP_BAD_SAMPLES`` images the evaluation loader
-    skipped are left out of panoptic quality too. With ``semantic_only`` (test-time augmentation, which predicts "sem_seg" only) just the
-    semantic evaluator is built. Files go to ``output_folder`` (default OUTPUT_DIR/inference).
+    skipped are left out of panoptic quality too. Ground truth read through the training reader is
+    refused above ``INPUT.MAX_IMAGE_PIXELS``, as the images are. With ``semantic_only`` (test-time
+    augmentation, which predicts "sem_seg" only) just the semantic evaluator is built. Files go to
+    ``output_folder`` (default OUTPUT_DIR/inference).
     """
     register_custom_datasets(cfg)
     check_num_classes(cfg)
+    max_pixels = cfg.INPUT.MAX_IMAGE_PIXELS
     output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
     meta = MetadataCatalog.get(dataset_name)
     evaluator_type = meta.get("evaluator_type", None)
@@ -71,7 +74,7 @@ def build_evaluator(
                 dataset_name,
                 distributed=True,
                 output_dir=output_folder,
-                sem_seg_loading_fn=semantic_label_reader(dataset_name),
+                sem_seg_loading_fn=semantic_label_reader(dataset_name, max_pixels),
             )
         )
     if evaluator_type in PANOPTIC_TYPES and not semantic_only:
@@ -87,7 +90,9 @@ def build_evaluator(
             )
         )
         if test.INSTANCE_ON:
-            evaluators.append(InstanceSegEvaluator(dataset_name, output_folder))
+            evaluators.append(
+                InstanceSegEvaluator(dataset_name, output_folder, max_pixels=max_pixels)
+            )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)
 
 
@@ -102,12 +107,13 @@ def accepts_semantic_labels(evaluator: DatasetEvaluator) -> bool:
     return all(isinstance(member, ours) for member in members)
 
 
-def semantic_label_reader(dataset_name):
+def semantic_label_reader(dataset_name, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """
     The semantic evaluator's ``sem_seg_loading_fn`` for ``dataset_name``: the training reader
     (:func:`~maskformer.data.reading.read_sem_seg_label`) with the metadata's classes, ignore value
     and stored offset, so a label value outside the classes is an error naming the file instead of
-    a count in another class's row.
+    a count in another class's row; label maps above ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``)
+    are refused before they are decoded.
     """
     meta = MetadataCatalog.get(dataset_name)
     return functools.partial(
@@ -116,6 +122,7 @@ def semantic_label_reader(dataset_name):
         ignore_label=meta.ignore_label,
         offset=meta.get("sem_seg_offset", 0),
         stored_ignore=meta.get("sem_seg_stored_ignore", None),
+        max_pixels=max_pixels,
     )
 
 

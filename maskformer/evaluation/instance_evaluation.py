@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 
 from ..data.datasets.utils import read_panoptic_json
-from ..data.reading import read_panoptic_ids
+from ..data.reading import DEFAULT_MAX_IMAGE_PIXELS, read_panoptic_ids
 from ..utils.file_io import atomic_open
 
 __all__ = ["InstanceSegEvaluator", "evaluate_coco_results", "panoptic_to_coco_instances"]
@@ -32,10 +32,13 @@ __all__ = ["InstanceSegEvaluator", "evaluate_coco_results", "panoptic_to_coco_in
 logger = logging.getLogger(__name__)
 
 
-def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
+def panoptic_to_coco_instances(
+    panoptic_json: str, panoptic_root: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> dict:
     """
     COCO instance-segmentation ground truth (RLE masks) made of the thing segments of a
     COCO-format panoptic annotation file and its PNG folder. Crowd segments keep ``iscrowd``.
+    PNGs above ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``; 0: no limit) are refused.
     """
     panoptic = read_panoptic_json(panoptic_json)
     things = [c for c in panoptic["categories"] if c.get("isthing")]
@@ -45,7 +48,7 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_root: str) -> dict:
         segments = [s for s in ann["segments_info"] if s["category_id"] in thing_ids]
         if not segments:
             continue
-        ids = read_panoptic_ids(os.path.join(panoptic_root, ann["file_name"]))
+        ids = read_panoptic_ids(os.path.join(panoptic_root, ann["file_name"]), max_pixels)
         for seg in segments:
             mask = ids == seg["id"]
             if not mask.any():
@@ -94,11 +97,20 @@ class InstanceSegEvaluator(COCOEvaluator):
     not be 0..T-1 (ADE20K panoptic) and predictions of stuff classes are dropped.
 
     Ground truth is the dataset's ``json_file`` metadata when present (COCO: the instances json);
-    otherwise it is built from ``panoptic_json``/``panoptic_root`` into ``output_dir``.
-    Must be constructed on every rank (it synchronizes).
+    otherwise it is built from ``panoptic_json``/``panoptic_root`` into ``output_dir``, refusing
+    PNGs above ``max_pixels`` (``INPUT.MAX_IMAGE_PIXELS``). Must be constructed on every rank (it
+    synchronizes).
     """
 
-    def __init__(self, dataset_name: str, output_dir: str, *, distributed: bool = True, **kwargs):
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str,
+        *,
+        distributed: bool = True,
+        max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        **kwargs,
+    ):
         meta = MetadataCatalog.get(dataset_name)
         if not hasattr(meta, "json_file"):
             gt_path = os.path.join(output_dir, f"{dataset_name}_instances_from_panoptic.json")
@@ -108,7 +120,10 @@ class InstanceSegEvaluator(COCOEvaluator):
                 )
                 PathManager.mkdirs(output_dir)
                 with atomic_open(gt_path, "w") as f:
-                    json.dump(panoptic_to_coco_instances(meta.panoptic_json, meta.panoptic_root), f)
+                    instances = panoptic_to_coco_instances(
+                        meta.panoptic_json, meta.panoptic_root, max_pixels
+                    )
+                    json.dump(instances, f)
             comm.synchronize()
             meta.json_file = (
                 gt_path  # what COCOEvaluator reads; it caches its own conversions the same way

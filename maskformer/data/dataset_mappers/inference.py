@@ -7,7 +7,9 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..reading import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     check_exif_orientation,
+    check_max_image_pixels,
     check_same_size,
     panoptic_segment_index,
     read_panoptic_ids,
@@ -37,7 +39,14 @@ class MaskFormerInferenceDatasetMapper:
 
     @configurable
     def __init__(
-        self, *, augmentations, image_format, num_classes, ignore_label, exif_orientation="refuse"
+        self,
+        *,
+        augmentations,
+        image_format,
+        num_classes,
+        ignore_label,
+        exif_orientation="refuse",
+        max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
     ):
         """
         Args:
@@ -47,12 +56,15 @@ class MaskFormerInferenceDatasetMapper:
             ignore_label (int): the ignore value of semantic ground truth.
             exif_orientation (str): ``INPUT.EXIF_ORIENTATION``, see
                 :data:`~maskformer.data.reading.EXIF_ORIENTATIONS`.
+            max_pixels (int): ``INPUT.MAX_IMAGE_PIXELS``: the image and its ground truth are
+                refused above it before they are decoded; 0: no limit.
         """
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.num_classes = num_classes
         self.ignore_label = ignore_label
         self.exif_orientation = check_exif_orientation(exif_orientation)
+        self.max_pixels = check_max_image_pixels(max_pixels)
 
     @classmethod
     def from_config(cls, cfg):
@@ -62,16 +74,19 @@ class MaskFormerInferenceDatasetMapper:
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "exif_orientation": cfg.INPUT.EXIF_ORIENTATION,
+            "max_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
         }
 
     def check_ground_truth(self, dataset_dict, image):
         """Raise BadSampleError if the dict's annotation files do not fit ``image`` (H, W, 3)."""
         if "sem_seg_file_name" in dataset_dict:
-            label = read_sample_label(dataset_dict, self.num_classes, self.ignore_label)
+            label = read_sample_label(
+                dataset_dict, self.num_classes, self.ignore_label, self.max_pixels
+            )
             check_same_size(dataset_dict["sem_seg_file_name"], label, image)
         if "pan_seg_file_name" in dataset_dict:
             pan_file = dataset_dict["pan_seg_file_name"]
-            segment_ids = read_panoptic_ids(pan_file)
+            segment_ids = read_panoptic_ids(pan_file, self.max_pixels)
             check_same_size(pan_file, segment_ids, image)
             panoptic_segment_index(
                 pan_file, segment_ids, dataset_dict.get("segments_info", []), self.num_classes
@@ -85,7 +100,7 @@ class MaskFormerInferenceDatasetMapper:
         """
         ground_truth = [dataset_dict[k] for k in _GROUND_TRUTH_KEYS if k in dataset_dict]
         image = read_sample_image(
-            dataset_dict, self.image_format, ground_truth, self.exif_orientation
+            dataset_dict, self.image_format, ground_truth, self.exif_orientation, self.max_pixels
         )
         self.check_ground_truth(dataset_dict, image)
         out = dict(dataset_dict)

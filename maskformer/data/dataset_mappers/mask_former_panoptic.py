@@ -41,10 +41,10 @@ class MaskFormerPanopticDatasetMapper(MaskFormerSemanticDatasetMapper):
         """
         pan_file = dataset_dict["pan_seg_file_name"]
         image = read_sample_image(
-            dataset_dict, self.image_format, [pan_file], self.exif_orientation
+            dataset_dict, self.image_format, [pan_file], self.exif_orientation, self.max_pixels
         )
         original_size = image.shape[:2]
-        segment_ids = read_panoptic_ids(pan_file)
+        segment_ids = read_panoptic_ids(pan_file, self.max_pixels)
         check_same_size(pan_file, segment_ids, image)
         segments_info = dataset_dict["segments_info"]
         index = panoptic_segment_index(pan_file, segment_ids, segments_info, self.num_classes)

@@ -5,7 +5,12 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from ..build import register_dataset_mapper
-from ..reading import check_exif_orientation, check_same_size
+from ..reading import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    check_exif_orientation,
+    check_max_image_pixels,
+    check_same_size,
+)
 from .utils import (
     build_maskformer_augmentations,
     mapper_output,
@@ -39,6 +44,7 @@ class MaskFormerSemanticDatasetMapper:
         ignore_label,
         size_divisibility,
         exif_orientation="refuse",
+        max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
     ):
         """
         Args:
@@ -50,6 +56,8 @@ class MaskFormerSemanticDatasetMapper:
             size_divisibility (int): pad height and width to a multiple of it (<= 0: no padding).
             exif_orientation (str): ``INPUT.EXIF_ORIENTATION``, see
                 :data:`~maskformer.data.reading.EXIF_ORIENTATIONS`.
+            max_pixels (int): ``INPUT.MAX_IMAGE_PIXELS``: files with more pixels are refused
+                before they are decoded; 0: no limit.
         """
         if not is_train:
             raise ValueError(f"{type(self).__name__} is for training only")
@@ -59,6 +67,7 @@ class MaskFormerSemanticDatasetMapper:
         self.ignore_label = ignore_label
         self.size_divisibility = size_divisibility
         self.exif_orientation = check_exif_orientation(exif_orientation)
+        self.max_pixels = check_max_image_pixels(max_pixels)
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
@@ -70,6 +79,7 @@ class MaskFormerSemanticDatasetMapper:
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
             "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
             "exif_orientation": cfg.INPUT.EXIF_ORIENTATION,
+            "max_pixels": cfg.INPUT.MAX_IMAGE_PIXELS,
         }
 
     def __call__(self, dataset_dict):
@@ -82,10 +92,12 @@ class MaskFormerSemanticDatasetMapper:
         """
         label_file = dataset_dict["sem_seg_file_name"]
         image = read_sample_image(
-            dataset_dict, self.image_format, [label_file], self.exif_orientation
+            dataset_dict, self.image_format, [label_file], self.exif_orientation, self.max_pixels
         )
         original_size = image.shape[:2]
-        label = read_sample_label(dataset_dict, self.num_classes, self.ignore_label)
+        label = read_sample_label(
+            dataset_dict, self.num_classes, self.ignore_label, self.max_pixels
+        )
         check_same_size(label_file, label, image)
 
         aug_input = T.AugInput(image, sem_seg=transformable(label))

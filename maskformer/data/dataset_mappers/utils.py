@@ -5,7 +5,7 @@ import torch
 from detectron2.data import transforms as T
 from detectron2.structures import Instances
 
-from ..reading import BadSampleError, read_image, read_sem_seg_label
+from ..reading import DEFAULT_MAX_IMAGE_PIXELS, BadSampleError, read_image, read_sem_seg_label
 from ..transforms import ColorAugSSD
 
 __all__ = [
@@ -56,14 +56,21 @@ def build_maskformer_augmentations(cfg):
     return augs + build_flip(cfg)
 
 
-def read_sample_image(dataset_dict, image_format, annotation_files, exif_orientation):
+def read_sample_image(
+    dataset_dict,
+    image_format,
+    annotation_files,
+    exif_orientation,
+    max_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+):
     """
     Read ``dataset_dict["file_name"]`` as (H, W, 3) uint8 in ``image_format`` for its
     ``annotation_files`` (:func:`read_image`: whether its EXIF orientation is applied depends on
-    them and on ``exif_orientation``) and check it against the dict's "height"/"width" when given.
+    them and on ``exif_orientation``; refused above ``max_pixels``) and check it against the
+    dict's "height"/"width" when given.
     """
     file_name = dataset_dict["file_name"]
-    image = read_image(file_name, image_format, annotation_files, exif_orientation)
+    image = read_image(file_name, image_format, annotation_files, exif_orientation, max_pixels)
     expected = (dataset_dict.get("height"), dataset_dict.get("width"))
     if expected != (None, None) and expected != image.shape[:2]:
         raise BadSampleError(
@@ -74,12 +81,13 @@ def read_sample_image(dataset_dict, image_format, annotation_files, exif_orienta
     return image
 
 
-def read_sample_label(dataset_dict, num_classes, ignore_label):
+def read_sample_label(dataset_dict, num_classes, ignore_label, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """
     ``dataset_dict["sem_seg_file_name"]`` as (H, W) class ids in [0, num_classes) or
-    ``ignore_label`` (:func:`read_sem_seg_label`). Datasets whose files store the classes with an
-    offset or another ignore value say so in the dict ("sem_seg_offset", "sem_seg_stored_ignore",
-    see :func:`maskformer.data.datasets.custom.register_folder_sem_seg`).
+    ``ignore_label`` (:func:`read_sem_seg_label`; refused above ``max_pixels``). Datasets whose
+    files store the classes with an offset or another ignore value say so in the dict
+    ("sem_seg_offset", "sem_seg_stored_ignore", see
+    :func:`maskformer.data.datasets.custom.register_folder_sem_seg`).
     """
     return read_sem_seg_label(
         dataset_dict["sem_seg_file_name"],
@@ -87,6 +95,7 @@ def read_sample_label(dataset_dict, num_classes, ignore_label):
         ignore_label,
         offset=dataset_dict.get("sem_seg_offset", 0),
         stored_ignore=dataset_dict.get("sem_seg_stored_ignore"),
+        max_pixels=max_pixels,
     )
 
 
