@@ -10,8 +10,8 @@ Images get the test-time resize of the config (INPUT.MIN_SIZE_TEST / MAX_SIZE_TE
 each image's own size. numpy arrays are (H, W, 3) uint8 in BGR order by default, as ``cv2.imread``
 gives them (detectron2's convention); pass ``format="RGB"`` for arrays from PIL, skimage or
 matplotlib. (H, W) grayscale arrays are accepted. PIL images are converted from their own mode.
-Images of one batch are padded to a common size, as in detectron2's batched inference; results can
-then differ slightly from those of one image at a time.
+Each image gets the result it gets alone, in any batch: a batch is padded to its largest image, and
+that padding changes the other images' results, so only images of one padded size are batched.
 """
 
 import contextlib
@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 # weights file names Predictor.from_folder looks for, in this order
 FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl", "model_final.safetensors")
+# batches of a list that Predictor reads ahead, among which it groups images of one padded size
+READ_AHEAD_BATCHES = 4
 
 
 def plural(count: int, noun: str) -> str:
@@ -115,6 +117,10 @@ class Predictor:
     DATASETS.TRAIN[0]; generic names "class 0", ... with a warning when neither has any),
     ``class_names``, ``input_format`` (the model's channel order), ``tasks`` (the outputs the model
     produces: "sem_seg", "panoptic_seg", "instances").
+
+    Batches hold images of one padded size only (the test-time resized size rounded up to the
+    model's size divisibility, as one image alone is padded), so that each image's result is the
+    one it gets alone; ``batch_size`` (images per forward pass) changes the speed alone.
     """
 
     def __init__(
@@ -198,17 +204,22 @@ class Predictor:
     ) -> Union[Prediction, List[Prediction]]:
         """
         One image (path, array, PIL image) -> its Prediction; a list -> a list in the same order.
-        ``format``: channel order of numpy (H, W, 3) arrays, "BGR" or "RGB". ``scores``: also
-        return the per-class scores. Raises ValueError naming a file that cannot be read.
+        Images with equal padded sizes among ``READ_AHEAD_BATCHES`` batches of the list run
+        together, ``batch_size`` (default: the constructor's) at a time. ``format``: channel order of numpy
+        (H, W, 3) arrays, "BGR" or "RGB". ``scores``: also return the per-class scores. Raises
+        ValueError naming a file that cannot be read.
         """
         if isinstance(images, (str, os.PathLike, np.ndarray, Image.Image)):
             return self([images], batch_size, scores, format)[0]
         batch_size = batch_size or self.batch_size
         images = list(images)
+        # READ_AHEAD_BATCHES batches of images are read and resized at a time, to group them
+        step = batch_size * READ_AHEAD_BATCHES
         results = []
-        for start in range(0, len(images), batch_size):
-            batch = [self.load_image(x, format) for x in images[start : start + batch_size]]
-            results += self.predict(batch, scores)
+        for start in range(0, len(images), step):
+            chunk = images[start : start + step]
+            inputs = [self._model_input(self.load_image(x, format)) for x in chunk]
+            results += self._run(inputs, batch_size, scores)
         return results
 
     def load_image(self, image: ImageInput, format: str = "BGR") -> np.ndarray:
@@ -216,7 +227,9 @@ class Predictor:
         if format not in ("BGR", "RGB"):
             raise ValueError(f"format must be 'BGR' or 'RGB', got {format!r}")
         if isinstance(image, (str, os.PathLike)):
-            return read_image(os.fspath(image), self.input_format)  # errors name the file
+            # errors name the file
+            max_pixels = self.cfg.INPUT.MAX_IMAGE_PIXELS
+            return read_image(os.fspath(image), self.input_format, max_pixels=max_pixels)
         if isinstance(image, Image.Image):  # a file's rules: EXIF orientation, modes, bit depth
             return image_to_array(image, self.input_format)
         if not isinstance(image, np.ndarray):
@@ -234,18 +247,55 @@ class Predictor:
         return np.ascontiguousarray(image if format == self.input_format else image[:, :, ::-1])
 
     def predict(self, images: List[np.ndarray], scores: bool = False) -> List[Prediction]:
-        """One batch of (H, W, 3) uint8 arrays in ``input_format`` (as ``load_image`` gives)."""
-        inputs = []
-        for image in images:
-            resized = self.resize.get_transform(image).apply_image(image)
-            tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-            inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
+        """
+        (H, W, 3) uint8 arrays in ``input_format`` (as ``load_image`` gives) -> their Predictions
+        in the same order, each the one it gets alone: one forward pass per padded size.
+        """
+        inputs = [self._model_input(image) for image in images]
+        return self._run(inputs, max(len(inputs), 1), scores)
+
+    def _padded(self, height: int, width: int) -> Tuple[int, int]:
+        """
+        The size a resized (height, width) image is padded to when run alone, as detectron2's
+        ImageList.from_tensors pads it, in the eager model and in the exported model's runtime.
+        """
+        divisor = max(int(self.model.size_divisibility), 1)
+        return -(-height // divisor) * divisor, -(-width // divisor) * divisor
+
+    def _model_input(self, image: np.ndarray) -> Dict:
+        """
+        The model's input of one image: {"image": (3, h, w) uint8 tensor, resized (the model
+        normalises it to float32: the same values as a float32 copy, without holding one),
+        "height" and "width": the image's own size, the size of its results}.
+        """
+        resized = self.resize.get_transform(image).apply_image(image)
+        tensor = torch.from_numpy(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        return {"image": tensor, "height": image.shape[0], "width": image.shape[1]}
+
+    def _run(self, inputs: List[Dict], batch_size: int, scores: bool) -> List[Prediction]:
+        """
+        ``_model_input``s -> their Predictions in order, batching only inputs of one padded size,
+        up to ``batch_size`` of them: a batch is padded to its largest image, and that padding
+        enters the other images' results (through the convolutions at their borders and the
+        transformer's attention, which sees every position). Sliding-window inference runs each
+        image on its own: the grouping changes nothing there. Empties ``inputs`` as it goes.
+        """
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(self._padded(*x["image"].shape[-2:]), []).append(i)
+        results: List[Optional[Prediction]] = [None] * len(inputs)
         # without the per-class scores where they are not asked for (the labels are their argmax)
         labels_only = not scores and isinstance(self.model, MaskFormer)
         with torch.no_grad():
             with self.model.semantic_labels_only() if labels_only else contextlib.nullcontext():
-                outputs = self.model(inputs)
-        return [self.to_prediction(output, scores) for output in outputs]
+                for indices in groups.values():
+                    for start in range(0, len(indices), batch_size):
+                        batch = indices[start : start + batch_size]
+                        outputs = self.model([inputs[i] for i in batch])
+                        for i, output in zip(batch, outputs):
+                            results[i] = self.to_prediction(output, scores)
+                            inputs[i] = None  # its resized image is no longer needed
+        return results
 
     def to_prediction(self, output: Dict, scores: bool = False) -> Prediction:
         """The model's output dict of one image (``MaskFormer.forward``) -> a Prediction."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from detectron2.structures import BitMasks, Instances
 
-from .kernels.bilinear_by_matmul import matmul_resize_pays, resize_by_matmul
+from .kernels.bilinear_by_matmul import interpolation_matrix, matmul_resize_pays, resize_by_matmul
 from .kernels.first_axis_argmax import first_axis_argmax
 from .kernels.semantic_at_mask_resolution import (
     fast_path_applies,
@@ -122,8 +122,14 @@ def image_inference(
             else:
                 masks = upsample_to_padded(mask_pred, padded_size, by_matmul)
                 scores = semantic_inference(mask_cls, masks)
-            sem_seg = crop_and_resize(scores, image_size, output_size)
-        if settings.semantic_labels_only:
+            if settings.semantic_labels_only and _too_large(scores.shape[0], output_size):
+                sem_seg = None
+                labels = labels_of_resized(scores[:, : image_size[0], : image_size[1]], output_size)
+            else:
+                sem_seg = crop_and_resize(scores, image_size, output_size)
+        if sem_seg is None:
+            result = {"sem_seg_labels": labels}
+        elif settings.semantic_labels_only:
             result = {"sem_seg_labels": first_axis_argmax(sem_seg)}
         else:
             result = {"sem_seg": sem_seg}
@@ -189,6 +195,38 @@ def crop_and_resize(
     return F.interpolate(
         _batch_of_one(cropped), size=tuple(output_size), mode="bilinear", align_corners=False
     )[0]
+
+
+# (K, height, width) float32 scores above this many bytes are never built where only their argmax is
+# wanted: a 8192 x 8192 output of 150 classes would take 40 GB
+LABELS_IN_BANDS_ABOVE = 2**30
+
+
+def _too_large(num_maps: int, output_size: Tuple[int, int]) -> bool:
+    return 4 * num_maps * output_size[0] * output_size[1] > LABELS_IN_BANDS_ABOVE
+
+
+def labels_of_resized(scores: torch.Tensor, output_size: Tuple[int, int]) -> torch.Tensor:
+    """
+    ``first_axis_argmax(crop_and_resize(scores, ...))`` of (K, h, w) scores without the (K, height,
+    width) result: band by band of output rows, each band's rows mixed by the rows of the
+    interpolation matrix (the same weights as interpolate's, up to float rounding), its columns
+    resized by interpolate.
+    """
+    (height, width), num_classes = output_size, scores.shape[0]
+    along_height = torch.tensor(
+        interpolation_matrix(scores.shape[-2], height), dtype=scores.dtype, device=scores.device
+    )
+    labels = torch.empty((height, width), dtype=torch.int64, device=scores.device)
+    band = max(1, LABELS_IN_BANDS_ABOVE // (16 * 4 * num_classes * width))
+    for start in range(0, height, band):
+        weights = along_height[start : start + band]
+        used = weights.any(0).nonzero()[:, 0]  # the source rows of this band: a narrow range
+        first, last = int(used[0]), int(used[-1]) + 1
+        rows = torch.einsum("ir,krw->kiw", weights[:, first:last], scores[:, first:last])
+        rows = F.interpolate(rows[None], size=(len(weights), width), mode="bilinear")[0]
+        labels[start : start + band] = first_axis_argmax(rows)
+    return labels
 
 
 def masks_to_output_size(
