@@ -6,9 +6,13 @@ GPU figures in one short run (about 5 minutes on one H100/H200-class GPU):
   autocast (default settings: channels-last, fused attention, ...), plus MODEL.MASK_FORMER.TEST.EXACT
   (channels-first, unfused: the published order) and torch.compile rows (bfloat16, batch 8);
 - a training step at batch 8 (512x512 crops) with its peak memory, float32 and bfloat16 autocast;
-- a check that the CUDA path gives the CPU path's outputs within tolerance (float32, TF32 off).
+- a check that the CUDA path gives the CPU path's outputs within tolerance (float32, TF32 off);
+- bulk prediction: ``tools/predict.py`` on 256 generated 512x512 JPEG images (R50, random weights)
+  at batch 1 and 8 with 4 decoding workers: images/s (decoding, model, writing the files), the
+  command's wall time and the peak host memory (see ``benchmarks.bulk_prediction``).
 
     python -m benchmarks.gpu                  # everything, stops adding rows past --budget seconds
+    python -m benchmarks.gpu --sections bulk  # one section (inference, training, bulk) or several
     python -m benchmarks.gpu --device cpu --quick   # a smoke run of the same code on CPU
 
 End-to-end times: preprocessing, backbone, head and post-processing (semantic output), as
@@ -17,6 +21,8 @@ End-to-end times: preprocessing, backbone, head and post-processing (semantic ou
 
 import argparse
 import contextlib
+import os
+import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -26,6 +32,7 @@ from detectron2.modeling import build_model
 
 from maskformer import add_maskformer_config
 
+from .bulk_prediction import run_tool, tool_args, write_images
 from .common import REPO_ROOT, random_image, random_instances
 
 MODELS = {
@@ -131,6 +138,25 @@ def check_against_cpu(device: str) -> str:
     return f"{'OK' if ok else 'MISMATCH'}: max relative error {error:.2e}, argmax agreement {agreement:.5f}"
 
 
+def bulk_prediction_rows(device: str, quick: bool, over_budget: Callable[[], bool]) -> None:
+    """tools/predict.py on generated images, R50 random weights, one process on ``device``."""
+    count, size, batches = (8, 128, [2]) if quick else (256, 512, [1, 8])
+    workers = 1 if quick else 4
+    with tempfile.TemporaryDirectory() as folder:
+        images = os.path.join(folder, "images")
+        os.mkdir(images)
+        write_images(images, count, (size, size))
+        for batch_size in batches:
+            label = f"tools/predict.py R50 {count} x {size}x{size} batch {batch_size}"
+            if over_budget():
+                print(f"| {label} | skipped: past --budget |")
+                continue
+            output = os.path.join(folder, f"out{batch_size}")
+            args = tool_args(MODELS["R50"], images, output, batch_size, workers)
+            row = run_tool(args + ["--opts", "MODEL.DEVICE", device], torch.get_num_threads())
+            print_row(label, {k: row[k] for k in ("images_per_second", "command s", "peak RSS MB")})
+
+
 def print_row(label: str, values: Dict) -> None:
     figures = ", ".join(f"{k} {v:.2f}" for k, v in values.items())
     print(f"| {label} | {figures} |", flush=True)
@@ -141,9 +167,10 @@ def main(args) -> None:
     device = args.device
     if device.startswith("cuda"):
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    print(
-        f"CUDA path vs CPU path (R50, float32): {check_against_cpu(device) if device != 'cpu' else 'n/a on cpu'}"
-    )
+    if "inference" in args.sections:
+        print(
+            f"CUDA path vs CPU path (R50, float32): {check_against_cpu(device) if device != 'cpu' else 'n/a on cpu'}"
+        )
 
     models = ["R50"] if args.quick else list(MODELS)
     sizes = [128] if args.quick else [512, 640]
@@ -159,37 +186,40 @@ def main(args) -> None:
     def over_budget() -> bool:
         return time.perf_counter() - start > args.budget
 
-    print("\n## Inference (end to end, semantic output)")
-    for name in models:
-        for dtype, overrides in variants:
-            if over_budget():
-                print(f"| {name} {dtype} {overrides} | skipped: past --budget {args.budget} s |")
-                continue
-            model = build(name, device, overrides).eval()
-            extra = " ".join(k.split(".")[-1].lower() for k in overrides)
-            for size in sizes:
-                for batch_size in batches if not overrides else batches[-1:]:
-                    row = inference_row(
-                        model, device, size, batch_size, DTYPES[dtype], warmup, repeats
+    if "inference" in args.sections:
+        print("\n## Inference (end to end, semantic output)")
+        for name in models:
+            for dtype, overrides in variants:
+                if over_budget():
+                    print(
+                        f"| {name} {dtype} {overrides} | skipped: past --budget {args.budget} s |"
                     )
-                    print_row(
-                        f"{name} {size}x{size} batch {batch_size} {dtype} {extra}".strip(), row
-                    )
-            del model
+                    continue
+                model = build(name, device, overrides).eval()
+                extra = " ".join(k.split(".")[-1].lower() for k in overrides)
+                for size in sizes:
+                    for batch_size in batches if not overrides else batches[-1:]:
+                        row = inference_row(
+                            model, device, size, batch_size, DTYPES[dtype], warmup, repeats
+                        )
+                        print_row(
+                            f"{name} {size}x{size} batch {batch_size} {dtype} {extra}".strip(), row
+                        )
+                del model
 
-    print(
-        "\n## Training step (batch {}, {}x{} crops, AdamW)".format(
-            2 if args.quick else 8, sizes[0], sizes[0]
-        )
-    )
-    for dtype in dtypes if args.quick else ["float32", "bfloat16"]:
-        if over_budget():
-            print(f"| R50 training {dtype} | skipped: past --budget {args.budget} s |")
-            continue
-        row = training_row(
-            "R50", device, DTYPES[dtype], 2 if args.quick else 8, sizes[0], warmup, repeats
-        )
-        print_row(f"R50 training {dtype}", row)
+    if "training" in args.sections:
+        batch_size, crop = 2 if args.quick else 8, sizes[0]
+        print(f"\n## Training step (batch {batch_size}, {crop}x{crop} crops, AdamW)")
+        for dtype in dtypes if args.quick else ["float32", "bfloat16"]:
+            if over_budget():
+                print(f"| R50 training {dtype} | skipped: past --budget {args.budget} s |")
+                continue
+            row = training_row("R50", device, DTYPES[dtype], batch_size, crop, warmup, repeats)
+            print_row(f"R50 training {dtype}", row)
+
+    if "bulk" in args.sections:
+        print("\n## Bulk prediction (tools/predict.py: decoding, model, files written)")
+        bulk_prediction_rows(device, args.quick, over_budget)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
 
 
@@ -199,5 +229,11 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run on CPU")
     parser.add_argument(
         "--budget", type=float, default=270, help="seconds after which rows are skipped"
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["inference", "training", "bulk"],
+        default=["inference", "training", "bulk"],
     )
     main(parser.parse_args())

@@ -17,9 +17,11 @@ an ImageNet backbone without the head), are refused; --random-weights runs an un
 
 --output is a file for one input image (when it has an extension) and a folder otherwise; drawn
 images keep their input's name and size. --save-masks DIR writes label PNGs, panoptic PNGs + JSON
-and instance JSON (see save_masks.py) instead of or beside the drawings. Without either, results
+and instance JSON (maskformer/prediction_files.py, with one record per image in DIR/records/)
+instead of or beside the drawings. Without either, results
 are shown in a window. --exported runs a model written by tools/export_model.py; its config
-(resize, device) is the one saved at export time unless --config-file is given.
+(resize, device) is the one saved at export time unless --config-file is given. --batch-size N
+runs up to N images of one padded size together: each image's result is the one it gets alone.
 
 A dataset without class names is drawn with "class 0", "class 1", ...; --confidence-threshold is
 refused for a semantic-only model. An unreadable input is reported and the others still run (exit
@@ -51,22 +53,26 @@ import tqdm  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from predictor import VisualizationDemo, build_predictor  # noqa: E402
-from save_masks import MaskWriter  # noqa: E402
 from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
 
 from maskformer import add_maskformer_config  # noqa: E402
+from maskformer.bulk_prediction import IMAGE_EXTENSIONS  # noqa: E402
 from maskformer.data.reading import read_image  # noqa: E402
 from maskformer.engine.checkpoint import CheckpointError  # noqa: E402
 from maskformer.engine.cli import USER_ERROR_EXIT_CODE  # noqa: E402
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda  # noqa: E402
 from maskformer.export import load_export_metadata  # noqa: E402
-from maskformer.predictor import load_inference_config, plural  # noqa: E402
+from maskformer.prediction_files import MaskWriter  # noqa: E402
+from maskformer.predictor import (  # noqa: E402
+    READ_AHEAD_BATCHES,
+    load_inference_config,
+    plural,
+)
 from maskformer.utils.file_io import atomic_open, atomic_path  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
 
 WINDOW_NAME = "MaskFormer"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".mov": "mp4v"}
 
 
@@ -251,23 +257,25 @@ def run_on_images(
         if shown(path) != path:
             logger.warning(f"{shown(path)}: the file name is not valid UTF-8 (shown with escapes)")
     failed = 0
+    read_ahead = batch_size * READ_AHEAD_BATCHES if batch_size > 1 else 1
+    max_pixels = demo.predictor.cfg.INPUT.MAX_IMAGE_PIXELS
     bar = tqdm.tqdm(total=len(inputs), unit="image", disable=not (output or save_masks))
     with logging_redirect_tqdm(loggers=console_loggers()), bar:
-        for start in range(0, len(inputs), batch_size):
-            batch = []
-            for i in range(start, min(start + batch_size, len(inputs))):
+        for start in range(0, len(inputs), read_ahead):
+            window = []
+            for i in range(start, min(start + read_ahead, len(inputs))):
                 try:
-                    batch.append((i, read_image(inputs[i], format="BGR")))
+                    window.append((i, read_image(inputs[i], "BGR", max_pixels=max_pixels)))
                 except ValueError as e:  # BadSampleError: names the file and the problem
                     logger.error(shown(str(e)))
                     failed += 1
                     bar.update()
-            if not batch:
+            if not window:
                 continue
             begin = time.perf_counter()
-            predictions = demo.predictor([image for _, image in batch], format="BGR")
-            seconds = (time.perf_counter() - begin) / len(batch)
-            for (i, image), prediction in zip(batch, predictions):
+            predictions = demo.predictor([image for _, image in window], format="BGR")
+            seconds = (time.perf_counter() - begin) / len(window)
+            for (i, image), prediction in zip(window, predictions):
                 logger.info(f"{shown(inputs[i])}: {demo.describe(prediction)} in {seconds:.2f}s")
                 try:
                     if masks is not None:

@@ -1,6 +1,7 @@
 """
-demo.py --save-masks: the label PNGs, panoptic PNGs + COCO-panoptic JSON and COCO instance JSON read
-back with PIL, panopticapi and pycocotools equal the Predictor's results for the same batches.
+demo.py --save-masks (maskformer.prediction_files): the label PNGs, panoptic PNGs + COCO-panoptic
+JSON and COCO instance JSON read back with PIL, panopticapi and pycocotools equal the Predictor's
+results; the JSON files merged from the per-image records are json.dump's layout.
 """
 
 import json
@@ -17,6 +18,7 @@ from pycocotools.coco import COCO
 
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
+from maskformer.prediction_files import MaskWriter
 from maskformer.predictor import Prediction, Predictor
 from tests.test_export import block_images, build_spread_model, load_script
 from tests.test_predictor import CONFIGS, tiny_opts
@@ -51,7 +53,18 @@ def test_saved_files_read_back_as_the_results(demo, panoptic_run, tmp_path):
     assert demo.main(args + ["--batch-size", "2"]) == 0
     paths = [str(images / f"img{i}.png") for i in range(3)]
     results = Predictor(config_file)(paths, batch_size=2)  # the same batches: [0, 1], [2]
-    assert sorted(os.listdir(out)) == ["instances.json", "panoptic", "panoptic.json", "sem_seg"]
+    assert sorted(os.listdir(out)) == [
+        "instances.json",
+        "panoptic",
+        "panoptic.json",
+        "records",
+        "sem_seg",
+    ]
+    assert sorted(os.listdir(out / "records")) == ["img0.json", "img1.json", "img2.json"]
+    # streamed, yet written as json.dump writes the whole content
+    for name in ("panoptic.json", "instances.json"):
+        text = (out / name).read_text()
+        assert text == json.dumps(json.loads(text))
 
     dataset_id = {c: c + 1 for c in range(6)}  # the synthetic categories' ids are 1..6
     with open(out / "panoptic.json") as f:
@@ -99,15 +112,16 @@ def test_saved_files_read_back_as_the_results(demo, panoptic_run, tmp_path):
 
 
 def test_many_classes_give_16_bit_label_pngs(tmp_path):
-    save_masks = load_script("demo/save_masks.py")
     names = [f"c{i}" for i in range(300)]
     predictor = types.SimpleNamespace(
         tasks=("sem_seg",), class_names=names, metadata=Metadata(name="many", stuff_classes=names)
     )
     labels = (np.arange(20 * 30).reshape(20, 30) % 300).astype(np.int32)
-    writer = save_masks.MaskWriter(str(tmp_path), predictor)
+    writer = MaskWriter(str(tmp_path), predictor)
     writer.add("many", "many.jpg", Prediction(sem_seg=labels))
     assert writer.close() == []  # no panoptic or instance output: no JSON
+    record = json.loads((tmp_path / "records" / "many.json").read_text())
+    assert record == {"file_name": "many.jpg", "height": 20, "width": 30}
     saved = cv2.imread(str(tmp_path / "sem_seg" / "many.png"), cv2.IMREAD_UNCHANGED)
     assert saved.dtype == np.uint16
     np.testing.assert_array_equal(saved, labels)
