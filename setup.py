@@ -31,5 +31,9 @@ setup(
     extras_require={
         "export": ["onnx>=1.15", "onnxruntime>=1.17", "onnxscript>=0.1"],
         "slurm": ["submitit>=1.5"],
+        # tools/serve.py (maskformer.serving); the tested pins are in requirements-serve.txt
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.18"],
     },
+    # the service's page
+    package_data={"maskformer.serving": ["static/*.html"]},
 )

@@ -25,6 +25,13 @@ PY="$VENV/bin/python"
     regex==2026.11.19 httpx2==2.16.2 httpcore2==2.16.2 anyio==4.16.0 h11==0.16.0 idna==3.20 \
     truststore==0.10.5 2>&1 | grep -v "^WARNING: Location" || true
 "$PY" -c "from transformers import MaskFormerForInstanceSegmentation"
+# The serve extra's pinned packages (tools/serve.py), --no-deps for the same reason; and, for the
+# test of the service's page only, selenium with what its import needs (it drives Debian's
+# chromium, which .ci/run installs; it never downloads a browser or driver).
+"$PY" -m pip install -q --no-deps -r requirements-serve.txt 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -m pip install -q --no-deps selenium==4.50.0 urllib3==2.8.0 certifi==2026.10.19.post1 \
+    websocket-client==1.9.2 2>&1 | grep -v "^WARNING: Location" || true
+"$PY" -c "import fastapi, uvicorn, python_multipart, selenium.webdriver"
 
 if ! "$PY" -c "import detectron2" >/dev/null 2>&1; then
   # The wheel is tagged for Python 3.10 but its Python code runs on 3.11; its compiled _C is never loaded.
