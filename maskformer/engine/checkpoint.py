@@ -146,8 +146,8 @@ class MaskFormerCheckpointer(DetectionCheckpointer):
         if problems:
             raise CheckpointMismatchError(
                 f"{self._loading} does not fit the model ({len(problems)} parameters); its "
-                f"weights would be left random:\n" + "\n".join(problems) + "\nUse the config the "
-                f"checkpoint was trained with (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES)."
+                "weights would be left random:\n" + "\n".join(problems) + "\nUse the config the "
+                "checkpoint was trained with (e.g. MODEL.SEM_SEG_HEAD.NUM_CLASSES)."
             )
         return incompatible
 
