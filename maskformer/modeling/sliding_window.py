@@ -30,7 +30,7 @@ outputs. With one window covering the image, the results are whole-image inferen
 
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
