@@ -35,6 +35,7 @@ from .engine.checkpoint import MaskFormerCheckpointer
 from .engine.config_loading import ConfigError, load_config, use_cpu_without_cuda
 from .maskformer_model import MaskFormer
 from .modeling.inference import semantic_labels_of
+from .modeling.sliding_window import SlidingWindow
 
 __all__ = [
     "InstancePredictions",
@@ -169,7 +170,9 @@ class Predictor:
         """A model file of ``tools/export_model.py``; ``cfg`` gives the resize and the device."""
         from .export import ExportedMaskFormer  # onnxruntime and the exporters only when asked for
 
-        model = ExportedMaskFormer(model_file, cfg.MODEL.DEVICE, object_mask_threshold)
+        model = ExportedMaskFormer(
+            model_file, cfg.MODEL.DEVICE, object_mask_threshold, SlidingWindow.from_config(cfg)
+        )
         self = cls.__new__(cls)
         # the export's class names, where it has them, say how many classes it predicts
         num_classes = len(getattr(model.metadata, "stuff_classes", None) or []) or None

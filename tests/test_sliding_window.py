@@ -250,3 +250,19 @@ def test_bad_window_settings_are_one_line_errors_at_load():
     opts += ["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE", "200"]
     with pytest.raises(ConfigError, match=r"(?s)overrides.*\(200, 200\) pixels apart"):
         load_config("configs/synthetic/maskformer_R18_sem_seg.yaml", opts, need_datasets=False)
+
+
+def test_exported_model_slides_as_the_eager_model(tmp_path):
+    from maskformer.export import ExportedMaskFormer, export_model
+
+    cfg = tiny_cfg(panoptic=True)
+    model = build_spread_model(cfg, seed=0)
+    model_file = export_model(cfg, model, "torchscript", tmp_path, (64, 64))
+    window = SlidingWindow((64, 64), (40, 40), 2)
+    exported = ExportedMaskFormer(model_file, "cpu", sliding_window=window)
+    image = block_images(0, sizes=((90, 120),))[0]
+    batch = [{"image": image, "height": 90, "width": 120}]
+    model.sliding_window = window
+    with torch.no_grad():
+        eager, graph = model(batch)[0], exported(batch)[0]
+    torch.testing.assert_close(graph["sem_seg"], eager["sem_seg"], rtol=0, atol=1e-4)

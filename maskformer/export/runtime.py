@@ -3,12 +3,13 @@
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.data.catalog import Metadata
 from detectron2.structures import ImageList
 
+from ..modeling.sliding_window import SlidingWindow, sliding_window_inference
 from .metadata import load_export_metadata
 from .postprocess import InferenceSettings, postprocess
 
@@ -64,11 +65,19 @@ class ExportedMaskFormer:
       -> per image {"sem_seg": (K, height, width), ...} exactly as ``MaskFormer.forward`` returns.
 
     ``graph(images)`` gives the raw (pred_logits, pred_masks) of a normalised, padded batch.
-    ``object_mask_threshold`` replaces the exported model's panoptic score threshold.
+    ``object_mask_threshold`` replaces the exported model's panoptic score threshold;
+    ``sliding_window`` (``SlidingWindow.from_config``) runs each image by sliding windows, as the
+    eager model does.
     ``metadata`` holds the class names and colours of the model's dataset.
     """
 
-    def __init__(self, model_file, device="cpu", object_mask_threshold: float = None):
+    def __init__(
+        self,
+        model_file,
+        device="cpu",
+        object_mask_threshold: float = None,
+        sliding_window: Optional[SlidingWindow] = None,
+    ):
         model_file = str(model_file)
         info = load_export_metadata(model_file)
         self.info = info
@@ -91,6 +100,7 @@ class ExportedMaskFormer:
                 settings, object_mask_threshold=float(object_mask_threshold)
             )
         self.settings = settings
+        self.sliding_window = sliding_window
         self.input_format = info["input"]["image_format"]
         self.size_divisibility = info["input"]["size_divisibility"]
         self.pixel_mean = torch.tensor(info["input"]["pixel_mean"], device=self.device).view(
@@ -109,6 +119,8 @@ class ExportedMaskFormer:
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def __call__(self, batched_inputs: List[Dict]) -> List[Dict]:
+        if self.sliding_window is not None:
+            return [self._sliding_window_inference(x) for x in batched_inputs]
         batch = self.preprocess(batched_inputs)
         with torch.no_grad():
             pred_logits, pred_masks = self.graph(batch.tensor)
@@ -123,4 +135,19 @@ class ExportedMaskFormer:
             batch.image_sizes,
             output_sizes,
             self.settings,
+        )
+
+    def _sliding_window_inference(self, batched_input: Dict) -> Dict:
+        image = batched_input["image"]
+        height, width = image.shape[-2:]
+        output_size = (batched_input.get("height", height), batched_input.get("width", width))
+
+        def run_windows(crops: List[torch.Tensor]):
+            batch = self.preprocess([{"image": crop} for crop in crops])
+            with torch.no_grad():
+                pred_logits, pred_masks = self.graph(batch.tensor)
+            return pred_logits, pred_masks, batch.tensor.shape[-2:]
+
+        return sliding_window_inference(
+            image, output_size, self.sliding_window, run_windows, self.settings
         )
