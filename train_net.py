@@ -20,9 +20,9 @@ The metrics of the last evaluation are also written to OUTPUT_DIR/eval_results.j
 import os
 
 # PyTorch backs its large CPU tensors with transparent huge pages unless the environment says
-# otherwise: far fewer page faults on the activations and the (K, H, W) semantic scores (the
-# post-processing of a 512x512 ADE20K image took 72-99 instead of 121-153 ms). PyTorch reads the
-# variable at its first allocation, so before anything imports torch.
+# otherwise: far fewer page faults on the activations and the (K, H, W) semantic scores, whose
+# post-processing spends much of its time faulting pages in otherwise. PyTorch reads the variable
+# at its first allocation, so before anything imports torch.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import maskformer  # noqa: E402,F401  (first: it quiets the deprecation warnings of detectron2's imports)

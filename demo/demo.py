@@ -66,9 +66,9 @@ from maskformer.prediction_files import MaskWriter  # noqa: E402
 from maskformer.predictor import (  # noqa: E402
     READ_AHEAD_BATCHES,
     load_inference_config,
-    plural,
 )
 from maskformer.utils.file_io import atomic_open, atomic_path  # noqa: E402
+from maskformer.utils.text import plural  # noqa: E402
 
 logger = logging.getLogger("maskformer.demo")
 

@@ -13,7 +13,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
-from maskformer.predictor import Prediction, Predictor, plural
+from maskformer.predictor import Prediction, Predictor
+from maskformer.utils.text import plural
 
 # instances are drawn from this score on when no --confidence-threshold is given
 DEFAULT_INSTANCE_THRESHOLD = 0.5

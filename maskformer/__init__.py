@@ -13,8 +13,11 @@ with warnings.catch_warnings():
 from . import data  # noqa: F401,E402  (datasets and dataset mappers)
 from . import modeling  # noqa: F401,E402  (backbones, heads, pixel decoders)
 from .config import add_maskformer_config  # noqa: E402
-from .interop import hf as _hf  # noqa: F401,E402  (MODEL.WEIGHTS reads Hugging Face hub folders)
+from .engine.weights_file import register_weights_format  # noqa: E402
+from .interop.hf import HF_WEIGHTS_FORMAT  # noqa: E402
 from .maskformer_model import MaskFormer  # noqa: E402
 from .predictor import Predictor  # noqa: E402
+
+register_weights_format(HF_WEIGHTS_FORMAT)  # MODEL.WEIGHTS reads Hugging Face hub folders
 
 __all__ = ["add_maskformer_config", "MaskFormer", "Predictor"]

@@ -42,8 +42,9 @@ from .engine.cli import InputFileError
 from .engine.config_loading import ConfigError
 from .engine.run_dir import OutputDirError, claim_output_dir
 from .prediction_files import MaskWriter, output_names
-from .predictor import READ_AHEAD_BATCHES, Predictor, plural
+from .predictor import READ_AHEAD_BATCHES, Predictor
 from .utils.file_io import atomic_open
+from .utils.text import plural
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -36,6 +36,7 @@ from .engine.config_loading import ConfigError, load_config, use_cpu_without_cud
 from .maskformer_model import MaskFormer
 from .modeling.inference import semantic_labels_of
 from .modeling.sliding_window import SlidingWindow
+from .utils.text import plural
 
 __all__ = [
     "InstancePredictions",
@@ -44,7 +45,6 @@ __all__ = [
     "Segment",
     "build_inference_model",
     "load_inference_config",
-    "plural",
     "run_folder_files",
 ]
 
@@ -55,13 +55,6 @@ ImageInput = Union[str, os.PathLike, np.ndarray, Image.Image]
 FOLDER_WEIGHTS = ("model_final.pth", "model_final.pkl", "model_final.safetensors")
 # batches of a list that Predictor reads ahead, among which it groups images of one padded size
 READ_AHEAD_BATCHES = 4
-
-
-def plural(count: int, noun: str) -> str:
-    """'1 class', '2 classes', '0 segments'."""
-    if count == 1:
-        return f"1 {noun}"
-    return f"{count} {noun}es" if noun.endswith(("s", "x", "ch", "sh")) else f"{count} {noun}s"
 
 
 @dataclasses.dataclass
@@ -108,11 +101,13 @@ class Prediction:
 class Predictor:
     """
     ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1,
-    random_weights=False)``: the model of a config file (or a CfgNode) with ``opts`` overrides
-    ``[KEY, VALUE, ...]``; ``weights`` replaces MODEL.WEIGHTS (read without running pickled code;
-    weights that do not fit the model, and no weights at all, are refused: see
-    ``build_inference_model``); ``device`` replaces MODEL.DEVICE (a CUDA device falls back to CPU
-    where CUDA is missing, with a warning).
+    random_weights=False, *, exported=None, object_mask_threshold=None)``: the model of a config
+    file (or a CfgNode) with ``opts`` overrides ``[KEY, VALUE, ...]``; ``weights`` replaces
+    MODEL.WEIGHTS (read without running pickled code; weights that do not fit the model, and no
+    weights at all, are refused: see ``build_inference_model``); ``device`` replaces MODEL.DEVICE
+    (a CUDA device falls back to CPU where CUDA is missing, with a warning). ``exported``: a model
+    file of ``tools/export_model.py`` runs instead of the config's model (the config then gives
+    the resize and the device; ``object_mask_threshold`` replaces the export's panoptic one).
 
     Attributes: ``cfg`` (frozen), ``model``, ``metadata`` (class names of DATASETS.TEST[0], else
     DATASETS.TRAIN[0]; generic names "class 0", ... with a warning when neither has any),
@@ -132,7 +127,12 @@ class Predictor:
         device: Optional[str] = None,
         batch_size: int = 1,
         random_weights: bool = False,
+        *,
+        exported: Optional[str] = None,
+        object_mask_threshold: Optional[float] = None,
     ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(config_file, CfgNode):
             cfg = config_file.clone()
             cfg.defrost()
@@ -146,9 +146,35 @@ class Predictor:
         if use_cpu_without_cuda(cfg):
             logger.warning("CUDA is not available: running on CPU")
         cfg.freeze()
-        model = build_inference_model(cfg, random_weights)
-        settings = model.inference_settings
-        self._setup(cfg, model, _class_metadata(cfg), cfg.INPUT.FORMAT, settings, batch_size)
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if exported is None:
+            model = build_inference_model(cfg, random_weights)
+            metadata, self.input_format = _class_metadata(cfg), cfg.INPUT.FORMAT
+            settings = model.inference_settings
+        else:
+            from .export import ExportedMaskFormer  # onnxruntime and the exporters when asked for
+
+            model = ExportedMaskFormer(
+                exported, cfg.MODEL.DEVICE, object_mask_threshold, SlidingWindow.from_config(cfg)
+            )
+            metadata, self.input_format, settings = (
+                model.metadata,
+                model.input_format,
+                model.settings,
+            )
+            # the export's class names, where it has them, say how many classes it predicts
+            num_classes = len(getattr(metadata, "stuff_classes", None) or []) or num_classes
+        self.cfg = cfg
+        self.model = model
+        self.batch_size = batch_size
+        self.metadata = _with_class_names(metadata, num_classes)
+        self.class_names = list(self.metadata.stuff_classes[:num_classes])
+        self.tasks = ("sem_seg",)
+        self.tasks += ("panoptic_seg",) if settings.panoptic_on else ()
+        self.tasks += ("instances",) if settings.instance_on else ()
+        self.resize = T.ResizeShortestEdge(
+            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        )
 
     @classmethod
     def from_folder(cls, folder: str, opts=None, device=None, batch_size: int = 1) -> "Predictor":
@@ -168,34 +194,11 @@ class Predictor:
         batch_size: int = 1,
     ) -> "Predictor":
         """A model file of ``tools/export_model.py``; ``cfg`` gives the resize and the device."""
-        from .export import ExportedMaskFormer  # onnxruntime and the exporters only when asked for
-
-        model = ExportedMaskFormer(
-            model_file, cfg.MODEL.DEVICE, object_mask_threshold, SlidingWindow.from_config(cfg)
-        )
-        self = cls.__new__(cls)
-        # the export's class names, where it has them, say how many classes it predicts
-        num_classes = len(getattr(model.metadata, "stuff_classes", None) or []) or None
-        self._setup(
-            cfg, model, model.metadata, model.input_format, model.settings, batch_size, num_classes
-        )
-        return self
-
-    def _setup(self, cfg, model, metadata, input_format, settings, batch_size, num_classes=None):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg = cfg
-        self.model = model
-        self.input_format = input_format
-        self.batch_size = batch_size
-        num_classes = num_classes or cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-        self.metadata = _with_class_names(metadata, num_classes)
-        self.class_names = list(self.metadata.stuff_classes[:num_classes])
-        self.tasks = ("sem_seg",)
-        self.tasks += ("panoptic_seg",) if settings.panoptic_on else ()
-        self.tasks += ("instances",) if settings.instance_on else ()
-        self.resize = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
+        return cls(
+            cfg,
+            batch_size=batch_size,
+            exported=model_file,
+            object_mask_threshold=object_mask_threshold,
         )
 
     def __call__(

@@ -22,6 +22,10 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 from maskformer import add_maskformer_config
+from maskformer.data.datasets.metadata_file import (
+    register_metadata_file,
+    write_metadata_file,
+)
 from maskformer.engine.checkpoint import CheckpointError, MaskFormerCheckpointer
 from maskformer.engine.weights_file import read_weights
 from maskformer.interop.hf import (
@@ -38,10 +42,6 @@ from maskformer.interop.hf import (
     write_hf_folder,
 )
 from maskformer.interop.hf_names import HFNameError, hf_to_ours, ours_to_hf
-from maskformer.interop.metadata_file import (
-    register_metadata_file,
-    write_metadata_file,
-)
 from tests.conftest import REPO_ROOT, require_reference
 from tests.test_configs import load_config
 

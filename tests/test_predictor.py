@@ -21,7 +21,8 @@ from maskformer.engine.checkpoint import (
     UnsafeCheckpointError,
 )
 from maskformer.engine.config_loading import ConfigError, load_config
-from maskformer.predictor import Predictor, plural
+from maskformer.predictor import Predictor
+from maskformer.utils.text import plural
 from tests.test_export import block_images, build_spread_model
 
 CONFIGS = {

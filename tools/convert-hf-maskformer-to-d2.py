@@ -24,8 +24,8 @@ import sys
 import torch
 import yaml
 
+from maskformer.data.datasets.metadata_file import write_metadata_file
 from maskformer.interop.hf import cfg_from_hf_config, read_hf_folder
-from maskformer.interop.metadata_file import write_metadata_file
 from maskformer.utils.file_io import atomic_open
 
 

@@ -63,8 +63,8 @@ from maskformer.export.quantize import quantize_onnx  # noqa: E402
 from maskformer.predictor import (  # noqa: E402
     build_inference_model,
     load_inference_config,
-    plural,
 )
+from maskformer.utils.text import plural  # noqa: E402
 
 logger = logging.getLogger("maskformer.export_model")
 

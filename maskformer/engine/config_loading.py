@@ -30,7 +30,7 @@ from fvcore.common.config import BASE_KEY
 from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY, check_num_classes
 from ..data.datasets.custom import register_custom_datasets
-from ..interop.metadata_file import register_metadata_file
+from ..data.datasets.metadata_file import register_metadata_file
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 from ..modeling.sliding_window import SlidingWindow
 from .config_expression import UnsafeExpressionError, evaluate_expression

@@ -1,6 +1,6 @@
 """
 Interoperability with other MaskFormer implementations; import the modules directly (they are
 read by the config and checkpoint loaders, so this package imports nothing on its own):
-``hf`` (Hugging Face hub folders), ``hf_names`` (their parameter names), ``metadata_file``
-(class names that come with a checkpoint).
+``hf`` (Hugging Face hub folders), ``hf_names`` (their parameter names). The class names that
+come with a converted checkpoint are a dataset: ``maskformer.data.datasets.metadata_file``.
 """

@@ -5,9 +5,9 @@ and checkpoints, without importing transformers.
 
 - :func:`is_hf_checkpoint`, :func:`load_hf_state_dict`: read a hub folder (or its weights file)
   into our parameter names; safetensors through the ``safetensors`` package, ``.bin`` with
-  ``torch.load(weights_only=True)``: no pickled code runs. Importing this module registers
-  :data:`HF_WEIGHTS_FORMAT` with :func:`maskformer.engine.weights_file.register_weights_format`,
-  so ``MODEL.WEIGHTS`` takes a hub folder or its weights file.
+  ``torch.load(weights_only=True)``: no pickled code runs. :data:`HF_WEIGHTS_FORMAT`, which
+  ``import maskformer`` registers with :func:`maskformer.engine.weights_file.register_weights_format`,
+  makes ``MODEL.WEIGHTS`` take a hub folder or its weights file.
 - :func:`check_fits`: one error listing every architecture difference between a built model and
   a hub config (classes, queries, backbone sizes, window, ...).
 - :func:`cfg_from_hf_config` / :func:`hf_config_from_cfg`: the architecture keys of each side
@@ -33,7 +33,6 @@ from ..engine.weights_file import (
     WeightsFormat,
     load_safetensors,
     load_torch_checkpoint,
-    register_weights_format,
 )
 from ..utils.file_io import atomic_open, atomic_path
 from .hf_names import hf_to_ours, ours_to_hf
@@ -163,7 +162,6 @@ HF_WEIGHTS_FORMAT = WeightsFormat(
     read=lambda path: load_hf_state_dict(path)[0],
     check_fits=check_fits_checkpoint,
 )
-register_weights_format(HF_WEIGHTS_FORMAT)
 
 
 def read_hf_folder(folder: str) -> Tuple[Dict[str, torch.Tensor], dict, Optional[dict]]:

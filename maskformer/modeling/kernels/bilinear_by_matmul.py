@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 # Multiply-adds per output pixel (of the cheaper order) up to which the products beat aten's
-# upsample_bilinear2d on two CPU threads: 1.4-2.5x faster at 40-64 (20-100 masks of 32-64 px
-# upsampled 4x), even at 80, slower at 160-280 (128 px masks to 512, near-identity resizes of
-# 155 x 128 maps).
+# upsample_bilinear2d on the CPU: the 4x upsampling of 32-64 px masks is below it, that of ADE20K's
+# 128 px masks and near-identity resizes above (python -m benchmarks.inference shows both sides).
 MATMUL_PAYS_UP_TO = 64
 
 

@@ -1,9 +1,9 @@
 """
 ``torch.argmax(values, dim=0)``: the index of the largest of (N, ...) values along the first axis,
 the first one on ties, NaN counting as the largest. On the CPU torch's argmax over a leading axis
-is a scalar loop (5-13x slower than ``max``'s indices at 9-150 x 157-800 x 130-1200, channels-first);
-``max(dim=0)`` follows the same rule with a vectorised reduction, and numpy's argmax over the
-contiguous runs of pixel-major float32 values (strides (1, ..., N)) is faster still at 150 classes.
+is a scalar loop; ``max(dim=0)`` follows the same rule with a vectorised reduction, and numpy's
+argmax over the contiguous runs of pixel-major float32 values (strides (1, ..., N)) is faster
+still at many classes.
 """
 
 import torch

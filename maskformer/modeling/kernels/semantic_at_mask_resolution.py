@@ -40,10 +40,9 @@ def whole_stride(mask_size: Tuple[int, int], padded_size: Tuple[int, int]) -> Op
 
 
 # The plain marginalisation's size, Q * K * H_pad * W_pad multiply-adds, below which it is the
-# faster of the two: the bounds take a few dozen tensor operations whatever the size (about 2 ms
-# on two CPU threads). The built-in R18 (20 queries, 6 classes, 160 x 128 padded: 2.5e6)
-# post-processes an image in 4.3 ms the plain way against 6.1 ms; the published configs at their
-# test sizes are above 1e9.
+# faster of the two: the bounds take a few dozen tensor operations whatever the size, which the
+# built-in R18 (20 queries, 6 classes, 160 x 128 padded: 2.5e6) does not earn back; the published
+# configs at their test sizes are above 1e9.
 PLAIN_IS_FASTER_BELOW = 2**26
 
 

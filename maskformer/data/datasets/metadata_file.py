@@ -17,7 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.file_io import PathManager
 
-from ..utils.file_io import atomic_open
+from ...utils.file_io import atomic_open
 
 __all__ = ["register_metadata_file", "write_metadata_file"]
 
