@@ -156,11 +156,16 @@ def border_scene():
     return torch.stack([ids, ids, ids])
 
 
-def test_a_thing_across_window_borders_is_one_segment_with_exact_area(monkeypatch):
+@pytest.mark.parametrize("overlap_threshold", [0.5, 0.8])
+def test_a_thing_across_window_borders_is_one_segment_with_exact_area(
+    monkeypatch, overlap_threshold
+):
+    """With the area rule applied to each object, not to each window's query (a query of a thing
+    that two windows see owns part of its mask only: at 0.8 both copies would be dropped)."""
     monkeypatch.setattr(sw, "BAND_BYTES", 4 * 2 * NUM_CLASSES * 200 * 8)
     image = border_scene()
     run = oracle([THING, 1, STUFF])
-    config = settings(panoptic_on=True, instance_on=True)
+    config = settings(panoptic_on=True, instance_on=True, overlap_threshold=overlap_threshold)
     result = sliding_window_inference(
         image, (64, 200), SlidingWindow((64, 64), (48, 48)), run, config
     )

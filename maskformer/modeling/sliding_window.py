@@ -10,11 +10,12 @@ and the windows' outputs become the whole image's results:
   (sum_i p_i(c) * sigmoid(m_i), masks upsampled to the window as in whole-image inference) of the
   windows that contain it, then resized to the output size as whole-image inference resizes them.
 - panoptic: the kept queries of all windows compete for each pixel as one set, by
-  p_i(c_i) * sigmoid(m_i), a window's masks counting only inside the window; a query whose pixels
-  are fewer than OVERLAP_THRESHOLD of its own mask's (sigmoid >= 0.5) is dropped, as in whole-image
-  inference. Two thing queries of one class from overlapping windows are one segment where their
-  masks' IoU inside the two windows' overlap is at least ``MERGE_IOU`` (a thing crossing a window
-  border, or seen by two windows); all queries of one stuff class are one segment image-wide.
+  p_i(c_i) * sigmoid(m_i), a window's masks counting only inside the window. Two queries of one
+  class from overlapping windows are one object where their masks' IoU inside the two windows'
+  overlap is at least ``MERGE_IOU`` (a thing crossing a window border, or seen by two windows): an
+  object whose pixels are fewer than OVERLAP_THRESHOLD of its mask's (the union of its queries'
+  masks, sigmoid >= 0.5) is dropped, as whole-image inference drops a query; a thing object is one
+  segment, and all queries of one stuff class are one segment image-wide.
   Segment ids count from 1 in query order (windows row-major); ``segments_info`` areas are those
   of the final map. Decisions are taken at the test-resized scale; the segment map is brought to
   the output size by nearest-neighbour resizing.
@@ -175,13 +176,12 @@ class _OverlapStats:
             stats = [s + t for s, t in zip(self.pairs[(a, b)], stats)]
         self.pairs[(a, b)] = stats
 
-    def matches(self, a: int, b: int) -> List[Tuple[int, int]]:
-        """(i, j): candidate i of a and j of b with IoU >= MERGE_IOU inside the overlap."""
-        if (a, b) not in self.pairs:
-            return []
+    def matches(self, a: int, b: int) -> List[Tuple[int, int, int]]:
+        """(i, j, pixels of both): candidate i of a and j of b with IoU >= MERGE_IOU inside the
+        overlap."""
         area_a, area_b, inter = self.pairs[(a, b)]
         iou = inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1)
-        return [tuple(p) for p in (iou >= MERGE_IOU).nonzero().tolist()]
+        return [(i, j, int(inter[i, j])) for i, j in (iou >= MERGE_IOU).nonzero().tolist()]
 
 
 def sliding_window_inference(
@@ -221,7 +221,7 @@ class _SlidingWindowRun:
         self.num_panoptic = 0
         self.num_instances = 0
         self.panoptic_kept: List[Tuple[float, int]] = []  # (score, class) per panoptic query
-        self.panoptic_things: Dict[int, List[int]] = {}  # window -> its kept thing queries
+        self.panoptic_first: Dict[int, int] = {}  # window -> global index of its first kept query
         self.instance_candidates: List[Tuple[float, int, int, int]] = []  # score, class, window, q
 
     # -- windows -------------------------------------------------------------------------------
@@ -257,9 +257,7 @@ class _SlidingWindowRun:
             out.panoptic_queries = keep.nonzero()[:, 0]
             kept = list(zip(scores.tolist(), classes.tolist()))
             self.panoptic_kept += kept
-            self.panoptic_things[index] = [
-                out.first_panoptic + k for k, (_, c) in enumerate(kept) if c in settings.thing_ids
-            ]
+            self.panoptic_first[index] = out.first_panoptic
             self.num_panoptic += len(scores)
         if settings.instance_on:
             out.first_instance = self.num_instances
@@ -403,13 +401,13 @@ class _SlidingWindowRun:
     def _band_owner(self, windows, logits, r0, r1, fresh) -> torch.Tensor:
         """
         (r1 - r0, W) int64 global index of the kept query owning each pixel (-1: none covers it);
-        counts the own and assigned areas of the queries and the overlaps of thing masks on the
+        counts the own and assigned areas of the queries and the overlaps of their masks on the
         ``fresh`` rows (those no earlier band counted).
         """
         width = self.resized_size[1]
         best = torch.full((r1 - r0, width), -1.0)
         owner = torch.full((r1 - r0, width), -1, dtype=torch.int64)
-        thing_masks = {}
+        masks = {}
         for i in windows:
             out = self.outputs[i]
             if not len(out.panoptic_queries):
@@ -426,64 +424,71 @@ class _SlidingWindowRun:
             wins = values > region_best  # ties: the earlier query, as argmax over all of them
             region_best[wins] = values[wins]
             region_owner[wins] = local[wins] + first
-            # own mask areas and thing masks on the fresh rows of the window
+            # own mask areas and masks on the fresh rows of the window
             f0, f1 = max(fresh[0], y0) - max(r0, y0), max(min(fresh[1], y1) - max(r0, y0), 0)
             on = kept_logits[:, f0:f1] >= 0  # sigmoid >= 0.5
             for q, area in enumerate(on.flatten(1).sum(1).tolist()):
                 self.own_area[first + q] = self.own_area.get(first + q, 0) + area
-            things = set(self.panoptic_things[i])
-            is_thing = torch.tensor([first + q in things for q in range(len(on))], dtype=torch.bool)
-            thing_masks[i] = (on, is_thing, max(fresh[0], y0))
+            masks[i] = (on, max(fresh[0], y0))
         fresh_owner = owner[fresh[0] - r0 : fresh[1] - r0]
         ids, counts = fresh_owner[fresh_owner >= 0].unique(return_counts=True)
         for g, n in zip(ids.tolist(), counts.tolist()):
             self.assigned_area[g] = self.assigned_area.get(g, 0) + n
-        self._add_overlaps(self.panoptic_overlaps, thing_masks)
+        self._add_overlaps(self.panoptic_overlaps, masks)
         return owner
 
     def _add_overlaps(self, stats: _OverlapStats, masks: Dict) -> None:
         """Overlaps of the candidate masks of every two windows of a band; ``masks``: window ->
-        (masks (N, n, w) bool over the window's fresh rows from row ``top``, selected (N,) bool,
-        top)."""
+        (masks (N, n, w) bool over the window's fresh rows from row ``top``, top)."""
         order = sorted(masks)
         for k, a in enumerate(order):
             for b in order[k + 1 :]:
-                (ma, sel_a, top_a), (mb, sel_b, top_b) = masks[a], masks[b]
-                ya0, xa0, ya1, xa1 = self.outputs[a].box
-                yb0, xb0, yb1, xb1 = self.outputs[b].box
+                (ma, top_a), (mb, top_b) = masks[a], masks[b]
+                xa0, xa1 = self.outputs[a].box[1::2]
+                xb0, xb1 = self.outputs[b].box[1::2]
                 top, bottom = max(top_a, top_b), min(top_a + ma.shape[1], top_b + mb.shape[1])
                 left, right = max(xa0, xb0), min(xa1, xb1)
-                if top >= bottom or left >= right or not sel_a.any() or not sel_b.any():
+                if top >= bottom or left >= right or not len(ma) or not len(mb):
                     continue
-                cut_a = ma[sel_a][:, top - top_a : bottom - top_a, left - xa0 : right - xa0]
-                cut_b = mb[sel_b][:, top - top_b : bottom - top_b, left - xb0 : right - xb0]
+                cut_a = ma[:, top - top_a : bottom - top_a, left - xa0 : right - xa0]
+                cut_b = mb[:, top - top_b : bottom - top_b, left - xb0 : right - xb0]
                 stats.add(a, b, cut_a.flatten(1), cut_b.flatten(1))
 
     def _panoptic_segments(self, owner_map: torch.Tensor) -> Tuple[torch.Tensor, List[Dict]]:
-        overlap_threshold = self.settings.overlap_threshold
-        thing_ids = self.settings.thing_ids
-        kept = [
-            g
-            for g in range(self.num_panoptic)
-            if self.assigned_area.get(g, 0) > 0
-            and self.own_area.get(g, 0) > 0
-            and self.assigned_area[g] / self.own_area[g] >= overlap_threshold
-        ]
+        """
+        The segments of the kept queries: queries of one class from two windows whose masks match
+        in the overlap (``MERGE_IOU``) are one object, for the area rule (its pixels / its mask's,
+        the union of its queries' masks) and, for things, as one segment; a stuff class is one
+        segment. Returns (segment ids of ``owner_map``, segments_info).
+        """
         groups = _UnionFind(self.num_panoptic)
-        kept_set = set(kept)
+        shared = []  # (query, query, pixels of both masks) of matched pairs
         for a, b in self.panoptic_overlaps.pairs:
-            for i, j in self.panoptic_overlaps.matches(a, b):
-                ga, gb = self.panoptic_things[a][i], self.panoptic_things[b][j]
-                same_class = self.panoptic_kept[ga][1] == self.panoptic_kept[gb][1]
-                if same_class and ga in kept_set and gb in kept_set:
+            first_a, first_b = self.panoptic_first[a], self.panoptic_first[b]
+            for i, j, both in self.panoptic_overlaps.matches(a, b):
+                ga, gb = first_a + i, first_b + j
+                if self.panoptic_kept[ga][1] == self.panoptic_kept[gb][1]:
                     groups.union(ga, gb)
+                    shared.append((ga, both))
+        own_area, assigned_area = {}, {}
+        for g in range(self.num_panoptic):
+            root = groups.find(g)
+            own_area[root] = own_area.get(root, 0) + self.own_area.get(g, 0)
+            assigned_area[root] = assigned_area.get(root, 0) + self.assigned_area.get(g, 0)
+        for g, both in shared:  # the union: pixels two matched masks share count once
+            own_area[groups.find(g)] -= both
+        overlap_threshold = self.settings.overlap_threshold
         segment_of = torch.zeros(self.num_panoptic + 1, dtype=torch.int32)  # [0]: void (owner -1)
         segments_info: List[Dict] = []
         segment_of_group: Dict = {}
-        for g in kept:
+        for g in range(self.num_panoptic):
+            root = groups.find(g)
+            own, assigned = own_area[root], assigned_area[root]
+            if assigned == 0 or own <= 0 or assigned / own < overlap_threshold:
+                continue
             pred_class = self.panoptic_kept[g][1]
-            isthing = pred_class in thing_ids
-            key = ("thing", groups.find(g)) if isthing else ("stuff", pred_class)
+            isthing = pred_class in self.settings.thing_ids
+            key = ("thing", root) if isthing else ("stuff", pred_class)
             if key not in segment_of_group:
                 segment_of_group[key] = len(segments_info) + 1
                 segments_info.append(
@@ -510,7 +515,7 @@ class _SlidingWindowRun:
                 total = self.instance_mask_sums.setdefault(out.first_instance + k, [0.0, 0])
                 total[0] += sigmoid_sum
                 total[1] += area
-            masks[i] = (on, torch.ones(len(on), dtype=torch.bool), max(fresh[0], y0))
+            masks[i] = (on, max(fresh[0], y0))
         self._add_overlaps(self.instance_overlaps, masks)
 
     def _instances(self) -> Instances:
@@ -519,7 +524,7 @@ class _SlidingWindowRun:
         groups = _UnionFind(len(candidates))
         for a, b in self.instance_overlaps.pairs:
             first_a, first_b = self.outputs[a].first_instance, self.outputs[b].first_instance
-            for i, j in self.instance_overlaps.matches(a, b):
+            for i, j, _ in self.instance_overlaps.matches(a, b):
                 if candidates[first_a + i][1] == candidates[first_b + j][1]:
                     groups.union(first_a + i, first_b + j)
         # score: class probability x mean sigmoid inside the mask, as whole-image inference
