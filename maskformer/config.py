@@ -88,13 +88,14 @@ def add_maskformer_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.EXACT = False
     # Sliding-window inference (large images): windows of SIZE x SIZE pixels of the test-resized
     # image (0: the training crop INPUT.CROP.SIZE), STRIDE apart (0: two thirds of SIZE), run
-    # BATCH_SIZE at a time; their outputs are combined into the whole image's results without
-    # holding the (K, H, W) scores of the whole image (maskformer/modeling/sliding_window.py).
+    # BATCH_SIZE at a time (more use more memory; on a GPU they pay); their outputs are combined
+    # into the whole image's results without holding the (K, H, W) scores of the whole image
+    # (maskformer/modeling/sliding_window.py).
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW = CN()
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED = False
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE = 0
     cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.STRIDE = 0
-    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.BATCH_SIZE = 4
+    cfg.MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.BATCH_SIZE = 2
 
     # pixel decoder
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256

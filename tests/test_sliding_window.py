@@ -217,7 +217,7 @@ def test_model_and_predictor_follow_the_config_keys():
     cfg.merge_from_list(["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True"])
     cfg.merge_from_list(["INPUT.CROP.SIZE", "(64, 64)", "INPUT.CROP.TYPE", "absolute"])
     model = build_model(cfg)
-    assert model.sliding_window == SlidingWindow((64, 64), (42, 42), 4)
+    assert model.sliding_window == SlidingWindow((64, 64), (42, 42), 2)
     cfg.merge_from_list(["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.SIZE", "256"])
     model = build_spread_model(cfg, seed=0)
     assert model.sliding_window.size == (256, 256)

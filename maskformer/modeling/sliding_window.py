@@ -45,8 +45,9 @@ from .kernels.semantic_at_mask_resolution import whole_stride
 
 # IoU (inside two windows' overlap) from which two masks of one thing class are one object
 MERGE_IOU = 0.5
-# bytes of float32 class scores of one band, at the resized and the output scale together
-BAND_BYTES = 256 * 2**20
+# bytes of float32 class scores of one band, at the resized and the output scale together: more
+# only saves the per-band overhead (a few rows of each window upsampled twice)
+BAND_BYTES = 128 * 2**20
 
 #: (B crops (3, h, w) of the image, of one size) -> (pred_logits (B, Q, K+1),
 #: pred_masks (B, Q, h', w'), padded size (H_pad, W_pad) the masks cover)
@@ -60,7 +61,7 @@ class SlidingWindow:
 
     size: Tuple[int, int]
     stride: Tuple[int, int]
-    batch_size: int = 4
+    batch_size: int = 2
 
     @classmethod
     def from_config(cls, cfg) -> Optional["SlidingWindow"]:
@@ -309,7 +310,8 @@ class _SlidingWindowRun:
                 )
                 band_rows = max(4, BAND_BYTES // per_row)
                 if labels_only:
-                    sem_seg = torch.empty((out_h, out_w), dtype=torch.int64)
+                    # int32 while the windows run (half the memory), int64 as returned
+                    sem_seg = torch.empty((out_h, out_w), dtype=torch.int32)
                 else:
                     sem_seg = torch.empty((num_classes, out_h, out_w))
             stop = min(start + band_rows, out_h)
@@ -330,7 +332,10 @@ class _SlidingWindowRun:
             if settings.instance_on:
                 self._band_instance_stats(windows, logits, r0, fresh)
             start = stop
-        result = {"sem_seg_labels" if labels_only else "sem_seg": sem_seg}
+        if labels_only:
+            result = {"sem_seg_labels": sem_seg.long()}
+        else:
+            result = {"sem_seg": sem_seg}
         if settings.panoptic_on:
             result["panoptic_seg"] = self._panoptic_segments(owner_map)
         if settings.instance_on:
