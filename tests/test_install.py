@@ -1,4 +1,4 @@
-"""setup.py's version ranges admit the exact pins that CI tests (requirements.txt)."""
+"""setup.py's version ranges admit the exact pins that CI tests (requirements.txt, requirements-serve.txt)."""
 
 import ast
 import re
@@ -27,8 +27,11 @@ def _install_requires():
 
 
 def _pins():
+    """The tested pins: requirements.txt, and the serve extra's requirements-serve.txt."""
     pins = {}
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
+    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    lines += (REPO_ROOT / "requirements-serve.txt").read_text().splitlines()
+    for line in lines:
         match = re.match(r"^([A-Za-z0-9_.\-]+)==(\S+)", line.strip())
         if match:
             pins[match.group(1).lower().replace("_", "-")] = match.group(2)
@@ -43,7 +46,7 @@ def test_every_range_admits_the_tested_pin():
         name = requirement.name.lower().replace("_", "-")
         if name == "pyyaml":  # installed by detectron2's dependencies, not pinned
             continue
-        assert name in pins, f"{name}: in setup.py but not pinned in requirements.txt"
+        assert name in pins, f"{name}: in setup.py but pinned in no requirements file"
         assert requirement.specifier.contains(
             pins[name]
         ), f"{name}=={pins[name]} outside {requirement.specifier}"
