@@ -1,4 +1,7 @@
-"""setup.py's version ranges admit the exact pins that CI tests (requirements.txt, requirements-serve.txt)."""
+"""
+setup.py's version ranges admit the exact pins that CI tests (requirements.txt, and
+requirements-serve.txt for the serve extra).
+"""
 
 import ast
 import re
