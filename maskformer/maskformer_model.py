@@ -237,7 +237,7 @@ class MaskFormer(nn.Module):
     @contextlib.contextmanager
     def semantic_labels_only(self):
         """
-        Within: inference gives "sem_seg_labels" (height, width) int64, each pixel's best class, in
+        Within: inference gives "sem_seg_labels" (height, width) int32, each pixel's best class, in
         place of the "sem_seg" (K, height, width) scores. That argmax is all an evaluator reads,
         and the scores cost time and memory (150 x 512 x 512 floats, 157 MB, per ADE20K image).
         """

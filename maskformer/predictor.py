@@ -306,7 +306,7 @@ class Predictor:
     def to_prediction(self, output: Dict, scores: bool = False) -> Prediction:
         """The model's output dict of one image (``MaskFormer.forward``) -> a Prediction."""
         result = Prediction(
-            sem_seg=semantic_labels_of(output).to(torch.int32).cpu().numpy(),
+            sem_seg=semantic_labels_of(output).cpu().numpy(),
             sem_seg_scores=output["sem_seg"].float().cpu().numpy() if scores else None,
         )
         if "panoptic_seg" in output:

@@ -39,7 +39,7 @@ class InferenceSettings:
     What turns a MaskFormer's outputs into results: the semantic order (masks resized to the output
     size before marginalising, else after), the panoptic and instance outputs with their thresholds
     (``thing_ids``: contiguous ids of the thing classes), the fast semantic path, whether the
-    semantic output is "sem_seg_labels" (height, width) int64, the argmax of the "sem_seg" scores,
+    semantic output is "sem_seg_labels" (height, width) int32, the argmax of the "sem_seg" scores,
     in their place, and whether mask logits are resized by matrix products where that is faster.
     """
 
@@ -110,7 +110,7 @@ def image_inference(
     if settings.semantic_labels_only and fast and image_size == output_size:
         # the labels alone: no (K, H, W) scores to build, and nothing to resize
         labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, padded_size)
-        result = {"sem_seg_labels": labels[: image_size[0], : image_size[1]]}
+        result = {"sem_seg_labels": labels[: image_size[0], : image_size[1]].int()}
     else:
         if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
             masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size, by_matmul)
@@ -130,7 +130,7 @@ def image_inference(
         if sem_seg is None:
             result = {"sem_seg_labels": labels}
         elif settings.semantic_labels_only:
-            result = {"sem_seg_labels": first_axis_argmax(sem_seg)}
+            result = {"sem_seg_labels": first_axis_argmax(sem_seg).int()}
         else:
             result = {"sem_seg": sem_seg}
 
@@ -217,7 +217,7 @@ def labels_of_resized(scores: torch.Tensor, output_size: Tuple[int, int]) -> tor
     along_height = torch.tensor(
         interpolation_matrix(scores.shape[-2], height), dtype=scores.dtype, device=scores.device
     )
-    labels = torch.empty((height, width), dtype=torch.int64, device=scores.device)
+    labels = torch.empty((height, width), dtype=torch.int32, device=scores.device)
     band = max(1, LABELS_IN_BANDS_ABOVE // (16 * 4 * num_classes * width))
     for start in range(0, height, band):
         weights = along_height[start : start + band]
@@ -257,9 +257,9 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
 
 
 def semantic_labels_of(output: Dict) -> torch.Tensor:
-    """(height, width) int64 class per pixel of one image's results, from either semantic output."""
+    """(height, width) int32 class per pixel of one image's results, from either semantic output."""
     labels = output.get("sem_seg_labels")
-    return labels if labels is not None else first_axis_argmax(output["sem_seg"])
+    return labels if labels is not None else first_axis_argmax(output["sem_seg"]).int()
 
 
 def panoptic_queries(mask_cls: torch.Tensor, object_mask_threshold: float) -> torch.Tensor:

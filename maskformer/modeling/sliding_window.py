@@ -197,7 +197,7 @@ def sliding_window_inference(
     results at ``output_size`` (height, width)
     as :func:`maskformer.modeling.inference.inference` gives them for one image: "sem_seg"
     (K, height, width) scores (``settings.semantic_labels_only``: "sem_seg_labels" (height, width)
-    int64), "panoptic_seg" and "instances" as the settings ask.
+    int32), "panoptic_seg" and "instances" as the settings ask.
     """
     return _SlidingWindowRun(image, output_size, window, run_windows, settings).run()
 
@@ -289,7 +289,7 @@ class _SlidingWindowRun:
         sem_seg = None
         owner_map = None
         if settings.panoptic_on:
-            owner_map = torch.empty((out_h, out_w), dtype=torch.int64)
+            owner_map = torch.empty((out_h, out_w), dtype=torch.int32)
             self.own_area: Dict[int, int] = {}
             self.assigned_area: Dict[int, int] = {}
             self.panoptic_overlaps = _OverlapStats()
@@ -310,7 +310,6 @@ class _SlidingWindowRun:
                 )
                 band_rows = max(4, BAND_BYTES // per_row)
                 if labels_only:
-                    # int32 while the windows run (half the memory), int64 as returned
                     sem_seg = torch.empty((out_h, out_w), dtype=torch.int32)
                 else:
                     sem_seg = torch.empty((num_classes, out_h, out_w))
@@ -333,7 +332,7 @@ class _SlidingWindowRun:
                 self._band_instance_stats(windows, logits, r0, fresh)
             start = stop
         if labels_only:
-            result = {"sem_seg_labels": sem_seg.long()}
+            result = {"sem_seg_labels": sem_seg}
         else:
             result = {"sem_seg": sem_seg}
         if settings.panoptic_on:
@@ -405,13 +404,13 @@ class _SlidingWindowRun:
 
     def _band_owner(self, windows, logits, r0, r1, fresh) -> torch.Tensor:
         """
-        (r1 - r0, W) int64 global index of the kept query owning each pixel (-1: none covers it);
+        (r1 - r0, W) int32 global index of the kept query owning each pixel (-1: none covers it);
         counts the own and assigned areas of the queries and the overlaps of their masks on the
         ``fresh`` rows (those no earlier band counted).
         """
         width = self.resized_size[1]
         best = torch.full((r1 - r0, width), -1.0)
-        owner = torch.full((r1 - r0, width), -1, dtype=torch.int64)
+        owner = torch.full((r1 - r0, width), -1, dtype=torch.int32)
         masks = {}
         for i in windows:
             out = self.outputs[i]
@@ -428,7 +427,7 @@ class _SlidingWindowRun:
             region_best, region_owner = best[a:b, x0:x1], owner[a:b, x0:x1]
             wins = values > region_best  # ties: the earlier query, as argmax over all of them
             region_best[wins] = values[wins]
-            region_owner[wins] = local[wins] + first
+            region_owner[wins] = (local[wins] + first).int()
             # own mask areas and masks on the fresh rows of the window
             f0, f1 = max(fresh[0], y0) - max(r0, y0), max(min(fresh[1], y1) - max(r0, y0), 0)
             on = kept_logits[:, f0:f1] >= 0  # sigmoid >= 0.5
