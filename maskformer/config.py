@@ -1,5 +1,8 @@
 """Config keys of MaskFormer, added on top of detectron2's defaults and the DeepLab keys."""
 
+from dataclasses import dataclass, fields
+from typing import ClassVar, Dict
+
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
@@ -81,7 +84,7 @@ def add_maskformer_config(cfg):
     cfg.MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL = True
     cfg.MODEL.MASK_FORMER.TEST.AMP = False
     cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = True
-    # EXACT True turns off every option in SPEED_OPTIONS (below) wherever it is read, whatever its
+    # EXACT True turns off every speed option (SpeedSettings, below), whatever its
     # own value: the published computation order, for bit-level comparisons with the published
     # release. That includes FUSED_ATTENTION and CHANNELS_LAST, so also in training. The opt-in
     # options (TEST.AMP, COMPILE, SOLVER.AMP) are left as set.
@@ -141,25 +144,58 @@ def add_maskformer_config(cfg):
     cfg.DATASETS.METADATA_FILE = ""
 
 
-#: Config keys of the speed options on by default that MODEL.MASK_FORMER.TEST.EXACT turns off.
-SPEED_OPTIONS = (
-    "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST",
-    "MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL",
-    "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED",
-    "MODEL.MASK_FORMER.FUSED_ATTENTION",
-    "MODEL.CHANNELS_LAST",
-)
+@dataclass(frozen=True)
+class SpeedSettings:
+    """
+    The speed options: each computes what the published model computes in a faster order, within
+    the float tolerance that tests/utils/decision_margins.py checks. On by default, in the config
+    and in every constructor that takes one; ``from_config`` is the one place that reads them (and
+    EXACT, which turns them all off). A new option is a field here, its config key in
+    ``CONFIG_KEYS`` and its default in ``add_maskformer_config``.
+
+    - sem_seg_fast: semantic scores marginalised at mask resolution
+      (``kernels.semantic_at_mask_resolution``);
+    - resize_by_matmul: mask logits resized by two matrix products where that is faster
+      (``kernels.bilinear_by_matmul``);
+    - fold_mask_embed: mask embeddings folded into the pixel decoder's last convolution where it
+      declares that it can be (``kernels.folded_masks``);
+    - fused_attention: scaled-dot-product attention kernels in the transformers and Swin;
+    - channels_last: model and input in NHWC.
+    """
+
+    sem_seg_fast: bool = True
+    resize_by_matmul: bool = True
+    fold_mask_embed: bool = True
+    fused_attention: bool = True
+    channels_last: bool = True
+
+    #: field -> its config key
+    CONFIG_KEYS: ClassVar[Dict[str, str]] = {
+        "sem_seg_fast": "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST",
+        "resize_by_matmul": "MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL",
+        "fold_mask_embed": "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED",
+        "fused_attention": "MODEL.MASK_FORMER.FUSED_ATTENTION",
+        "channels_last": "MODEL.CHANNELS_LAST",
+    }
+
+    @classmethod
+    def from_config(cls, cfg) -> "SpeedSettings":
+        """The options as the config sets them; all off with MODEL.MASK_FORMER.TEST.EXACT."""
+        if cfg.MODEL.MASK_FORMER.TEST.EXACT:
+            return cls.exact()
+        values = {}
+        for name, key in cls.CONFIG_KEYS.items():
+            value = cfg
+            for part in key.split("."):
+                value = value[part]
+            values[name] = bool(value)
+        return cls(**values)
+
+    @classmethod
+    def exact(cls) -> "SpeedSettings":
+        """Every option off: the published computation order."""
+        return cls(**{f.name: False for f in fields(cls)})
 
 
-def speed_option(cfg, key: str) -> bool:
-    """
-    Whether the speed option ``key`` (one of ``SPEED_OPTIONS``) is on: its value, unless
-    MODEL.MASK_FORMER.TEST.EXACT asks for the published computation order. Every from_config reads
-    these options through here, so that EXACT reaches all of them.
-    """
-    if key not in SPEED_OPTIONS:
-        raise KeyError(f"{key} is not one of the speed options {SPEED_OPTIONS}")
-    value = cfg
-    for name in key.split("."):
-        value = value[name]
-    return bool(value) and not cfg.MODEL.MASK_FORMER.TEST.EXACT
+#: Config keys of the speed options, which MODEL.MASK_FORMER.TEST.EXACT turns off.
+SPEED_OPTIONS = tuple(SpeedSettings.CONFIG_KEYS.values())

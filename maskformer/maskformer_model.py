@@ -12,7 +12,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, bu
 from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
-from .config import speed_option
+from .config import SpeedSettings
 from .modeling.criterion import SetCriterion
 from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
@@ -35,13 +35,11 @@ class MaskFormer(nn.Module):
     Inference (``maskformer.modeling.inference``) follows ``inference_settings``, built from the
     published constructor's arguments (thing classes from ``metadata``).
 
-    Speed options (the constructor's defaults are off, which reproduces the published outputs;
-    the config's defaults turn ``sem_seg_fast``, ``resize_by_matmul`` and ``channels_last`` on
-    unless MODEL.MASK_FORMER.TEST.EXACT): ``sem_seg_fast`` (semantic scores marginalised at mask
-    resolution) and ``resize_by_matmul`` (mask logits resized by matrix products where faster), see
-    ``InferenceSettings``; ``inference_amp_dtype`` (autocast of backbone and head in inference),
-    ``channels_last`` (model and input in NHWC), ``torch_compile`` (torch.compile of
-    backbone and head, state_dict keys unchanged).
+    ``speed``: the speed options (``SpeedSettings``; the backbone and head got theirs from the
+    same config) of which the model applies ``sem_seg_fast`` and ``resize_by_matmul`` (through
+    ``inference_settings``) and ``channels_last``; ``SpeedSettings.exact()`` reproduces the
+    published outputs. Opt-in: ``inference_amp_dtype`` (autocast of backbone and head in
+    inference), ``torch_compile`` (torch.compile of backbone and head, state_dict keys unchanged).
     """
 
     @configurable
@@ -62,10 +60,8 @@ class MaskFormer(nn.Module):
         panoptic_on: bool = False,
         instance_on: bool = False,
         test_topk_per_image: int = 100,
-        sem_seg_fast: bool = False,
-        resize_by_matmul: bool = False,
+        speed: SpeedSettings = SpeedSettings(),
         inference_amp_dtype: Optional[torch.dtype] = None,
-        channels_last: bool = False,
         torch_compile: bool = False,
         sliding_window: Optional[SlidingWindow] = None,
     ):
@@ -89,13 +85,14 @@ class MaskFormer(nn.Module):
             overlap_threshold=float(overlap_threshold),
             test_topk_per_image=int(test_topk_per_image),
             thing_ids=frozenset(int(i) for i in thing_ids.values()),
-            sem_seg_fast=bool(sem_seg_fast),
-            resize_by_matmul=bool(resize_by_matmul),
+            sem_seg_fast=speed.sem_seg_fast,
+            resize_by_matmul=speed.resize_by_matmul,
         )
         self.inference_amp_dtype = inference_amp_dtype
         self.sliding_window = sliding_window
-        self.channels_last = channels_last
-        if channels_last:
+        self.speed = speed
+        self.channels_last = speed.channels_last
+        if self.channels_last:
             self.to(memory_format=torch.channels_last)
         if torch_compile:
             # in-place compilation keeps the modules (and so the checkpoint keys) as they are
@@ -147,10 +144,8 @@ class MaskFormer(nn.Module):
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "sem_seg_fast": speed_option(cfg, "MODEL.MASK_FORMER.TEST.SEM_SEG_FAST"),
-            "resize_by_matmul": speed_option(cfg, "MODEL.MASK_FORMER.TEST.RESIZE_BY_MATMUL"),
+            "speed": SpeedSettings.from_config(cfg),
             "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
-            "channels_last": speed_option(cfg, "MODEL.CHANNELS_LAST"),
             "torch_compile": cfg.MODEL.COMPILE,
             "sliding_window": SlidingWindow.from_config(cfg),
         }

@@ -6,19 +6,12 @@ import torch
 from maskformer.modeling.inference import (
     InferenceSettings,
     inference,
-    instance_candidates,
-    instances_from_masks,
     panoptic_inference,
     semantic_inference,
 )
+from tests.utils.models import instance_inference
 
 BIG = 20.0  # a logit that makes a probability ~1
-
-
-def instance_inference(mask_cls, mask_pred, topk, thing_ids=None):
-    """The instance output of the published code: the top-k (query, class) pairs with their masks."""
-    scores, labels, queries = instance_candidates(mask_cls, topk, thing_ids)
-    return instances_from_masks(scores, labels, mask_pred[queries])
 
 
 def _logits(rows):
@@ -100,6 +93,8 @@ def test_panoptic_output_when_no_query_is_kept():
         overlap_threshold=0.8,
         test_topk_per_image=10,
         thing_ids=frozenset(),
+        sem_seg_fast=False,
+        resize_by_matmul=False,
     )
     logits = torch.zeros(1, 2, 4)  # uniform: score 0.25, under the threshold
     (result,) = inference(

@@ -35,8 +35,8 @@ from maskformer.modeling.kernels.semantic_at_mask_resolution import (
 )
 from maskformer.modeling.kernels.upsampled_mask_loss import UpsampledMaskLoss
 from maskformer.modeling.mask_factors import MaskFactors, PixelConv
-from tests.decision_margins import assert_argmax_agrees
-from tests.test_fast_inference import segment_outputs
+from tests.utils.decision_margins import assert_argmax_agrees
+from tests.utils.models import segment_outputs
 
 
 @pytest.mark.parametrize(
@@ -241,6 +241,7 @@ def test_resizing_by_matmul_changes_only_the_rounding_of_the_semantic_scores(
             0.0,
             100,
             frozenset(),
+            sem_seg_fast=False,
             resize_by_matmul=flag,
         )
         for flag in (False, True)
@@ -365,7 +366,17 @@ def test_fast_semantic_path_applies_where_it_pays():
     # below the size, SEM_SEG_FAST gives the plain computation's scores and labels exactly
     mask_cls, mask_pred = segment_outputs(20, 6, (40, 32))
     fast, plain = (
-        InferenceSettings(False, False, False, 0.0, 0.0, 100, frozenset(), sem_seg_fast=flag)
+        InferenceSettings(
+            False,
+            False,
+            False,
+            0.0,
+            0.0,
+            100,
+            frozenset(),
+            sem_seg_fast=flag,
+            resize_by_matmul=False,
+        )
         for flag in (True, False)
     )
     for size in ((155, 128), (157, 130)):

@@ -6,11 +6,15 @@ import math
 import pytest
 import torch
 
+from maskformer.modeling.kernels.focal_cost import pairwise_sigmoid_focal_cost_in_place
 from maskformer.modeling.matcher import (
     HungarianMatcher,
     pairwise_dice_cost,
     pairwise_sigmoid_focal_cost,
 )
+
+#: the formula and the kernel the matcher computes it with
+FOCAL_COSTS = [pairwise_sigmoid_focal_cost, pairwise_sigmoid_focal_cost_in_place]
 
 
 def _focal(logit: float, target: float, alpha=0.25, gamma=2.0) -> float:
@@ -21,10 +25,11 @@ def _focal(logit: float, target: float, alpha=0.25, gamma=2.0) -> float:
     return alpha_t * ce * (1 - p_t) ** gamma
 
 
-def test_pairwise_costs_by_hand():
+@pytest.mark.parametrize("focal_cost", FOCAL_COSTS)
+def test_pairwise_costs_by_hand(focal_cost):
     inputs = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
     targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
-    focal = pairwise_sigmoid_focal_cost(inputs, targets)
+    focal = focal_cost(inputs, targets)
     dice = pairwise_dice_cost(inputs, targets)
     for i, j in itertools.product(range(2), range(2)):
         expected = sum(_focal(x, t) for x, t in zip(inputs[i].tolist(), targets[j].tolist())) / 3
@@ -34,8 +39,9 @@ def test_pairwise_costs_by_hand():
         assert dice[i, j].item() == pytest.approx(expected_dice.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("focal_cost", FOCAL_COSTS)
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 2e-6), (torch.float64, 1e-14)])
-def test_focal_cost_is_accurate_over_the_whole_logit_range(dtype, tolerance):
+def test_focal_cost_is_accurate_over_the_whole_logit_range(focal_cost, dtype, tolerance):
     x = torch.cat(
         [torch.linspace(-60, 60, 100001, dtype=dtype), torch.tensor([-1e4, 1e4, 0.0], dtype=dtype)]
     )
@@ -48,7 +54,7 @@ def test_focal_cost_is_accurate_over_the_whole_logit_range(dtype, tolerance):
     expected = torch.stack(
         [0.25 * (1 - prob) ** 2 * (bce_neg - exact), 0.75 * prob**2 * bce_neg], 1
     )
-    result = pairwise_sigmoid_focal_cost(x[:, None], torch.tensor([[1.0], [0.0]], dtype=dtype))
+    result = focal_cost(x[:, None], torch.tensor([[1.0], [0.0]], dtype=dtype))
     assert result.dtype == dtype and torch.isfinite(result).all()
     assert ((result.double() - expected).abs() / expected.clamp(min=1)).max() < tolerance
     assert result[-3:-1].tolist() == [[1e4 * 0.25, 0.0], [0.0, 1e4 * 0.75]]  # logits -1e4, 1e4

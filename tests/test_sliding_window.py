@@ -19,7 +19,9 @@ from maskformer.modeling.sliding_window import (
     window_boxes,
     window_starts,
 )
-from tests.test_export import block_images, build_spread_model, tiny_cfg
+from tests.utils.configs import tiny_cfg
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
 
 THING, STUFF = 0, 2  # classes of the oracle below (thing ids: {0, 1})
 NUM_CLASSES = 4
@@ -34,6 +36,8 @@ def settings(**changes):
         overlap_threshold=0.5,
         test_topk_per_image=10,
         thing_ids=frozenset({0, 1}),
+        sem_seg_fast=False,
+        resize_by_matmul=False,
     )
     return InferenceSettings(**{**values, **changes})
 
@@ -213,7 +217,7 @@ def test_things_of_two_objects_stay_apart_and_resized_ids_are_nearest():
 def test_model_and_predictor_follow_the_config_keys():
     from detectron2.modeling import build_model
 
-    cfg = tiny_cfg(panoptic=False)
+    cfg = tiny_cfg("semantic")
     cfg.merge_from_list(["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True"])
     cfg.merge_from_list(["INPUT.CROP.SIZE", "(64, 64)", "INPUT.CROP.TYPE", "absolute"])
     model = build_model(cfg)
@@ -239,7 +243,7 @@ def test_model_and_predictor_follow_the_config_keys():
     ],
 )
 def test_bad_window_settings_are_refused(opts, message):
-    cfg = tiny_cfg(panoptic=False)
+    cfg = tiny_cfg("semantic")
     cfg.merge_from_list(["MODEL.MASK_FORMER.TEST.SLIDING_WINDOW.ENABLED", "True"])
     cfg.merge_from_list(
         ["MODEL.MASK_FORMER.TEST." + o if i % 2 == 0 else o for i, o in enumerate(opts)]
@@ -260,7 +264,7 @@ def test_bad_window_settings_are_one_line_errors_at_load():
 def test_exported_model_slides_as_the_eager_model(tmp_path):
     from maskformer.export import ExportedMaskFormer, export_model
 
-    cfg = tiny_cfg(panoptic=True)
+    cfg = tiny_cfg("panoptic")
     model = build_spread_model(cfg, seed=0)
     model_file = export_model(cfg, model, "torchscript", tmp_path, (64, 64))
     window = SlidingWindow((64, 64), (40, 40), 2)

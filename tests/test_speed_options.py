@@ -6,30 +6,45 @@ and the matcher's target resizing against the computations they replace.
 """
 
 import dataclasses
+import inspect
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.modeling import build_model
 
-from maskformer.config import SPEED_OPTIONS
+from maskformer.config import SPEED_OPTIONS, SpeedSettings, add_maskformer_config
 from maskformer.engine.trainer import CPUAutocastTrainer
-from maskformer.modeling.backbone.swin import WindowAttention
+from maskformer.maskformer_model import MaskFormer
+from maskformer.modeling.backbone.swin import SwinTransformer, WindowAttention
 from maskformer.modeling.criterion import SetCriterion, sigmoid_focal_loss
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
-from maskformer.modeling.inference import masks_to_output_size
+from maskformer.modeling.inference import InferenceSettings, masks_to_output_size
 from maskformer.modeling.mask_factors import MaskFactors
 from maskformer.modeling.matcher import HungarianMatcher
-from maskformer.modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY, BasePixelDecoder
+from maskformer.modeling.pixel_decoder.fpn import (
+    PIXEL_DECODER_REGISTRY,
+    BasePixelDecoder,
+    TransformerEncoderPixelDecoder,
+)
 from maskformer.modeling.transformer.transformer import (
+    Transformer,
     TransformerDecoderLayer,
     TransformerEncoderLayer,
+    TransformerEncoderOnly,
 )
-from tests.decision_margins import assert_argmax_agrees, assert_panoptic_agrees, panoptic_decisions
-from tests.test_model import NUM_CLASSES, _image, _instances, tiny_cfg
+from maskformer.modeling.transformer.transformer_predictor import TransformerPredictor
+from tests.utils.configs import NUM_CLASSES, tiny_cfg
+from tests.utils.decision_margins import (
+    assert_argmax_agrees,
+    assert_panoptic_agrees,
+    panoptic_decisions,
+)
+from tests.utils.inputs import box_instances, random_image
 
 EXACT = {"MODEL.MASK_FORMER.TEST.EXACT": True}
 
@@ -51,7 +66,7 @@ def _sem_seg(model, inputs):
         return model(inputs)[0]["sem_seg"]
 
 
-INPUTS = [{"image": _image(64, 80), "height": 32, "width": 40}]
+INPUTS = [{"image": random_image(64, 80), "height": 32, "width": 40}]
 
 
 def test_bfloat16_inference_autocast():
@@ -69,7 +84,9 @@ def test_inference_autocast_is_off_in_training():
     model = build_model(
         tiny_cfg(**{"MODEL.MASK_FORMER.TEST.AMP": True, "SOLVER.AMP.DTYPE": "bfloat16"})
     ).train()
-    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1], [(0, 32, 0, 64)])}]
+    batch = [
+        {"image": random_image(64, 64), "instances": box_instances(64, 64, [1], [(0, 32, 0, 64)])}
+    ]
     seen = []
     hook = model.backbone.register_forward_hook(
         lambda m, i, o: seen.append(next(iter(o.values())).dtype)
@@ -149,14 +166,42 @@ def test_exact_turns_off_every_default_speed_option():
         }, key
 
 
+def test_every_constructor_defaults_to_the_configs_speed_options():
+    """A model built without a config computes as one built from the default config."""
+    cfg = get_cfg()
+    add_maskformer_config(cfg)
+    speed = SpeedSettings.from_config(cfg)
+    assert speed == SpeedSettings() and all(dataclasses.astuple(speed))
+    assert SpeedSettings.exact() == SpeedSettings(**{f: False for f in SpeedSettings.CONFIG_KEYS})
+
+    def default(function, name):
+        return inspect.signature(function).parameters[name].default
+
+    assert default(MaskFormer.__init__, "speed") == speed
+    assert default(MaskFormerHead.__init__, "fold_mask_embed") == speed.fold_mask_embed
+    for module in (
+        SwinTransformer,
+        TransformerPredictor,
+        TransformerEncoderPixelDecoder,
+        Transformer,
+        TransformerEncoderOnly,
+        TransformerEncoderLayer,
+        TransformerDecoderLayer,
+    ):
+        assert default(module.__init__, "fused_attention") == speed.fused_attention, module
+    fields = {f.name: f.default for f in dataclasses.fields(InferenceSettings)}
+    assert fields["sem_seg_fast"] == speed.sem_seg_fast
+    assert fields["resize_by_matmul"] == speed.resize_by_matmul
+
+
 PANOPTIC_META = "test_speed_options_panoptic"
 
 
 @pytest.mark.parametrize("fast_semantic_path", [True, False])
 def test_default_outputs_agree_with_the_exact_computation(request, fast_semantic_path):
     """
-    The default speed options against EXACT, by the margin rule of tests/decision_margins.py: the
-    semantic argmax and the panoptic segments exactly where EXACT's own scores, logits and masks
+    The default speed options against EXACT, by the margin rule of tests/utils/decision_margins.py:
+    the semantic argmax and the panoptic segments exactly where EXACT's own scores, logits and masks
     decide them by more than the two runs' logits and masks differ, on >= 99.9% of pixels elsewhere.
     The images are not resized (the fast semantic path keeps the published argmax where no final
     resize mixes its pixels), and the second is padded in its batch. With the fast semantic path
@@ -171,7 +216,7 @@ def test_default_outputs_agree_with_the_exact_computation(request, fast_semantic
     )
     panoptic = {"MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True, "DATASETS.TRAIN": (PANOPTIC_META,)}
     exact, default = _pair({**panoptic, **EXACT}, **panoptic)
-    inputs = [{"image": _image(64, 80)}, {"image": _image(48, 64, seed=1)}]
+    inputs = [{"image": random_image(64, 80)}, {"image": random_image(48, 64, seed=1)}]
     with torch.no_grad():
         results = [model(inputs) for model in (exact, default)]
         images = exact.preprocess_image(inputs)
@@ -228,8 +273,8 @@ def _training_step(precision):
     model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.DROPOUT": 0.0})).train()
     batch = [
         {
-            "image": _image(64, 64),
-            "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
+            "image": random_image(64, 64),
+            "instances": box_instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
         }
     ]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the gradients readable
@@ -279,7 +324,9 @@ def test_training_forward_keeps_the_callers_autocast():
     model.sem_seg_head.register_forward_hook(
         lambda module, inputs, outputs: dtypes.append(outputs["pred_masks"].dtype)
     )
-    batch = [{"image": _image(64, 64), "instances": _instances(64, 64, [1], [(0, 32, 0, 64)])}]
+    batch = [
+        {"image": random_image(64, 64), "instances": box_instances(64, 64, [1], [(0, 32, 0, 64)])}
+    ]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(batch)
     assert dtypes == [torch.bfloat16]
@@ -328,8 +375,8 @@ def test_fold_mask_embed_in_inference_only():
     default, folded = _pair({"MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED": False})
     assert folded.sem_seg_head.fold_mask_embed and not default.sem_seg_head.fold_mask_embed
     inputs = [
-        {"image": _image(64, 80)},
-        {"image": _image(48, 64, seed=1)},
+        {"image": random_image(64, 80)},
+        {"image": random_image(48, 64, seed=1)},
     ]  # a batch of two, padded
     with torch.no_grad():
         images = default.preprocess_image(inputs).tensor
@@ -394,14 +441,7 @@ def test_a_pixel_decoder_that_does_not_declare_foldability_gets_the_plain_comput
     assert plain_outputs["mask_factors"].pixel_conv is None
     assert folded_outputs["mask_factors"].pixel_conv is not None
     assert torch.allclose(plain_outputs["pred_masks"], folded_outputs["pred_masks"], atol=1e-5)
-    with pytest.raises(ValueError, match="FOLD_MASK_EMBED needs a pixel decoder that declares"):
-        MaskFormerHead(
-            num_classes=NUM_CLASSES,
-            pixel_decoder=UndeclaredPixelDecoder(head.pixel_decoder),
-            transformer_predictor=head.predictor,
-            transformer_in_feature="res5",
-            fold_mask_embed=True,
-        )
+    assert not plain.eval().fold_mask_embed  # asked for by default, where the decoder allows it
 
 
 @PIXEL_DECODER_REGISTRY.register()
@@ -443,10 +483,13 @@ def test_training_folds_the_matched_masks_with_the_same_losses_and_gradients():
     assert model.sem_seg_head.foldable
     batch = [
         {
-            "image": _image(64, 64),
-            "instances": _instances(64, 64, [1, 2], [(0, 32, 0, 64), (32, 64, 10, 40)]),
+            "image": random_image(64, 64),
+            "instances": box_instances(64, 64, [1, 2], [(0, 32, 0, 64), (32, 64, 10, 40)]),
         },
-        {"image": _image(64, 64, seed=1), "instances": _instances(64, 64, [0], [(8, 40, 8, 40)])},
+        {
+            "image": random_image(64, 64, seed=1),
+            "instances": box_instances(64, 64, [0], [(8, 40, 8, 40)]),
+        },
     ]
     results = []
     for foldable in (False, True):  # the unfolded path: products with the per-pixel embeddings

@@ -168,7 +168,12 @@ class SetCriterion(nn.Module):
 
     @staticmethod
     def matched_mask_logits(outputs: Dict, layers: List[Dict], indices: List) -> List[torch.Tensor]:
-        """Per layer, the (M_l, h, w) mask logits of its matched predictions (``_prediction_index`` order)."""
+        """
+        Per layer, the (M_l, h, w) mask logits of its matched predictions (``_prediction_index``
+        order): selected from "pred_masks"; or, where the predictor hands over its ``MaskFactors``,
+        the same values as the matched queries' products mask_embed . pixel_embed, so that only
+        they are back-propagated (``MaskFactors.matched_mask_logits``).
+        """
         factors = outputs.get("mask_factors")
         if factors is None:
             return [layer["pred_masks"][_prediction_index(i)] for layer, i in zip(layers, indices)]

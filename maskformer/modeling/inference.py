@@ -50,9 +50,9 @@ class InferenceSettings:
     overlap_threshold: float
     test_topk_per_image: int
     thing_ids: FrozenSet[int]
-    sem_seg_fast: bool = False
+    sem_seg_fast: bool = True  # the config's defaults (SpeedSettings)
     semantic_labels_only: bool = False
-    resize_by_matmul: bool = False
+    resize_by_matmul: bool = True
 
     @classmethod
     def from_model(cls, model) -> "InferenceSettings":
@@ -64,7 +64,11 @@ class InferenceSettings:
 
     @classmethod
     def from_dict(cls, values: Dict) -> "InferenceSettings":
-        return cls(**{**values, "thing_ids": frozenset(int(i) for i in values["thing_ids"])})
+        """``to_dict``'s values; settings saved before the speed options existed (exported models)
+        have them off, as they were computed then."""
+        older = {"sem_seg_fast": False, "resize_by_matmul": False}
+        thing_ids = frozenset(int(i) for i in values["thing_ids"])
+        return cls(**{**older, **values, "thing_ids": thing_ids})
 
 
 def inference(
@@ -98,62 +102,112 @@ def image_inference(
     output_size: Tuple[int, int],
     settings: InferenceSettings,
 ) -> Dict:
-    """``inference`` of one image: mask_cls (Q, K+1), mask_pred (Q, h, w) over the padded batch."""
-    padded_size, image_size, output_size = tuple(padded_size), tuple(image_size), tuple(output_size)
-    num_queries, num_classes = mask_cls.shape[0], mask_cls.shape[1] - 1
-    by_matmul = settings.resize_by_matmul
-    fast = settings.sem_seg_fast and fast_path_applies(
-        num_queries, num_classes, mask_pred.shape[-2:], padded_size
-    )
-    # all the masks, at the padded or the output size where the semantic output resized them anyway
-    masks, at_output_size = mask_pred, False
-    if settings.semantic_labels_only and fast and image_size == output_size:
-        # the labels alone: no (K, H, W) scores to build, and nothing to resize
-        labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, padded_size)
-        result = {"sem_seg_labels": labels[: image_size[0], : image_size[1]].int()}
-    else:
-        if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
-            masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size, by_matmul)
-            at_output_size = True
-            sem_seg = semantic_inference(mask_cls, masks)
-        else:  # marginalised over the padded batch (fast: at mask resolution), cropped and resized
-            if fast:
-                scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size)
-            else:
-                masks = upsample_to_padded(mask_pred, padded_size, by_matmul)
-                scores = semantic_inference(mask_cls, masks)
-            if settings.semantic_labels_only and _too_large(scores.shape[0], output_size):
-                sem_seg = None
-                labels = labels_of_resized(scores[:, : image_size[0], : image_size[1]], output_size)
-            else:
-                sem_seg = crop_and_resize(scores, image_size, output_size)
-        if sem_seg is None:
-            result = {"sem_seg_labels": labels}
-        elif settings.semantic_labels_only:
-            result = {"sem_seg_labels": first_axis_argmax(sem_seg).int()}
-        else:
-            result = {"sem_seg": sem_seg}
-
-    def masks_at_output_size(queries: torch.Tensor) -> torch.Tensor:
-        if at_output_size:
-            return masks[queries]
-        return masks_to_output_size(masks[queries], padded_size, image_size, output_size, by_matmul)
-
+    """
+    ``inference`` of one image, mask_cls (Q, K+1), mask_pred (Q, h, w) over the padded batch: the
+    semantic output, and the panoptic segments and instances as the settings ask, each from the
+    masks brought to the output size (those the semantic output resized already serve the others).
+    """
+    sizes = (tuple(padded_size), tuple(image_size), tuple(output_size))
+    result, resized = semantic_output(mask_cls, mask_pred, *sizes, settings)
     thing_ids = settings.thing_ids
     if settings.panoptic_on:
         keep = panoptic_queries(mask_cls, settings.object_mask_threshold)
         result["panoptic_seg"] = panoptic_segments(
-            mask_cls[keep], masks_at_output_size(keep), thing_ids, settings.overlap_threshold
+            mask_cls[keep],
+            resized.at_output_size(keep, *sizes),
+            thing_ids,
+            settings.overlap_threshold,
         )
     if settings.instance_on:
         scores, labels, queries = instance_candidates(
             mask_cls, settings.test_topk_per_image, thing_ids if settings.panoptic_on else None
         )
         unique_queries, position = queries.unique(return_inverse=True)
-        result["instances"] = instances_from_masks(
-            scores, labels, masks_at_output_size(unique_queries)[position]
-        )
+        masks = resized.at_output_size(unique_queries, *sizes)[position]
+        result["instances"] = instances_from_masks(scores, labels, masks)
     return result
+
+
+@dataclass(frozen=True)
+class ResizedMasks:
+    """
+    One image's mask logits (Q, ...) as the semantic output left them: at mask resolution or at the
+    padded size, or (``final``) at the output size.
+    """
+
+    logits: torch.Tensor
+    final: bool
+    by_matmul: bool
+
+    def at_output_size(self, queries, padded_size, image_size, output_size) -> torch.Tensor:
+        """(N, height, width) mask logits of the ``queries``, each resized on its own."""
+        if self.final:
+            return self.logits[queries]
+        masks = self.logits[queries]
+        return masks_to_output_size(masks, padded_size, image_size, output_size, self.by_matmul)
+
+
+def semantic_output(
+    mask_cls: torch.Tensor,
+    mask_pred: torch.Tensor,
+    padded_size: Tuple[int, int],
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    settings: InferenceSettings,
+) -> Tuple[Dict, ResizedMasks]:
+    """
+    Semantic inference (paper Sec. 3.4): the (K, height, width) scores sum_i p_i(c) sigmoid(m_i)
+    ({"sem_seg"}; with ``semantic_labels_only`` their argmax, {"sem_seg_labels"}), in the published
+    order: the masks resized to the output size before marginalising
+    (``sem_seg_postprocess_before_inference``), else marginalised at the padded size and the scores
+    cropped and resized. With ``sem_seg_fast``, where it pays, marginalised at mask resolution
+    instead (``kernels.semantic_at_mask_resolution``). Also returns the masks it resized.
+    """
+    by_matmul = settings.resize_by_matmul
+    fast = settings.sem_seg_fast and fast_path_applies(
+        mask_cls.shape[0], mask_cls.shape[1] - 1, mask_pred.shape[-2:], padded_size
+    )
+    if fast:
+        resized = ResizedMasks(mask_pred, False, by_matmul)
+        if settings.semantic_labels_only and image_size == output_size:
+            # the labels alone: no (K, H, W) scores to build, and nothing to resize
+            labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, padded_size)
+            return {"sem_seg_labels": labels[: image_size[0], : image_size[1]].int()}, resized
+        scores = semantic_inference_at_mask_resolution(mask_cls, mask_pred, padded_size)
+        return _scores_to_output(scores, image_size, output_size, settings), resized
+    if settings.sem_seg_postprocess_before_inference and not settings.sem_seg_fast:
+        masks = masks_to_output_size(mask_pred, padded_size, image_size, output_size, by_matmul)
+        sem_seg = semantic_inference(mask_cls, masks)
+        if settings.semantic_labels_only:
+            sem_seg_output = {"sem_seg_labels": first_axis_argmax(sem_seg).int()}
+        else:
+            sem_seg_output = {"sem_seg": sem_seg}
+        return sem_seg_output, ResizedMasks(masks, True, by_matmul)
+    masks = upsample_to_padded(mask_pred, padded_size, by_matmul)
+    scores = semantic_inference(mask_cls, masks)
+    resized = ResizedMasks(masks, False, by_matmul)
+    return _scores_to_output(scores, image_size, output_size, settings), resized
+
+
+def _scores_to_output(
+    scores: torch.Tensor,
+    image_size: Tuple[int, int],
+    output_size: Tuple[int, int],
+    settings: InferenceSettings,
+) -> Dict:
+    """(K, H_pad, W_pad) scores -> the image's semantic output: cropped and resized, or the argmax
+    of that (band by band where the (K, height, width) scores would be too large)."""
+    if not settings.semantic_labels_only:
+        return {"sem_seg": crop_and_resize(scores, image_size, output_size)}
+    if _too_large(scores.shape[0], output_size):
+        return {
+            "sem_seg_labels": labels_of_resized(
+                scores[:, : image_size[0], : image_size[1]], output_size
+            )
+        }
+    return {
+        "sem_seg_labels": first_axis_argmax(crop_and_resize(scores, image_size, output_size)).int()
+    }
 
 
 def upsample_to_padded(

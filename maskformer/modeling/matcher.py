@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from .kernels.focal_cost import pairwise_sigmoid_focal_cost_in_place
+
 
 def pairwise_dice_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
@@ -23,22 +25,18 @@ def pairwise_sigmoid_focal_cost(
     inputs: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
 ) -> torch.Tensor:
     """
-    Sigmoid focal loss (averaged over the P pixels) of every prediction against every target.
+    Sigmoid focal loss (averaged over the P pixels) of every prediction against every target:
+    with p = sigmoid(x), a pixel costs alpha (1 - p)^gamma BCE(x, 1) where the target is 1 and
+    (1 - alpha) p^gamma BCE(x, 0) where it is 0.
     inputs: (N, P) mask logits; targets: (M, P) binary masks. Returns (N, M).
+    The matcher computes it as ``kernels.focal_cost`` does (the same values, less memory).
     """
     prob = inputs.sigmoid()
-    one_minus_prob = 1 - prob
-    # per-pixel BCE if the pixel were background: softplus(x) = max(x, 0) - log(max(p, 1 - p)), in
-    # a few vectorised passes (F.softplus calls a scalar log1p on CPU); absolute error within the
-    # float rounding of values of order 1. If it were foreground: softplus(-x) = softplus(x) - x
-    bce_neg = inputs.clamp(min=0).sub_(torch.maximum(prob, one_minus_prob).log_())
-    focal_neg = prob.pow_(gamma).mul_(bce_neg)  # background term, without its weight 1 - alpha
-    focal_pos = one_minus_prob.pow_(gamma).mul_(
-        bce_neg.sub_(inputs)
-    )  # foreground term, without alpha
-    # focal_pos @ t + focal_neg @ (1 - t), with one product and no (1 - t) copy
-    difference = focal_pos.mul_(alpha).sub_(focal_neg, alpha=1 - alpha)
-    return (difference @ targets.T + (1 - alpha) * focal_neg.sum(1, keepdim=True)) / inputs.shape[1]
+    bce_pos = F.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
+    bce_neg = F.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    focal_pos = alpha * (1 - prob) ** gamma * bce_pos
+    focal_neg = (1 - alpha) * prob**gamma * bce_neg
+    return (focal_pos @ targets.T + focal_neg @ (1 - targets).T) / inputs.shape[1]
 
 
 class HungarianMatcher(nn.Module):
@@ -67,7 +65,7 @@ class HungarianMatcher(nn.Module):
         tgt_masks = F.interpolate(tgt_masks, size=masks.shape[-2:], mode="nearest")[:, 0].to(masks)
         out_masks, tgt_masks = masks.flatten(1), tgt_masks.flatten(1)
         return (
-            self.cost_mask * pairwise_sigmoid_focal_cost(out_masks, tgt_masks)
+            self.cost_mask * pairwise_sigmoid_focal_cost_in_place(out_masks, tgt_masks)
             + self.cost_class * cost_class
             + self.cost_dice * pairwise_dice_cost(out_masks, tgt_masks)
         )

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 from torch import nn
 
-from ...config import speed_option
+from ...config import SpeedSettings
 
 __all__ = ["SwinTransformer", "D2SwinTransformer"]
 
@@ -442,7 +442,7 @@ class D2SwinTransformer(SwinTransformer, Backbone):
             drop_path_rate=c.DROP_PATH_RATE,
             ape=c.APE,
             patch_norm=c.PATCH_NORM,
-            fused_attention=speed_option(cfg, "MODEL.MASK_FORMER.FUSED_ATTENTION"),
+            fused_attention=SpeedSettings.from_config(cfg).fused_attention,
         )
         names = [f"res{i + 2}" for i in range(self.num_layers)]
         self._out_features = list(c.OUT_FEATURES)

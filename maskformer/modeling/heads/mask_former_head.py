@@ -7,7 +7,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
-from ...config import speed_option
+from ...config import SpeedSettings
 from ..transformer.transformer_predictor import TransformerPredictor
 from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 
@@ -26,7 +26,8 @@ class MaskFormerHead(PixelDecoderHead):
     ``mask_features_foldable``, as ``BasePixelDecoder``), the loss back-propagates its matched masks
     through the matched embeddings folded into that convolution, and with ``fold_mask_embed``
     inference computes the Q mask logits as one folded convolution instead of mask_dim per-pixel
-    embeddings (same values up to float rounding). Other pixel decoders get the plain products.
+    embeddings (same values up to float rounding). Other pixel decoders get the plain products,
+    whatever ``fold_mask_embed`` says.
     """
 
     @configurable
@@ -38,7 +39,7 @@ class MaskFormerHead(PixelDecoderHead):
         pixel_decoder: nn.Module,
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
-        fold_mask_embed: bool = False,
+        fold_mask_embed: bool = True,
         loss_weight: float = 1.0,
         ignore_value: int = -1,
     ):
@@ -52,12 +53,7 @@ class MaskFormerHead(PixelDecoderHead):
         )
         self.transformer_in_feature = transformer_in_feature
         self.foldable = declares_foldable(pixel_decoder)
-        if fold_mask_embed and not self.foldable:
-            raise ValueError(
-                "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED needs a pixel decoder that declares "
-                f"mask_features_foldable (as BasePixelDecoder); {type(pixel_decoder).__name__} does not"
-            )
-        self.fold_mask_embed = fold_mask_embed
+        self.fold_mask_embed = fold_mask_embed and self.foldable
 
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -69,9 +65,7 @@ class MaskFormerHead(PixelDecoderHead):
             "transformer_predictor": TransformerPredictor(
                 cfg, predictor_in_channels(cfg, input_shape), mask_classification=True
             ),
-            # on by default: a pixel decoder that does not declare foldability keeps the products
-            "fold_mask_embed": speed_option(cfg, "MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED")
-            and declares_foldable(head["pixel_decoder"]),
+            "fold_mask_embed": SpeedSettings.from_config(cfg).fold_mask_embed,
         }
 
     def forward(self, features):

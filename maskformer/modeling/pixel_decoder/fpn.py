@@ -15,7 +15,7 @@ from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 from torch import nn
 
-from ...config import speed_option
+from ...config import SpeedSettings
 from ..transformer.position_encoding import PositionEmbeddingSine
 from ..transformer.transformer import TransformerEncoderOnly
 
@@ -166,7 +166,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         transformer_dim_feedforward: int,
         transformer_enc_layers: int,
         transformer_pre_norm: bool,
-        fused_attention: bool = False,
+        fused_attention: bool = True,
         conv_dim: int,
         mask_dim: int,
         norm: Union[str, Callable],
@@ -203,7 +203,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
             transformer_dim_feedforward=cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD,
             transformer_enc_layers=cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS,
             transformer_pre_norm=cfg.MODEL.MASK_FORMER.PRE_NORM,
-            fused_attention=speed_option(cfg, "MODEL.MASK_FORMER.FUSED_ATTENTION"),
+            fused_attention=SpeedSettings.from_config(cfg).fused_attention,
         )
         return ret
 

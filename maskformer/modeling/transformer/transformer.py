@@ -32,7 +32,7 @@ class TransformerEncoderLayer(nn.Module):
         dim_feedforward=2048,
         dropout=0.1,
         normalize_before=False,
-        fused_attention=False,
+        fused_attention=True,
     ):
         super().__init__()
         self.need_weights = not fused_attention
@@ -76,7 +76,7 @@ class TransformerDecoderLayer(nn.Module):
         dim_feedforward=2048,
         dropout=0.1,
         normalize_before=False,
-        fused_attention=False,
+        fused_attention=True,
     ):
         super().__init__()
         self.need_weights = not fused_attention
@@ -195,7 +195,7 @@ class TransformerEncoderOnly(nn.Module):
         dim_feedforward=2048,
         dropout=0.1,
         normalize_before=False,
-        fused_attention=False,
+        fused_attention=True,
     ):
         super().__init__()
         layer = TransformerEncoderLayer(
@@ -231,7 +231,7 @@ class Transformer(nn.Module):
         dropout=0.1,
         normalize_before=False,
         return_intermediate_dec=False,
-        fused_attention=False,
+        fused_attention=True,
     ):
         super().__init__()
         enc_layer = TransformerEncoderLayer(

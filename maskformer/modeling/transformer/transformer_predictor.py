@@ -13,7 +13,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from torch import nn
 
-from ...config import speed_option
+from ...config import SpeedSettings
 from ..kernels.folded_masks import folded_mask_logits
 from ..mask_factors import MaskFactors, PixelConv
 from .position_encoding import PositionEmbeddingSine
@@ -64,7 +64,7 @@ class TransformerPredictor(nn.Module):
         deep_supervision: bool,
         mask_dim: int,
         enforce_input_project: bool,
-        fused_attention: bool = False,
+        fused_attention: bool = True,
     ):
         super().__init__()
         self.mask_classification = mask_classification
@@ -110,7 +110,7 @@ class TransformerPredictor(nn.Module):
             "deep_supervision": mf.DEEP_SUPERVISION,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "fused_attention": speed_option(cfg, "MODEL.MASK_FORMER.FUSED_ATTENTION"),
+            "fused_attention": SpeedSettings.from_config(cfg).fused_attention,
         }
 
     def forward(
@@ -129,23 +129,39 @@ class TransformerPredictor(nn.Module):
         if not (self.aux_loss and self.training):
             hs = hs[-1:]  # (L, B, Q, C)
         mask_embed = self.mask_embed(hs)  # (L, B, Q, mask_dim)
-        if mask_conv is not None and not self.training:
-            masks = folded_mask_logits(mask_embed, mask_conv, mask_features)
-        else:
-            pixel_embed = mask_features if mask_conv is None else mask_conv(mask_features)
-            # mask logits of every kept decoder layer at once: (L, B, Q, H/4, W/4)
-            masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed, pixel_embed)
-        logits = self.class_embed(hs) if self.mask_classification else None
-
-        def layer(i: int) -> Dict[str, torch.Tensor]:
-            if logits is None:
-                return {"pred_masks": masks[i]}
-            return {"pred_masks": masks[i], "pred_logits": logits[i]}
-
-        out = layer(-1)
+        masks = self.mask_logits(mask_embed, mask_features, mask_conv)  # (L, B, Q, H/4, W/4)
+        logits = self.class_embed(hs) if self.mask_classification else None  # (L, B, Q, K+1)
+        out = _layer_outputs(logits, masks, -1)
         if self.training:
-            out["aux_outputs"] = [layer(i) for i in range(len(masks) - 1)]
+            out["aux_outputs"] = [_layer_outputs(logits, masks, i) for i in range(len(masks) - 1)]
             # the loss back-propagates its few matched masks through these: gradients for those alone
             pixel_conv = None if mask_conv is None else PixelConv.of(mask_conv)
             out["mask_factors"] = MaskFactors(mask_embed, mask_features, pixel_conv)
         return out
+
+    def mask_logits(
+        self,
+        mask_embed: torch.Tensor,
+        mask_features: torch.Tensor,
+        mask_conv: Optional[nn.Conv2d] = None,
+    ) -> torch.Tensor:
+        """
+        The paper's masks (Sec. 3.3): each query's mask embedding dotted with every pixel's
+        embedding, mask_embed (L, B, Q, C) . pixel_embed (B, C, H/4, W/4) -> (L, B, Q, H/4, W/4)
+        logits. ``mask_conv``: the per-pixel embeddings are mask_conv(mask_features); in inference
+        the embeddings are then folded into that convolution (``folded_mask_logits``: the same
+        values, Q output channels instead of C dot products per pixel).
+        """
+        if mask_conv is not None and not self.training:
+            return folded_mask_logits(mask_embed, mask_conv, mask_features)
+        pixel_embed = mask_features if mask_conv is None else mask_conv(mask_features)
+        return torch.einsum("lbqc,bchw->lbqhw", mask_embed, pixel_embed)
+
+
+def _layer_outputs(
+    logits: Optional[torch.Tensor], masks: torch.Tensor, layer: int
+) -> Dict[str, torch.Tensor]:
+    """The outputs of decoder layer ``layer``: "pred_masks" and, where classified, "pred_logits"."""
+    if logits is None:
+        return {"pred_masks": masks[layer]}
+    return {"pred_logits": logits[layer], "pred_masks": masks[layer]}
