@@ -1,21 +1,8 @@
 #!/usr/bin/env python
 """
-Train and evaluate MaskFormer.
-
-    python train_net.py --config-file configs/synthetic/maskformer_R18_sem_seg.yaml
-    python train_net.py --config-file CONFIG --eval-only MODEL.WEIGHTS output/model_final.pth
-    python train_net.py --config-file CONFIG --resume          # continue from OUTPUT_DIR/last_checkpoint
-    python train_net.py --config-file CONFIG --overwrite       # replace the earlier run in OUTPUT_DIR
-    python train_net.py --config-file CONFIG --num-gpus 8      # processes per machine (gloo on CPU)
-    python train_net.py --config-file CONFIG --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
-    python train_net.py ... --dist-timeout 600  # a worker fails after 10 min stuck waiting for the others
-    torchrun --nnodes N --nproc-per-node M train_net.py --config-file CONFIG   # one worker per process
-    srun --ntasks-per-node M python train_net.py --config-file CONFIG          # likewise, from SLURM_*
-
-A user error (config, weights, data, missing file) prints its message and exits with code 2;
---debug adds the traceback (always in OUTPUT_DIR/log.txt once logging is set up).
-
-The metrics of the last evaluation are also written to OUTPUT_DIR/eval_results.json.
+Train and evaluate MaskFormer: ``python train_net.py --config-file CONFIG [--eval-only] ...``.
+The code and its usage: maskformer/tools/train_net.py;
+the same as the ``maskformer-train`` command of an installed maskformer.
 """
 import os
 
@@ -25,209 +12,17 @@ import os
 # at its first allocation, so before anything imports torch.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-import maskformer  # noqa: E402,F401  (first: it quiets the deprecation warnings of detectron2's imports)
-
-# isort: split
-import contextlib
-import json
-import logging
-from datetime import timedelta
-
-import torch
-from detectron2.engine import default_argument_parser, launch
-from detectron2.engine.launch import DEFAULT_TIMEOUT
-from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.collect_env import collect_env_info
-from detectron2.utils.env import seed_all_rng
-from detectron2.utils.file_io import PathManager
-
-from maskformer.engine.cli import exit_on_user_error
-from maskformer.engine.cluster_launch import detect_worker_environment, init_worker
-from maskformer.engine.config_loading import (
-    ConfigError,
-    check_process_count,
-    load_config,
-    warn_useless_settings,
+from maskformer.tools.train_net import (  # noqa: E402  (for tests, tools/train_net_slurm.py)
+    Trainer,
+    argument_parser,
+    invoke_main,
+    launch_main,
+    main,
+    run,
+    setup,
 )
-from maskformer.engine.preemption import forward_stop_signals_to_workers
-from maskformer.engine.run_dir import claim_output_dir
-from maskformer.engine.run_logging import FILE_ONLY, setup_run_logging
-from maskformer.engine.trainer import Trainer
-from maskformer.utils.file_io import atomic_open
 
-logger = logging.getLogger("maskformer.train_net")
-
-
-def setup(args, run=None):
-    """
-    The frozen config of this run (config file + command-line overrides); sets up logging
-    (:mod:`maskformer.engine.run_logging`) and seeds the generators (SEED + rank if SEED >= 0).
-    ``run``: an ExitStack that, for a training run, holds OUTPUT_DIR (lock, no overwrite without
-    --resume / --overwrite) from before anything is written there until it closes.
-    """
-    cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
-    cuda_missing = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
-    if cuda_missing:
-        cfg.MODEL.DEVICE = "cpu"
-    cfg.freeze()
-    if run is not None:
-        run.enter_context(
-            claim_output_dir(cfg.OUTPUT_DIR, resume=args.resume, overwrite=args.overwrite)
-        )
-    rank = comm.get_rank()
-    if comm.is_main_process():
-        PathManager.mkdirs(cfg.OUTPUT_DIR)
-    setup_run_logging(cfg.OUTPUT_DIR, rank, verbose=args.verbose)
-    logger.info(f"Rank of current process: {rank}. World size: {comm.get_world_size()}")
-    logger.info("Environment info:\n" + collect_env_info(), extra=FILE_ONLY)
-    logger.info(f"Command line arguments: {args}")
-    logger.info(f"Running with full config:\n{cfg.dump()}", extra=FILE_ONLY)
-    seed_all_rng(None if cfg.SEED < 0 else cfg.SEED + rank)
-    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK and not args.eval_only
-    if cuda_missing:
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
-    if not args.eval_only and comm.is_main_process():
-        warn_useless_settings(cfg)  # in log.txt too, once logging is set up
-    if cfg.MODEL.DEVICE == "cpu" and comm.get_local_size() > 1:
-        # processes sharing a machine's cores should not each start one thread per core
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // comm.get_local_size()))
-    return cfg
-
-
-def save_config(cfg, name):
-    """Write the run's config to OUTPUT_DIR/``name`` (on the main process)."""
-    if comm.is_main_process():
-        path = os.path.join(cfg.OUTPUT_DIR, name)
-        with atomic_open(path, "w") as f:
-            f.write(cfg.dump())
-        logger.info(f"Full config saved to {path}")
-
-
-def write_results(results, output_dir):
-    """Write the evaluation results (task -> metric -> value) to OUTPUT_DIR/eval_results.json."""
-    path = os.path.join(output_dir, "eval_results.json")
-    with atomic_open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    logger.info(f"Evaluation results written to {path}")
-
-
-def main(args):
-    with contextlib.ExitStack() as run:
-        cfg = setup(args, None if args.eval_only else run)
-        if args.eval_only:
-            save_config(cfg, "config_eval.yaml")  # config.yaml is the training run's
-            model = Trainer.build_model(cfg)
-            # strict: a checkpoint that does not fit (e.g. another class head) is refused
-            checkpointer = Trainer.build_checkpointer(cfg, model, strict=True)
-            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-            results = Trainer.test(cfg, model)
-            if cfg.TEST.AUG.ENABLED:
-                results.update(Trainer.test_with_TTA(cfg, model))
-        else:
-            trainer = Trainer(cfg)
-            trainer.resume_or_load(resume=args.resume)
-            if trainer.nothing_to_train:  # a finished run resumed: Trainer.train says so
-                trainer.train()
-                return {}
-            # once the checkpoint resumed (if any) is known to fit this config
-            save_config(cfg, "config.yaml")
-            trainer.train()
-            results = trainer.last_eval_results
-        if comm.is_main_process():
-            verify_results(cfg, results)
-            write_results(results, cfg.OUTPUT_DIR)
-    return results
-
-
-def argument_parser():
-    """detectron2's training arguments plus --dist-timeout, --overwrite and --allow-unsafe-config."""
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT.total_seconds(),
-        metavar="SECONDS",
-        help="how long a worker waits for the others (start-up, collectives) before failing",
-    )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace the earlier run in OUTPUT_DIR (its checkpoints and metrics.json are deleted)",
-    )
-    parser.add_argument(
-        "--allow-unsafe-config",
-        action="store_true",
-        help="allow YAML python tags, which run code, in the config files (only for files you trust)",
-    )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="print the traceback of a user error (config, weights, data, missing file) too",
-    )
-    parser.add_argument(
-        "--verbose",
-        action="store_true",
-        help="also print on the console the model, the full config and Python's warnings, "
-        "which OUTPUT_DIR/log.txt always has",
-    )
-    return parser
-
-
-def launch_main(args) -> None:
-    """``main`` in --num-gpus processes per machine through detectron2's launch (--num-machines,
-    --machine-rank, --dist-url across machines)."""
-    # with worker processes, this one passes SIGTERM / SIGUSR1 on to them (see StopOnSignal)
-    spawns = args.num_gpus * args.num_machines > 1
-    with forward_stop_signals_to_workers() if spawns else contextlib.nullcontext():
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            timeout=timedelta(seconds=args.dist_timeout),
-        )
-
-
-def run(args, environ=os.environ) -> None:
-    """
-    ``main`` as one worker of a torchrun or srun job where ``environ`` describes one (see
-    maskformer.engine.cluster_launch), else through :func:`launch_main`. The config is loaded
-    once first and checked against the number of processes, so that a mistake in it is reported
-    before any process starts.
-    """
-    cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
-    try:
-        worker = detect_worker_environment(environ)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if worker is not None and (args.num_gpus > 1 or args.num_machines > 1):
-        raise ConfigError(
-            f"Started by {worker.launcher} as one of {worker.world_size} processes, each of them "
-            f"a worker: drop --num-gpus {args.num_gpus} / --num-machines {args.num_machines}"
-        )
-    if worker is None:
-        processes = (args.num_gpus * args.num_machines, args.num_gpus)
-        how = f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines}"
-    else:
-        processes = (worker.world_size, worker.local_world_size)
-        how = f"this {worker.launcher} job"
-    check_process_count(cfg, *processes, how, training=not args.eval_only)
-    if worker is None:
-        launch_main(args)
-        return
-    init_worker(worker, timedelta(seconds=args.dist_timeout))
-    main(args)
-
-
-def invoke_main() -> None:
-    args = argument_parser().parse_args()
-    print("Command Line Args:", args)
-    with exit_on_user_error(args.debug):
-        run(args)
-
+__all__ = ["Trainer", "argument_parser", "invoke_main", "launch_main", "main", "run", "setup"]
 
 if __name__ == "__main__":
     invoke_main()

@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import functools
 import os
-import runpy
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -41,6 +40,7 @@ from maskformer.engine.config_loading import load_config
 from maskformer.engine.trainer import Trainer
 from maskformer.export import ExportedMaskFormer, export_model
 from maskformer.export.quantize import quantize_onnx
+from maskformer.tools.export_model import resized_images
 
 DEFAULT_MODEL_DIRS = ("output/synthetic_sem_seg", "output/synthetic_panoptic")
 EXACT = "MODEL.MASK_FORMER.TEST.EXACT"
@@ -124,13 +124,9 @@ def export_onnx(cfg, model, output_dir: Path, calibration_images: int) -> Dict[s
     """The float32 and int8 ONNX files of ``model``, as tools/export_model.py writes them."""
     size = cfg.INPUT.MIN_SIZE_TEST
     onnx_file = export_model(cfg, model, "onnx", output_dir, (size, size))
-    # the export tool's reading and resizing of calibration images (tools/ is not a package)
-    read_calibration = runpy.run_path(str(REPO_ROOT / "tools" / "export_model.py"))[
-        "resized_images"
-    ]
     train_file = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[0]["file_name"]
     pattern = os.path.join(os.path.dirname(train_file), "*" + os.path.splitext(train_file)[1])
-    images = read_calibration(cfg, pattern, calibration_images)
+    images = resized_images(cfg, pattern, calibration_images)  # as the export tool reads them
     int8_file = quantize_onnx(str(onnx_file), images, str(output_dir / "model.int8.onnx"))
     return {"float32 ONNX (onnxruntime)": onnx_file, "int8 ONNX (onnxruntime)": Path(int8_file)}
 

@@ -102,12 +102,14 @@ class Predictor:
     """
     ``Predictor(config_file, weights=None, opts=None, device=None, batch_size=1,
     random_weights=False, *, exported=None, object_mask_threshold=None)``: the model of a config
-    file (or a CfgNode) with ``opts`` overrides ``[KEY, VALUE, ...]``; ``weights`` replaces
-    MODEL.WEIGHTS (read without running pickled code; weights that do not fit the model, and no
-    weights at all, are refused: see ``build_inference_model``); ``device`` replaces MODEL.DEVICE
-    (a CUDA device falls back to CPU where CUDA is missing, with a warning). ``exported``: a model
-    file of ``tools/export_model.py`` runs instead of the config's model (the config then gives
-    the resize and the device; ``object_mask_threshold`` replaces the export's panoptic one).
+    file (a path, or ``maskformer://NAME`` for the config NAME of the repository's configs/:
+    :mod:`maskformer.model_zoo`) or of a CfgNode, with ``opts`` overrides ``[KEY, VALUE, ...]``;
+    ``weights`` replaces MODEL.WEIGHTS (read without running pickled code; weights that do not fit
+    the model, and no weights at all, are refused: see ``build_inference_model``); ``device``
+    replaces MODEL.DEVICE (a CUDA device falls back to CPU where CUDA is missing, with a warning).
+    ``exported``: a model file of ``tools/export_model.py`` runs instead of the config's model
+    (the config then gives the resize and the device; ``object_mask_threshold`` replaces the
+    export's panoptic one).
 
     Attributes: ``cfg`` (frozen), ``model``, ``metadata`` (class names of DATASETS.TEST[0], else
     DATASETS.TRAIN[0]; generic names "class 0", ... with a warning when neither has any),

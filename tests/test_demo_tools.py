@@ -21,7 +21,10 @@ from maskformer.engine.checkpoint import CheckpointMismatchError, MaskFormerChec
 from maskformer.engine.cli import USER_ERRORS
 from maskformer.engine.config_loading import ConfigError
 from maskformer.predictor import InstancePredictions, Prediction, Predictor, Segment
-from tests.test_export import REPO_ROOT, block_images, build_spread_model, load_script, tiny_cfg
+from tests.utils.configs import tiny_cfg
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
+from tests.utils.repo import REPO_ROOT, load_script
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -42,7 +45,7 @@ def run_dir(tmp_path_factory):
     from scratch) and model_final.pth with the optimizer, scheduler and iteration beside the model.
     """
     folder = tmp_path_factory.mktemp("run")
-    cfg = tiny_cfg(panoptic=True)
+    cfg = tiny_cfg("panoptic")
     model = build_spread_model(cfg, seed=1)
     optimizer = torch.optim.AdamW(model.parameters(), weight_decay=0.0)
     for parameter in model.parameters():
@@ -166,7 +169,8 @@ def test_drawings_are_the_same_every_time(demo, run_dir, image_file, tmp_path):
     Colours are the class's (the metadata's, else a fixed palette), instances of one class told
     apart by their rank: two runs draw the same bytes, where detectron2 picks random colours.
     """
-    drawing = load_script("demo/predictor.py")
+    from maskformer import visualization as drawing
+
     palette = [[0, 113, 188], [216, 82, 24], [236, 176, 31]]  # detectron2's colormap
     uncoloured = drawing.with_class_colors(Metadata(name="no colours"), 3)
     assert uncoloured.stuff_colors == uncoloured.thing_colors == palette

@@ -13,15 +13,9 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from test_reliability_training import train_net_launcher  # noqa: F401  (fixture)
-from test_reliability_training import (  # the tiny train_net.py runs
-    kill_session,
-    start,
-    tiny_train_args,
-    wait_until,
-)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.utils.processes import kill_session, start, wait_until
+from tests.utils.repo import REPO_ROOT
+from tests.utils.training import tiny_train_args
 
 
 def free_port():
@@ -39,9 +33,7 @@ def alive(pid):
 
 
 def test_dist_timeout_reaches_launch(monkeypatch):
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
+    train_net = importlib.import_module("maskformer.tools.train_net")  # train_net.py's code
     calls = []
     monkeypatch.setattr(train_net, "launch", lambda *args, **kwargs: calls.append(kwargs))
     config = ["--config-file", str(REPO_ROOT / "configs/synthetic/maskformer_R18_sem_seg.yaml")]

@@ -2,9 +2,10 @@
 Loading a config safely, with errors that say what to change.
 
 :func:`load_config` = detectron2's defaults + the MaskFormer keys, then a YAML file (with its
-``_BASE_`` files), then command-line overrides, then a check that every registry name and dataset
-it refers to exists. YAML python tags (``!!python/...``, which run code while loading) are refused
-unless ``allow_unsafe``, except the published configs' ``!!python/object/apply:eval`` of a list or
+``_BASE_`` files; ``maskformer://NAME`` for a shipped config, :mod:`maskformer.model_zoo`), then
+command-line overrides, then a check that every registry name and dataset it refers to exists.
+YAML python tags (``!!python/...``, which run code while loading) are refused unless
+``allow_unsafe``, except the published configs' ``!!python/object/apply:eval`` of a list or
 number expression, which is evaluated without running code (:mod:`.config_expression`). Unknown
 keys and names are all reported at once, with close matches; a ``_BASE_`` cycle names its files.
 Files and overrides are bounded in size, nesting and alias expansion (:data:`MAX_FILE_BYTES` ...),
@@ -31,6 +32,7 @@ from ..config import add_maskformer_config
 from ..data.build import DATASET_MAPPER_REGISTRY, check_num_classes
 from ..data.datasets.custom import register_custom_datasets
 from ..data.datasets.metadata_file import register_metadata_file
+from ..model_zoo import ZOO_PREFIX, resolve_config
 from ..modeling.pixel_decoder.fpn import PIXEL_DECODER_REGISTRY
 from ..modeling.sliding_window import SlidingWindow
 from .config_expression import UnsafeExpressionError, evaluate_expression
@@ -247,10 +249,21 @@ def _file_key(filename: str) -> str:
 
 
 def _resolve_base(base: str, filename: str) -> str:
+    if base.startswith(ZOO_PREFIX):
+        return _zoo_file(base, f"Config file {filename}: _BASE_ {base}: ")
     base = os.path.expanduser(base)
     if base.startswith("/") or "://" in base:
         return base
     return os.path.join(os.path.dirname(filename), base)
+
+
+def _zoo_file(path: str, context: str = "") -> str:
+    """``path``, or the file of the shipped config it names as ``maskformer://NAME``; ``context``
+    starts the message of a name that is not in the model zoo."""
+    try:
+        return resolve_config(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{context}{e}") from e
 
 
 def _read_yaml(filename: str, allow_unsafe: bool) -> Dict[str, Any]:
@@ -342,7 +355,8 @@ def load_config(
 ) -> CfgNode:
     """
     Args:
-        path: YAML config file.
+        path: YAML config file, or ``maskformer://NAME`` for the shipped config NAME (a path
+            relative to the repository's configs/; :mod:`maskformer.model_zoo`).
         opts: overrides as a flat list ``[KEY, VALUE, KEY, VALUE, ...]`` (as on the command line).
         allow_unsafe: load YAML python tags (arbitrary code) in ``path`` or its bases; only for
             files you trust.
@@ -356,6 +370,7 @@ def load_config(
             names unknown keys, has values of the wrong type, or names unregistered components
             or datasets.
     """
+    path = _zoo_file(path)
     cfg = get_cfg()
     add_maskformer_config(cfg)
     cfg = SafeYamlCfgNode(cfg)

@@ -1,4 +1,7 @@
-"""Drawing the results of a ``maskformer.predictor.Predictor`` (eager or exported model) on images and video frames."""
+"""
+Drawing the results of a ``maskformer.predictor.Predictor`` (eager or exported model) on images
+and video frames: what the demo (demo/demo.py, maskformer-demo) shows and writes.
+"""
 
 import dataclasses
 from typing import Iterator, Optional
@@ -7,48 +10,18 @@ import cv2
 import matplotlib.colors as mplc
 import numpy as np
 import torch
-from detectron2.config import CfgNode
 from detectron2.data.catalog import Metadata
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.colormap import colormap
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 
-from maskformer.predictor import Prediction, Predictor
-from maskformer.utils.text import plural
+from .predictor import Prediction, Predictor
+from .utils.text import plural
 
 # instances are drawn from this score on when no --confidence-threshold is given
 DEFAULT_INSTANCE_THRESHOLD = 0.5
 # colours of classes the dataset gives none: class i gets entry i (mod its length), RGB 0-255
 CLASS_PALETTE = [[int(c) for c in rgb] for rgb in colormap(rgb=True, maximum=255)]
-
-
-def build_predictor(
-    cfg: CfgNode,
-    exported: Optional[str] = None,
-    confidence_threshold: Optional[float] = None,
-    batch_size: int = 1,
-    random_weights: bool = False,
-) -> Predictor:
-    """
-    The Predictor of ``cfg`` (or of the ``exported`` model file, resized and placed as ``cfg``
-    says); without MODEL.WEIGHTS only with ``random_weights``. ``confidence_threshold`` replaces
-    the panoptic score threshold (MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) and is refused for
-    a semantic-only model, whose output has no scores to threshold.
-    """
-    if exported:
-        predictor = Predictor.from_exported(exported, cfg, confidence_threshold, batch_size)
-    else:
-        opts = []
-        if confidence_threshold is not None:
-            opts = ["MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", confidence_threshold]
-        predictor = Predictor(cfg, opts=opts, batch_size=batch_size, random_weights=random_weights)
-    if confidence_threshold is not None and predictor.tasks == ("sem_seg",):
-        raise ValueError(
-            "--confidence-threshold: this model gives semantic segmentation only (no "
-            "MODEL.MASK_FORMER.TEST.PANOPTIC_ON / INSTANCE_ON), whose class scores are not "
-            "thresholded; omit the option"
-        )
-    return predictor
 
 
 def with_class_colors(metadata: Metadata, num_classes: int) -> Metadata:
