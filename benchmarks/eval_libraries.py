@@ -20,10 +20,9 @@ import argparse
 import json
 import os
 import tempfile
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation.coco_evaluation import _evaluate_predictions_on_coco
@@ -33,49 +32,15 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from benchmarks.pq_eval import (
-    THING_IDS,
-    compare_pq,
-    print_comparison,
-    read_predictions,
-    timed,
-    write_synthetic_panoptic,
-)
+from benchmarks.pq_eval import compare_pq, print_comparison, timed
 from maskformer.evaluation.instance_evaluation import (
     evaluate_coco_results,
     panoptic_to_coco_instances,
 )
 from maskformer.evaluation.semantic import FastSemSegEvaluator
+from maskformer.evaluation.synthetic import synthetic_instance_results, write_synthetic_panoptic
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-
-
-def synthetic_instance_results(paths: Dict[str, str], seed: int = 0) -> List[Dict]:
-    """
-    COCO instance results of the generated panoptic predictions: every predicted thing segment
-    with a random score, and for a third of them a second, lower-scored detection of another
-    thing category (duplicates and confusions, as a mask classifier's top-k gives).
-    """
-    rng = np.random.default_rng(seed)
-    pred, pred_ids = read_predictions(paths)
-    results = []
-    for ann in pred["annotations"]:
-        ids = pred_ids[ann["image_id"]]
-        for segment in ann["segments_info"]:
-            if segment["category_id"] not in THING_IDS:
-                continue
-            rle = mask_util.encode(np.asfortranarray((ids == segment["id"]).astype(np.uint8)))
-            detection = {
-                "image_id": ann["image_id"],
-                "segmentation": {"size": rle["size"], "counts": rle["counts"].decode("ascii")},
-                "bbox": mask_util.toBbox(rle).tolist(),
-            }
-            score = float(rng.random())
-            results.append({**detection, "category_id": segment["category_id"], "score": score})
-            if rng.random() < 1 / 3:
-                other = int(rng.choice(THING_IDS))
-                results.append({**detection, "category_id": other, "score": score * rng.random()})
-    return results
 
 
 def ap_difference(a, b) -> float:

@@ -1,41 +1,65 @@
-"""Shared test fixtures: the published-release reference data, datasets registered for one test, the
-fast semantic path at the tests' small sizes, and a quiet, single-threaded torch."""
+"""Shared test fixtures: the published-release reference data, datasets registered for one test or
+generated for train_net.py runs, tiny exported models, the fast semantic path at the tests' small
+sizes, and a quiet, two-threaded torch. Shared helpers that are not fixtures are in tests/utils."""
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from maskformer.data.synthetic import ensure_synthetic_dataset
+from maskformer.export import export_model
 from maskformer.modeling.kernels import semantic_at_mask_resolution
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = Path(
-    os.environ.get("MASKFORMER_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference")
-)
+from tests.utils.configs import TRACE_SIZE, tiny_cfg
+from tests.utils.models import build_spread_model
+from tests.utils.repo import require_reference
+from tests.utils.training import LAUNCHER, NUM_TRAIN, NUM_VAL, SEM_SEG_CONFIG
 
 torch.set_num_threads(int(os.environ.get("MASKFORMER_TEST_THREADS", "2")))
-
-
-def require_reference(*parts) -> Path:
-    """
-    Path of a file under the reference folder. Skips the test where the folder is absent (a
-    user's clone) and fails where CI=true, since CI always has it.
-    """
-    path = REFERENCE_DIR.joinpath(*parts)
-    if not path.exists():
-        message = f"reference data not found at {path} (set MASKFORMER_REFERENCE_DIR)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 @pytest.fixture
 def reference_dir() -> Path:
     return require_reference()
+
+
+@pytest.fixture(scope="session")
+def datasets_root(tmp_path_factory) -> Path:
+    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once per session)."""
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_dataset(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def train_net_launcher(tmp_path_factory):
+    """(command prefix running train_net.py on the tiny dataset, environment for it): see
+    tests.utils.training.LAUNCHER."""
+    root = tmp_path_factory.mktemp("datasets")
+    ensure_synthetic_dataset(str(root), NUM_TRAIN, NUM_VAL)  # once, not raced by the workers
+    script = root / "launch_train_net.py"
+    script.write_text(LAUNCHER)
+    env = {
+        **os.environ,
+        "DETECTRON2_DATASETS": str(root),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    return [sys.executable, str(script), "--config-file", SEM_SEG_CONFIG], env
+
+
+@pytest.fixture(scope="module", params=["semantic", "panoptic"])
+def exported(request, tmp_path_factory):
+    """(cfg, eager model, {format: model file}) for one tiny model, exported once per module."""
+    cfg = tiny_cfg(request.param)
+    model = build_spread_model(cfg, seed=0)  # a seed whose results have several classes
+    out = tmp_path_factory.mktemp(request.param)
+    files = {fmt: export_model(cfg, model, fmt, out, TRACE_SIZE) for fmt in ("torchscript", "onnx")}
+    return cfg, model, files
 
 
 @pytest.fixture

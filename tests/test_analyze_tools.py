@@ -12,7 +12,7 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from tests.conftest import REPO_ROOT
+from tests.utils.repo import REPO_ROOT
 
 ADE_R50 = str(REPO_ROOT / "configs" / "ade20k-150" / "maskformer_R50_bs16_160k.yaml")
 

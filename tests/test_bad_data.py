@@ -6,17 +6,17 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_mappers import (
-    check_output,
-    make_cfg,
-    random_image,
-    write_panoptic_sample,
-    write_semantic_sample,
-)
 
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
 from maskformer.data.reading import BadSampleError, check_label_values, read_image
+from tests.utils.samples import (
+    check_output,
+    make_cfg,
+    random_rgb,
+    write_panoptic_sample,
+    write_semantic_sample,
+)
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def rng():
 @pytest.fixture
 def semantic_sample(tmp_path, rng):
     label = rng.randint(0, 5, (24, 32)).astype(np.uint8)
-    return write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    return write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
 
 
 def map_semantic(sample, **overrides):
@@ -66,7 +66,7 @@ def test_truncated_and_corrupt_files(semantic_sample, tmp_path):
 
 def test_label_must_be_single_channel(semantic_sample, tmp_path, rng):
     rgb_label = tmp_path / "rgb_label.png"
-    Image.fromarray(random_image(rng, 24, 32)).save(rgb_label)
+    Image.fromarray(random_rgb(rng, 24, 32)).save(rgb_label)
     sample = dict(semantic_sample, sem_seg_file_name=str(rgb_label))
     expect_bad(MaskFormerSemanticDatasetMapper(make_cfg()), sample, rgb_label, "one channel")
 
@@ -76,7 +76,7 @@ def test_label_must_be_single_channel(semantic_sample, tmp_path, rng):
 
 def test_label_size_mismatch(tmp_path, rng):
     label = np.zeros((24, 30), np.uint8)
-    sample = write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
     mapper = MaskFormerSemanticDatasetMapper(make_cfg())
     expect_bad(mapper, sample, sample["sem_seg_file_name"], "30x24 .* differs from the image")
 
@@ -90,7 +90,7 @@ def test_dataset_size_mismatch(semantic_sample):
 def test_label_values_out_of_range(tmp_path, rng):
     label = np.zeros((24, 32), np.uint8)
     label[0, :3] = [5, 7, 255]  # 5 and 7 >= NUM_CLASSES (5); 255 is the ignore value
-    sample = write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
     mapper = MaskFormerSemanticDatasetMapper(make_cfg())
     expect_bad(mapper, sample, sample["sem_seg_file_name"], r"label values \[5, 7\] are outside")
 
@@ -98,7 +98,7 @@ def test_label_values_out_of_range(tmp_path, rng):
 def _panoptic(tmp_path, rng, segments_info):
     ids = np.zeros((24, 32), np.int64)
     ids[:, :16], ids[:, 16:] = 10, 20
-    return write_panoptic_sample(tmp_path, random_image(rng, 24, 32), ids, segments_info)
+    return write_panoptic_sample(tmp_path, random_rgb(rng, 24, 32), ids, segments_info)
 
 
 def test_panoptic_id_missing_from_segments_info(tmp_path, rng):
@@ -144,7 +144,7 @@ def _write_with_cv2(path, array):
 @pytest.mark.parametrize("image_format", ["RGB", "BGR"])
 def test_image_modes_become_three_channels(tmp_path, rng, kind, image_format):
     gray = rng.randint(0, 256, (20, 28)).astype(np.uint8)
-    rgb = random_image(rng, 20, 28)
+    rgb = random_rgb(rng, 20, 28)
     path = tmp_path / f"{kind}.png"
     if kind == "gray":
         Image.fromarray(gray).save(path)
@@ -174,14 +174,14 @@ def test_image_modes_become_three_channels(tmp_path, rng, kind, image_format):
 
 def test_grayscale_image_through_the_mapper(tmp_path, rng):
     label = rng.randint(0, 5, (24, 32)).astype(np.uint8)
-    sample = write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
     _write_with_cv2(sample["file_name"], rng.randint(0, 65536, (24, 32)).astype(np.uint16))
     check_output(map_semantic(sample))
 
 
 def test_image_without_annotated_pixel(tmp_path, rng):
     label = np.full((24, 32), 255, np.uint8)
-    sample = write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
     out = map_semantic(sample, **{"INPUT.MIN_SIZE_TRAIN": (24,), "INPUT.SIZE_DIVISIBILITY": 32})
     classes, masks, sem_seg = check_output(out)
     assert classes.shape == (0,) and masks.shape == (0, 32, 32) and (sem_seg == 255).all()
@@ -190,7 +190,7 @@ def test_image_without_annotated_pixel(tmp_path, rng):
 def test_palette_label_map(tmp_path, rng):
     """Palette PNGs (Mapillary Vistas, VOC) hold class indices, not colours."""
     label = rng.randint(0, 5, (24, 32)).astype(np.uint8)
-    sample = write_semantic_sample(tmp_path, random_image(rng, 24, 32), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 24, 32), label)
     palette_label = Image.frombytes("P", (32, 24), label.tobytes())
     palette_label.putpalette(list(range(256)) * 3)
     palette_label.save(sample["sem_seg_file_name"])

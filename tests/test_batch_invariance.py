@@ -5,16 +5,13 @@ padded size share a forward pass), and images of one padded size, wherever they 
 still run together.
 """
 
-import importlib.util
 import json
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import torch
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from torch.nn.modules.module import register_module_forward_pre_hook
 
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
@@ -22,25 +19,11 @@ from maskformer.engine.config_loading import load_config
 from maskformer.export import export_model
 from maskformer.maskformer_model import MaskFormer
 from maskformer.predictor import Predictor
-from tests.conftest import REPO_ROOT
-from tests.decision_margins import assert_argmax_agrees
+from tests.utils.configs import CONFIGS, tiny_opts
+from tests.utils.decision_margins import assert_argmax_agrees
+from tests.utils.models import build_spread_model
+from tests.utils.repo import load_script
 
-CONFIGS = {
-    "semantic": "configs/synthetic/maskformer_R18_sem_seg.yaml",
-    "panoptic": "configs/synthetic/maskformer_R18_panoptic.yaml",
-}
-TINY = [
-    "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "2",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8", "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "160", "MODEL.MASK_FORMER.SIZE_DIVISIBILITY", "128",
-]  # fmt: skip
-PANOPTIC = [
-    "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
-    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.2",
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.5",
-]  # fmt: skip
 # (H, W) -> resized to a short edge of 96, long edge <= 160 -> padded to multiples of 128:
 # A = 128x256, B = 128x128, C = 256x128, in the order A B C B A B
 SIZES = ((40, 120), (60, 80), (150, 45), (64, 64), (50, 140), (90, 70))
@@ -49,29 +32,20 @@ PADDED = [(128, 256), (128, 128), (256, 128), (128, 128), (128, 256), (128, 128)
 MIN_AGREEMENT = 0.9999
 
 
-def tiny_opts(task):
-    return TINY + (PANOPTIC if task == "panoptic" else [])
-
-
-def spread_model(cfg, seed):
-    """Random weights scaled so that the queries, and so the results, vary over the image."""
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    head = model.sem_seg_head.predictor
-    with torch.no_grad():
-        head.query_embed.weight.mul_(30)
-        head.mask_embed.layers[-1].weight.mul_(10)
-        head.class_embed.weight.mul_(5)
-    return model
+def padded_tiny_opts(task):
+    """tiny_opts with images padded to multiples of 128, as PADDED says."""
+    return tiny_opts(task) + ["MODEL.MASK_FORMER.SIZE_DIVISIBILITY", "128"]
 
 
 @pytest.fixture(scope="module", params=["semantic", "panoptic"])
 def run(request, tmp_path_factory):
     """(task, folder with config.yaml whose MODEL.WEIGHTS is the model_final.pth beside it)."""
     task = request.param
-    cfg = load_config(CONFIGS[task], tiny_opts(task), need_datasets=False)
+    cfg = load_config(CONFIGS[task], padded_tiny_opts(task), need_datasets=False)
     folder = tmp_path_factory.mktemp(task)
-    MaskFormerCheckpointer(spread_model(cfg, seed=1), save_dir=str(folder)).save("model_final")
+    MaskFormerCheckpointer(build_spread_model(cfg, seed=1), save_dir=str(folder)).save(
+        "model_final"
+    )
     cfg.MODEL.WEIGHTS = str(folder / "model_final.pth")
     (folder / "config.yaml").write_text(cfg.dump())
     return task, folder
@@ -159,8 +133,10 @@ def test_mixed_sizes_in_batches_give_each_image_its_result_alone(run, images):
 
 def test_exported_model_is_batched_by_its_own_size_divisibility(images, tmp_path):
     """The export pads to the divisibility it was exported with, whatever the config says."""
-    cfg = load_config(CONFIGS["semantic"], tiny_opts("semantic"), need_datasets=False)
-    model_file = export_model(cfg, spread_model(cfg, seed=1), "torchscript", tmp_path, (64, 64))
+    cfg = load_config(CONFIGS["semantic"], padded_tiny_opts("semantic"), need_datasets=False)
+    model_file = export_model(
+        cfg, build_spread_model(cfg, seed=1), "torchscript", tmp_path, (64, 64)
+    )
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32  # 96x128 and 96x96 would then differ
     predictor = Predictor.from_exported(str(model_file), cfg, batch_size=8)
     graph, batches = predictor.model.graph, []
@@ -177,30 +153,17 @@ def test_exported_model_is_batched_by_its_own_size_divisibility(images, tmp_path
         assert_same_result(result, expected)
 
 
-def load_demo():
-    """demo/demo.py as a module (it imports its sibling modules from demo/)."""
-    path = REPO_ROOT / "demo" / "demo.py"
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("batch_invariance_demo", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
 def test_demo_batch_size_saves_the_masks_of_batch_size_one(images, tmp_path):
     task = "panoptic"
-    cfg = load_config(CONFIGS[task], tiny_opts(task), need_datasets=False)
-    torch.save({"model": spread_model(cfg, seed=1).state_dict()}, tmp_path / "weights.pth")
+    cfg = load_config(CONFIGS[task], padded_tiny_opts(task), need_datasets=False)
+    torch.save({"model": build_spread_model(cfg, seed=1).state_dict()}, tmp_path / "weights.pth")
     cfg.MODEL.WEIGHTS = str(tmp_path / "weights.pth")
     (tmp_path / "model.yaml").write_text(cfg.dump())
     (tmp_path / "in").mkdir()
     for i, image in enumerate(images):
         assert cv2.imwrite(str(tmp_path / "in" / f"{i}.png"), image)
 
-    demo = load_demo()
+    demo = load_script("demo/demo.py")
     saved, batches = {}, []
     count = register_module_forward_pre_hook(
         lambda module, args: (

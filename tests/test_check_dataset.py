@@ -10,7 +10,7 @@ from panopticapi.utils import id2rgb
 from PIL import Image
 
 from maskformer.data.inspection import inspect_dataset
-from tests.conftest import REPO_ROOT
+from tests.utils.repo import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
 check_dataset = importlib.util.module_from_spec(spec)

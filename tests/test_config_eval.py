@@ -17,9 +17,8 @@ from maskformer.engine.config_expression import (
     evaluate_expression,
 )
 from maskformer.engine.config_loading import ConfigError, load_config
-from tests.test_export import load_script
+from tests.utils.repo import REPO_ROOT, load_script
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RELEASE_EXPRESSION = "[int(x * 0.1 * {size}) for x in range(5, 21)]"
 # the base size of each published multi-scale MIN_SIZE_TRAIN list
 RELEASE_SIZES = (512, 640, 1024, 2048)

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 import maskformer  # noqa: F401  (registers datasets, mappers, heads, backbones)
-from maskformer import add_maskformer_config
 from maskformer.data.build import DATASET_MAPPER_REGISTRY
 from maskformer.engine import config_loading
-from tests.conftest import REPO_ROOT, require_reference
+from tests.utils.configs import load_zoo_config
+from tests.utils.repo import REPO_ROOT, require_reference
 
 CONFIG_DIR = REPO_ROOT / "configs"
 ALL_CONFIGS = sorted(
@@ -28,13 +27,6 @@ MODEL_CONFIGS = [c for c in ALL_CONFIGS if c not in BASE_CONFIGS]
 # Swin-S/B/L take several seconds each to build on CPU (truncated-normal init); Swin-T, built by
 # default, runs the same code
 SLOW_TO_BUILD = ("swin_small", "swin_base", "swin_large")
-
-
-def load_config(name: str):
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_file(str(CONFIG_DIR / name))
-    return cfg
 
 
 def scale_jitter(size: int):
@@ -78,13 +70,13 @@ def test_config_is_plain_yaml_and_merges(name):
     assert "!!python" not in text
     content = yaml.safe_load(text)  # raises on any python tag
     assert isinstance(content, dict)
-    load_config(name)  # raises on unknown keys
+    load_zoo_config(name)  # raises on unknown keys
     config_loading.load_config(str(CONFIG_DIR / name))  # train_net.py's stricter loader
 
 
 @pytest.mark.parametrize("name", MODEL_CONFIGS)
 def test_config_names_registered_data(name):
-    cfg = load_config(name)
+    cfg = load_zoo_config(name)
     assert cfg.INPUT.DATASET_MAPPER_NAME in DATASET_MAPPER_REGISTRY
     registered = set(DatasetCatalog.list())
     for dataset in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
@@ -297,7 +289,7 @@ PAPER_SETTINGS = [
 
 @pytest.mark.parametrize("name,settings", PAPER_SETTINGS, ids=[n for n, _ in PAPER_SETTINGS])
 def test_paper_hyperparameters(name, settings):
-    cfg = load_config(name)
+    cfg = load_zoo_config(name)
     for key, expected in settings.items():
         value = cfg
         for part in key.split("."):
@@ -332,7 +324,7 @@ REFERENCE_KEYS = {
     ],
 )
 def test_config_builds_model(name):
-    cfg = load_config(name)
+    cfg = load_zoo_config(name)
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     model = build_model(cfg)

@@ -19,7 +19,7 @@ from maskformer.config import add_maskformer_config
 from maskformer.data import register_dataset_spec, register_folder_panoptic, register_folder_sem_seg
 from maskformer.data.datasets.custom import read_class_names
 from maskformer.data.synthetic import SYNTHETIC_CATEGORIES, ensure_synthetic_dataset, generate_image
-from tests.conftest import REPO_ROOT
+from tests.utils.repo import REPO_ROOT
 
 CLASS_NAMES = [c["name"] for c in SYNTHETIC_CATEGORIES]
 

@@ -15,7 +15,10 @@ import pytest
 import skimage
 import torch
 
-from tests.test_export import REPO_ROOT, block_images, build_spread_model, load_script, tiny_cfg
+from tests.utils.configs import tiny_cfg
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
+from tests.utils.repo import REPO_ROOT, load_script
 
 CHELSEA = os.path.join(
     os.path.dirname(skimage.__file__), "data", "chelsea.png"
@@ -36,7 +39,7 @@ def config_files(tmp_path_factory):
     files = {}
     for task, seed in (("semantic", 0), ("panoptic", 1), ("unnamed", 0)):
         folder = tmp_path_factory.mktemp(task)
-        cfg = tiny_cfg(panoptic=task == "panoptic")
+        cfg = tiny_cfg("panoptic" if task == "panoptic" else "semantic")
         if task == "unnamed":
             cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (), ("no_metadata_dataset",)
         torch.save({"model": build_spread_model(cfg, seed).state_dict()}, folder / "weights.pth")

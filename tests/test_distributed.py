@@ -14,15 +14,10 @@ import torch
 from submitit.core.job_environment import SignalHandler
 from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
-from test_train_net import (  # noqa: F401
-    REPO,
-    SEM_CFG,
-    TINY,
-    datasets_root,
-    read_results,
-    run_train_net,
-    same_metrics,
-)
+
+from tests.utils.configs import SEM_CFG
+from tests.utils.repo import REPO_ROOT
+from tests.utils.training import TINY, read_results, run_train_net, same_metrics
 
 
 def free_port() -> int:
@@ -116,7 +111,7 @@ def test_two_machines_on_loopback(ddp_run, datasets_root, tmp_path):
 
 def load_slurm_launcher():
     spec = importlib.util.spec_from_file_location(
-        "train_net_slurm", REPO / "tools" / "train_net_slurm.py"
+        "train_net_slurm", REPO_ROOT / "tools" / "train_net_slurm.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.utils.repo import REPO_ROOT
+
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # scripts whose options the docs may name, as the docs call them
 SCRIPT = re.compile(r"python (?:-m )?((?:tools|demo)/[\w\-]+\.py|train_net\.py)")

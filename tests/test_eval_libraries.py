@@ -20,10 +20,14 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from benchmarks import eval_libraries
-from benchmarks.eval_libraries import synthetic_instance_results
-from benchmarks.pq_eval import STUFF_IDS, THING_IDS, write_synthetic_panoptic
 from maskformer.evaluation import InstanceSegEvaluator, panoptic_to_coco_instances
 from maskformer.evaluation.instance_evaluation import evaluate_coco_results
+from maskformer.evaluation.synthetic import (
+    STUFF_IDS,
+    THING_IDS,
+    synthetic_instance_results,
+    write_synthetic_panoptic,
+)
 
 NUM_IMAGES = 16
 

@@ -332,7 +332,7 @@ def test_detectron2_evaluation_loop_runs_on_the_loader_and_skips(folder_dataset,
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
 
-    from tests.test_model import tiny_cfg
+    from tests.utils.configs import tiny_cfg
 
     name = folder_dataset(labels(3, h=32, w=40))
     bad = corrupt(name, 0, "file_name", "truncated", tmp_path)
@@ -370,7 +370,7 @@ def test_trainer_test_gives_our_evaluators_the_labels_and_others_the_scores(
     from maskformer.engine.trainer import Trainer
     from maskformer.evaluation.build import semantic_label_reader
     from maskformer.evaluation.semantic import FastSemSegEvaluator
-    from tests.test_model import tiny_cfg
+    from tests.utils.configs import tiny_cfg
 
     class RecordingSemSegEvaluator(FastSemSegEvaluator):
         def process(self, inputs, outputs):

@@ -13,17 +13,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from test_reliability_training import (  # noqa: F401  (fixture)
-    LAUNCHER,
-    kill_session,
-    start,
-    tiny_train_args,
-    train_net_launcher,
-    wait_until,
-)
 
 from maskformer.data.resumable import ResumableTrainLoader, TrainingStream
 from maskformer.engine.preemption import PREEMPTED_EXIT_CODE
+from tests.utils.processes import kill_session, start, wait_until
+from tests.utils.training import LAUNCHER, tiny_train_args
 
 NUM_DICTS = 7
 

@@ -4,8 +4,6 @@ outputs, then sem_seg / panoptic_seg / instances after post-processing), the met
 to feed them, and demo.py runs them.
 """
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
@@ -13,12 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 
 import maskformer.export.exporters as exporters
-from maskformer import add_maskformer_config
 from maskformer.export import (
     ExportedMaskFormer,
     InferenceSettings,
@@ -29,7 +24,15 @@ from maskformer.export import (
     postprocess,
 )
 from maskformer.modeling.inference import masks_to_output_size
-from tests.decision_margins import assert_argmax_agrees, assert_panoptic_agrees, panoptic_decisions
+from tests.utils.configs import CLASS_NAMES, TINY_MODEL, TRACE_SIZE, tiny_cfg
+from tests.utils.decision_margins import (
+    assert_argmax_agrees,
+    assert_panoptic_agrees,
+    panoptic_decisions,
+)
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
+from tests.utils.repo import load_script
 
 # torch's own deprecation notices for the TorchScript tracer/loader and the legacy ONNX exporter used here
 pytestmark = [
@@ -42,129 +45,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_DATASET = "maskformer_export_test"
-CLASS_NAMES = ["cat", "dog", "grass", "sky"]  # 0, 1 things; 2, 3 stuff
-TRACE_SIZE = (64, 64)  # the graphs are traced at this size and run at others
-
-TINY = {
-    "MODEL.META_ARCHITECTURE": "MaskFormer",
-    "MODEL.DEVICE": "cpu",
-    "MODEL.WEIGHTS": "",
-    "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
-    "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
-    "INPUT.FORMAT": "RGB",
-    "INPUT.MIN_SIZE_TEST": 96,
-    "INPUT.MAX_SIZE_TEST": 160,
-    "MODEL.BACKBONE.NAME": "build_resnet_backbone",
-    "MODEL.RESNETS.DEPTH": 18,
-    "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
-    "MODEL.RESNETS.NORM": "FrozenBN",
-    "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
-    "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
-    "MODEL.SEM_SEG_HEAD.IN_FEATURES": ["res2", "res3", "res4", "res5"],
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": len(CLASS_NAMES),
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM": 32,
-    "MODEL.SEM_SEG_HEAD.MASK_DIM": 32,
-    "MODEL.SEM_SEG_HEAD.NORM": "GN",
-    "MODEL.MASK_FORMER.HIDDEN_DIM": 32,
-    "MODEL.MASK_FORMER.NHEADS": 2,
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD": 64,
-    "MODEL.MASK_FORMER.DEC_LAYERS": 2,
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 8,
-    "MODEL.MASK_FORMER.DROPOUT": 0.0,
-    "DATASETS.TRAIN": (TEST_DATASET,),
-    "DATASETS.TEST": (TEST_DATASET,),
-}
-PANOPTIC = {
-    "MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME": "TransformerEncoderPixelDecoder",
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS": 1,
-    "MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "transformer_encoder",
-    "MODEL.MASK_FORMER.TEST.PANOPTIC_ON": True,
-    "MODEL.MASK_FORMER.TEST.INSTANCE_ON": True,
-    "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD": 0.5,
-}
-
-
-def register_test_metadata():
-    MetadataCatalog.get(TEST_DATASET).set(
-        stuff_classes=CLASS_NAMES,
-        stuff_colors=[[220, 20, 60], [0, 0, 142], [152, 251, 152], [70, 130, 180]],
-        thing_classes=CLASS_NAMES,
-        thing_colors=[[220, 20, 60], [0, 0, 142], [152, 251, 152], [70, 130, 180]],
-        thing_dataset_id_to_contiguous_id={0: 0, 1: 1},
-        stuff_dataset_id_to_contiguous_id={2: 2, 3: 3},
-    )
-
-
-def tiny_cfg(panoptic: bool):
-    """A ResNet-18 MaskFormer with 32-d heads: semantic with the FPN pixel decoder, or panoptic (+
-    instances) with the transformer-encoder pixel decoder."""
-    register_test_metadata()
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    overrides = {**TINY, **(PANOPTIC if panoptic else {})}
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
-
-
-def load_script(relative_path: str):
-    """Imports one of the repository's scripts (demo/demo.py, tools/export_model.py) as a module."""
-    path = REPO_ROOT / relative_path
-    sys.path.insert(0, str(path.parent))  # demo.py imports its sibling predictor.py
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
-
-def build_spread_model(cfg, seed: int):
-    """
-    A random-weight model whose results vary over the image: plain random weights give near-identical
-    queries (one class everywhere), so the query embeddings, mask embeddings and class logits are
-    scaled up to spread them apart.
-    """
-    torch.manual_seed(seed)
-    model = build_model(cfg).eval()
-    predictor = model.sem_seg_head.predictor
-    with torch.no_grad():
-        predictor.query_embed.weight.mul_(30)
-        predictor.mask_embed.layers[-1].weight.mul_(10)
-        predictor.class_embed.weight.mul_(5)
-    return model
-
-
-def block_images(seed=0, sizes=((90, 120), (70, 100))):
-    """uint8 (3, H, W) images of a 3x3 grid of random colours plus a little noise."""
-    generator = torch.Generator().manual_seed(seed)
-    images = []
-    for h, w in sizes:
-        colours = torch.randint(0, 256, (3, 3, 3), generator=generator)
-        grid = colours[:, (torch.arange(h) * 3 // h)[:, None], (torch.arange(w) * 3 // w)[None, :]]
-        noise = torch.randint(-10, 11, (3, h, w), generator=generator)
-        images.append((grid + noise).clamp(0, 255).to(torch.uint8))
-    return images
-
-
-@pytest.fixture(scope="module", params=["semantic", "panoptic"])
-def exported(request, tmp_path_factory):
-    """(cfg, eager model, {format: model file}) for one tiny model, exported once per module."""
-    panoptic = request.param == "panoptic"
-    cfg = tiny_cfg(panoptic)
-    model = build_spread_model(cfg, seed=0)  # a seed whose results have several classes
-    out = tmp_path_factory.mktemp(request.param)
-    files = {fmt: export_model(cfg, model, fmt, out, TRACE_SIZE) for fmt in ("torchscript", "onnx")}
-    return cfg, model, files
-
 
 def panoptic_decisions_of(model, batch, runner):
     """
     Per image, which panoptic decisions of the eager model the exported graph's rounding cannot
     move: margins of the eager head outputs against the largest difference of the two graphs'
-    logits on this batch (tests/decision_margins.py).
+    logits on this batch (tests/utils/decision_margins.py).
     """
     images = model.preprocess_image(batch)
     with torch.no_grad():
@@ -247,7 +133,7 @@ def test_exported_graph_matches_eager_model(exported, fmt):
 
 
 def test_postprocess_of_eager_head_equals_forward():
-    cfg = tiny_cfg(panoptic=True)
+    cfg = tiny_cfg("panoptic")
     model = build_spread_model(cfg, seed=1)
     batch = [{"image": image} for image in block_images(seed=1)]
     with torch.no_grad():
@@ -270,7 +156,7 @@ def test_postprocess_of_eager_head_equals_forward():
 
 
 def test_graph_does_not_fold_and_leaves_the_model_untouched():
-    cfg = tiny_cfg(panoptic=False)
+    cfg = tiny_cfg("semantic")
     cfg.MODEL.MASK_FORMER.TEST.FOLD_MASK_EMBED = True
     model = build_model(cfg).eval()
     graph = MaskFormerGraph(model)
@@ -290,7 +176,7 @@ def test_inference_settings_of_an_export_without_the_speed_flags():
     Exports written before InferenceSettings had sem_seg_fast or resize_by_matmul load with the
     published computation.
     """
-    cfg = tiny_cfg(panoptic=True)
+    cfg = tiny_cfg("panoptic")
     cfg.MODEL.MASK_FORMER.TEST.SEM_SEG_FAST = True
     settings = InferenceSettings.from_model(build_model(cfg))
     saved = settings.to_dict()
@@ -307,8 +193,8 @@ def test_metadata_and_onnx_opset(exported):
     info = load_export_metadata(files["onnx"])
     assert metadata_path(files["onnx"]).name == "model.onnx.json"
     assert info["export_format"] == "onnx" and info["device"] == "cpu"
-    assert info["input"]["pixel_mean"] == pytest.approx(TINY["MODEL.PIXEL_MEAN"])
-    assert info["input"]["pixel_std"] == pytest.approx(TINY["MODEL.PIXEL_STD"])
+    assert info["input"]["pixel_mean"] == pytest.approx(TINY_MODEL["MODEL.PIXEL_MEAN"])
+    assert info["input"]["pixel_std"] == pytest.approx(TINY_MODEL["MODEL.PIXEL_STD"])
     assert info["input"]["size_divisibility"] == 32 and info["input"]["image_format"] == "RGB"
     assert info["input"]["example_size"] == list(TRACE_SIZE)
     assert info["class_metadata"]["stuff_classes"] == CLASS_NAMES
@@ -383,7 +269,7 @@ SWIN = {
 
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_swin_model_exports(fmt, tmp_path):
-    cfg = tiny_cfg(panoptic=False)
+    cfg = tiny_cfg("semantic")
     cfg.merge_from_list([x for kv in SWIN.items() for x in kv])
     model = build_spread_model(cfg, seed=0)
     runner = ExportedMaskFormer(
@@ -397,7 +283,7 @@ def test_swin_model_exports(fmt, tmp_path):
 
 def test_export_tool_writes_what_the_demo_runs(tmp_path):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(tiny_cfg(panoptic=False).dump())
+    config_file.write_text(tiny_cfg("semantic").dump())
     image = np.random.default_rng(0).integers(0, 256, (70, 90, 3), dtype=np.uint8)
     image_file = tmp_path / "input.png"
     cv2.imwrite(str(image_file), image)

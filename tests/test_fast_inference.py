@@ -9,12 +9,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 
-from maskformer import add_maskformer_config
 from maskformer.modeling.inference import (
     crop_and_resize,
     image_inference,
@@ -22,10 +20,11 @@ from maskformer.modeling.inference import (
     panoptic_inference,
     semantic_inference,
 )
-from tests.conftest import require_reference
-from tests.test_golden import assert_inference_agrees
-from tests.test_inference import instance_inference
-from tests.test_model import NUM_CLASSES, _image, tiny_cfg
+from tests.utils.configs import NUM_CLASSES, tiny_cfg
+from tests.utils.golden import GOLDEN, assert_inference_agrees, golden_cfg, golden_inputs
+from tests.utils.inputs import random_image
+from tests.utils.models import instance_inference, segment_outputs
+from tests.utils.repo import require_reference
 
 pytestmark = pytest.mark.usefixtures("fast_semantic_path_at_any_size")
 
@@ -59,25 +58,6 @@ def published_inference(settings, mask_cls, mask_pred, padded_size, image_size, 
             settings.thing_ids if settings.panoptic_on else None,
         )
     return result
-
-
-def segment_outputs(num_queries, num_classes, mask_size, seed=0, contrast=8.0):
-    """Head outputs of trained-like shape: a few queries own blocky segments with sharp logits."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = mask_size
-    owner = (
-        torch.randint(0, 4, (h // 4 + 1, w // 4 + 1), generator=g)
-        .repeat_interleave(4, 0)
-        .repeat_interleave(4, 1)
-    )
-    owner = owner[:h, :w]
-    mask_pred = torch.randn(num_queries, h, w, generator=g) - contrast
-    for q in range(4):
-        mask_pred[q] = contrast * (2 * (owner == q).float() - 1) + torch.randn(h, w, generator=g)
-    mask_cls = torch.randn(num_queries, num_classes + 1, generator=g)
-    mask_cls[4:, -1] += 6
-    mask_cls[torch.arange(4), torch.randint(0, num_classes, (4,), generator=g)] += 4
-    return mask_cls, mask_pred
 
 
 @pytest.mark.parametrize(
@@ -157,7 +137,7 @@ def test_semantic_labels_setting_gives_the_argmax_of_the_scores(exact, output_si
 def test_model_semantic_labels_only():
     torch.manual_seed(0)
     model = build_model(tiny_cfg()).eval()
-    inputs = [{"image": _image(64, 96)}]
+    inputs = [{"image": random_image(64, 96)}]
     with torch.no_grad():
         scores = model(inputs)[0]["sem_seg"]
         with model.semantic_labels_only():
@@ -201,40 +181,25 @@ def test_fast_semantic_model_option():
     exact = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.SEM_SEG_FAST": False})).eval()
     fast = build_model(tiny_cfg()).eval()  # on by default
     fast.load_state_dict(exact.state_dict())
-    inputs = [{"image": _image(50, 70), "height": 100, "width": 140}]
+    inputs = [{"image": random_image(50, 70), "height": 100, "width": 140}]
     with torch.no_grad():
         a, b = exact(inputs)[0]["sem_seg"], fast(inputs)[0]["sem_seg"]
     assert fast.inference_settings.sem_seg_fast and b.shape == a.shape == (NUM_CLASSES, 100, 140)
     assert (a.argmax(0) == b.argmax(0)).float().mean() >= 0.999
 
 
-@pytest.mark.parametrize(
-    "name", ["tiny_r18_panoptic", "tiny_r18_panoptic_enc", "tiny_swin_semantic"]
-)
+@pytest.mark.parametrize("name", GOLDEN)
 def test_default_settings_on_the_golden_files(name):
     data = torch.load(require_reference("golden", f"{name}.pt"), weights_only=False)
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_list([x for kv in data["config_overrides"].items() for x in kv])
-    metadata = MetadataCatalog.get(data["metadata_dataset"])
-    if not hasattr(
-        metadata, "thing_dataset_id_to_contiguous_id"
-    ):  # as tests/test_golden.py sets it
-        metadata.set(
-            thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
-            stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)},
-        )
     # the default speed options (fast semantic path, folded mask embeddings, fused attention,
     # channels-last), which tests/test_golden.py turns off with EXACT
-    cfg.merge_from_list(["DATASETS.TRAIN", (data["metadata_dataset"],), "MODEL.DEVICE", "cpu"])
+    cfg = golden_cfg(data)
     assert not cfg.MODEL.MASK_FORMER.TEST.EXACT
     model = build_model(cfg).eval()
     model.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict_fp16"].items()}
     )
-    inputs = [
-        {"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]
-    ]
+    inputs = golden_inputs(data)
     with torch.no_grad():
         results = model(inputs)
         head_outputs = model.sem_seg_head(model.backbone(model.preprocess_image(inputs).tensor))

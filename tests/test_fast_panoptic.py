@@ -18,13 +18,13 @@ from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
 from panopticapi.utils import id2rgb
 from PIL import Image
 
-from benchmarks.pq_eval import (
+from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator, segment_masks
+from maskformer.evaluation.synthetic import (
     STUFF_IDS,
     THING_IDS,
     synthetic_panoptic_pairs,
     write_synthetic_panoptic,
 )
-from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator, segment_masks
 
 CATEGORIES = {1: {"id": 1, "isthing": 1}, 2: {"id": 2, "isthing": 1}, 10: {"id": 10, "isthing": 0}}
 # ground truth: 11, 12 (category 1), 13 (stuff 10), 14 (crowd of category 2), 99 (not in the JSON), 0 void

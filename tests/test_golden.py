@@ -5,50 +5,38 @@ The models are built with MODEL.MASK_FORMER.TEST.EXACT, in the published computa
 
 Float values are compared to RTOL. Discrete outputs (argmax, panoptic segments, matches) are compared
 exactly where the published logits and masks decide them by more than that error can move, and on
->= 99.9% of pixels elsewhere (tests/decision_margins.py): other CPU kernels round differently.
+>= 99.9% of pixels elsewhere (tests/utils/decision_margins.py): other CPU kernels round
+differently.
 """
 
 import pytest
 import torch
-from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from maskformer import add_maskformer_config
-from maskformer.modeling.inference import image_inference, masks_to_output_size
-from tests.conftest import require_reference
-from tests.decision_margins import (
+from maskformer.modeling.inference import image_inference
+from tests.utils.decision_margins import (
     assert_argmax_agrees,
     assert_matches_agree,
     assert_panoptic_agrees,
-    panoptic_decisions,
 )
-
-GOLDEN = ["tiny_r18_panoptic", "tiny_r18_panoptic_enc", "tiny_swin_semantic"]
-RTOL = 1e-4
-
-
-def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
+from tests.utils.golden import (
+    GOLDEN,
+    RESIZE_ROUNDING,
+    RTOL,
+    assert_inference_agrees,
+    golden_cfg,
+    golden_inputs,
+    golden_panoptic_decisions,
+    relative_error,
+)
+from tests.utils.repo import require_reference
 
 
 @pytest.fixture(scope="module", params=GOLDEN)
 def golden(request):
     data = torch.load(require_reference("golden", f"{request.param}.pt"), weights_only=False)
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_list([x for kv in data["config_overrides"].items() for x in kv])
-    dataset = data["metadata_dataset"]
-    metadata = MetadataCatalog.get(dataset)
-    if not hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
-        metadata.set(
-            thing_dataset_id_to_contiguous_id={i: i for i in range(6)},
-            stuff_dataset_id_to_contiguous_id={i: i for i in range(6, 10)},
-        )
-    cfg.DATASETS.TRAIN = (dataset,)
-    cfg.DATASETS.TEST = (dataset,)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg = golden_cfg(data)
     # the published computation order: the default speed options move the values by more than
     # RTOL in places (tests/test_fast_inference.py checks the defaults against these files)
     cfg.MODEL.MASK_FORMER.TEST.EXACT = True
@@ -60,79 +48,6 @@ def golden(request):
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
     model.eval()
     return model, data
-
-
-def _eval_inputs(data):
-    return [
-        {"image": x["image"], "height": x["height"], "width": x["width"]} for x in data["inputs"]
-    ]
-
-
-#: rounding of logits by the post-processing's float32 resizing (|logits| <= ~60 here: a few ulps)
-RESIZE_ROUNDING = 2e-5
-
-
-def _masks_at_output_size(data, i: int, head_outputs=None) -> torch.Tensor:
-    """The (Q, H, W) mask logits of image i (default: the published ones) at its output size, float64."""
-    image = data["inputs"][i]
-    masks = (head_outputs or data["head_outputs"])["pred_masks"][i]
-    return masks_to_output_size(
-        masks.double(),
-        tuple(data["padded_input_shape"][-2:]),
-        tuple(image["image"].shape[-2:]),
-        (image["height"], image["width"]),
-    )
-
-
-def _golden_panoptic_decisions(model, data, i: int, class_error: float, mask_error: float):
-    settings = model.inference_settings
-    return panoptic_decisions(
-        data["head_outputs"]["pred_logits"][i],
-        _masks_at_output_size(data, i),
-        settings.thing_ids,
-        settings.object_mask_threshold,
-        settings.overlap_threshold,
-        class_error,
-        mask_error,
-    )
-
-
-def assert_inference_agrees(model, data, results, head_outputs, semantic_values: bool = True):
-    """
-    ``results`` of ``model`` on the golden inputs against the published ones, where ``head_outputs``
-    are the model's own logits and masks of that run: semantic scores to RTOL (unless
-    ``semantic_values`` is False: a path that keeps only the argmax), the argmax and the panoptic
-    segments exactly where the published computation decides them by more than the measured
-    difference of the logits (plus the resizing's rounding) can move, on >= 99.9% of pixels elsewhere.
-    """
-    published = data["head_outputs"]
-    for i, (result, expected) in enumerate(zip(results, data["inference_results"])):
-        assert result["sem_seg"].shape == expected["sem_seg"].shape
-        if semantic_values:
-            assert _relative_error(result["sem_seg"], expected["sem_seg"]) < RTOL
-        assert_argmax_agrees(
-            result["sem_seg"], expected["sem_seg"], RTOL * expected["sem_seg"].abs().max().item()
-        )
-        assert ("panoptic_seg" in result) == ("panoptic_seg" in expected)
-        if "panoptic_seg" in expected:
-            assert result["panoptic_seg"][0].dtype == torch.int32
-            class_error = (
-                (head_outputs["pred_logits"][i] - published["pred_logits"][i]).abs().max().item()
-            )
-            mask_error = (
-                (_masks_at_output_size(data, i, head_outputs) - _masks_at_output_size(data, i))
-                .abs()
-                .max()
-                .item()
-            )
-            decisions = _golden_panoptic_decisions(
-                model, data, i, class_error, mask_error + RESIZE_ROUNDING
-            )
-            assert_panoptic_agrees(
-                result["panoptic_seg"],
-                (expected["panoptic_seg"], expected["segments_info"]),
-                decisions,
-            )
 
 
 def _train_inputs(data):
@@ -149,7 +64,7 @@ def _head_outputs(model, data, training: bool):
     model.train(training)
     try:
         with torch.no_grad():
-            images = model.preprocess_image(_eval_inputs(data))
+            images = model.preprocess_image(golden_inputs(data))
             return images, model.sem_seg_head(model.backbone(images.tensor))
     finally:
         model.eval()
@@ -162,7 +77,7 @@ def test_head_outputs(golden):
     expected = data["head_outputs"]
     for key in ("pred_logits", "pred_masks"):
         assert outputs[key].shape == expected[key].shape
-        assert _relative_error(outputs[key], expected[key]) < RTOL, key
+        assert relative_error(outputs[key], expected[key]) < RTOL, key
     # the earlier decoder layers' outputs are computed for the loss only
     assert "aux_outputs" not in outputs
 
@@ -175,7 +90,7 @@ def test_aux_outputs_in_training(golden):
     assert len(outputs["aux_outputs"]) == len(expected["aux_outputs"])
     for aux, aux_expected in zip(outputs["aux_outputs"], expected["aux_outputs"]):
         for key in ("pred_logits", "pred_masks"):
-            assert _relative_error(aux[key], aux_expected[key]) < RTOL, key
+            assert relative_error(aux[key], aux_expected[key]) < RTOL, key
 
 
 def test_folded_mask_embed_keeps_the_outputs(golden):
@@ -185,10 +100,10 @@ def test_folded_mask_embed_keeps_the_outputs(golden):
     try:
         _, folded = _head_outputs(model, data, training=False)
         with torch.no_grad():
-            results = model(_eval_inputs(data))
+            results = model(golden_inputs(data))
     finally:
         model.sem_seg_head.fold_mask_embed = False
-    assert _relative_error(folded["pred_masks"], outputs["pred_masks"]) < 1e-5
+    assert relative_error(folded["pred_masks"], outputs["pred_masks"]) < 1e-5
     assert torch.equal(
         folded["pred_logits"], outputs["pred_logits"]
     )  # the class head is not folded
@@ -199,7 +114,7 @@ def test_inference_results(golden):
     model, data = golden
     _, outputs = _head_outputs(model, data, training=False)
     with torch.no_grad():
-        results = model(_eval_inputs(data))
+        results = model(golden_inputs(data))
     assert_inference_agrees(model, data, results, outputs)
 
 
@@ -220,10 +135,10 @@ def test_post_processing_of_the_published_head_outputs(golden):
             (image["height"], image["width"]),
             model.inference_settings,
         )
-        assert _relative_error(result["sem_seg"], expected["sem_seg"]) < 1e-6
+        assert relative_error(result["sem_seg"], expected["sem_seg"]) < 1e-6
         assert_argmax_agrees(result["sem_seg"], expected["sem_seg"], 1e-6)
         if "panoptic_seg" in expected:
-            decisions = _golden_panoptic_decisions(
+            decisions = golden_panoptic_decisions(
                 model, data, i, class_error=0.0, mask_error=RESIZE_ROUNDING
             )
             assert decisions.segments_decided, decisions.undecided

@@ -42,8 +42,8 @@ from maskformer.interop.hf import (
     write_hf_folder,
 )
 from maskformer.interop.hf_names import HFNameError, hf_to_ours, ours_to_hf
-from tests.conftest import REPO_ROOT, require_reference
-from tests.test_configs import load_config
+from tests.utils.configs import load_zoo_config
+from tests.utils.repo import REPO_ROOT, require_reference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 STAGES = ["stage1", "stage2", "stage3", "stage4"]
@@ -219,7 +219,7 @@ def test_check_fits_lists_every_mismatch():
     ],
 )
 def test_configs_transformers_cannot_represent_are_refused(config, reason):
-    cfg = load_config(config)
+    cfg = load_zoo_config(config)
     with pytest.raises(UnsupportedArchitectureError, match=reason):
         hf_config_from_cfg(cfg, ["c"] * cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, source=config)
 

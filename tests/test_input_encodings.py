@@ -26,7 +26,7 @@ from maskformer.data.reading import (
     read_sem_seg_label,
 )
 from maskformer.predictor import Predictor
-from tests.conftest import REPO_ROOT
+from tests.utils.repo import REPO_ROOT
 
 spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
 check_dataset = importlib.util.module_from_spec(spec)

@@ -18,7 +18,6 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import id2rgb
 from PIL import Image, ImageFile
-from test_mappers import make_cfg, write_panoptic_sample, write_semantic_sample
 
 from maskformer.data.dataset_mappers.inference import MaskFormerInferenceDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
@@ -34,7 +33,8 @@ from maskformer.data.reading import (
 )
 from maskformer.evaluation import build_evaluator
 from maskformer.evaluation.instance_evaluation import panoptic_to_coco_instances
-from tests.conftest import REPO_ROOT
+from tests.utils.repo import REPO_ROOT
+from tests.utils.samples import make_cfg, write_panoptic_sample, write_semantic_sample
 
 spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
 check_dataset = importlib.util.module_from_spec(spec)

@@ -13,16 +13,6 @@ import sys
 
 import pytest
 import torch
-from test_train_net import (  # noqa: F401  (datasets_root: fixture)
-    REPO,
-    SEM_CFG,
-    TINY,
-    datasets_root,
-    read_metrics,
-    read_results,
-    run_train_net,
-    same_metrics,
-)
 
 from maskformer.engine.cluster_launch import (
     WorkerEnvironment,
@@ -30,6 +20,9 @@ from maskformer.engine.cluster_launch import (
     rendezvous_port,
 )
 from maskformer.engine.config_loading import ConfigError
+from tests.utils.configs import SEM_CFG
+from tests.utils.repo import REPO_ROOT
+from tests.utils.training import TINY, read_metrics, read_results, run_train_net, same_metrics
 
 TORCHRUN_2 = {
     "RANK": "1",
@@ -86,11 +79,11 @@ def test_single_process_and_inconsistent_environments():
 
 
 def test_launcher_workers_cannot_spawn_more(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_net", REPO / "train_net.py")
+    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
     train_net = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train_net)
     args = train_net.argument_parser().parse_args(
-        ["--config-file", str(REPO / SEM_CFG), "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)]
+        ["--config-file", str(REPO_ROOT / SEM_CFG), "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)]
     )
     with pytest.raises(
         ConfigError, match="Started by torchrun as one of 2 processes.*--num-gpus 2"
@@ -136,7 +129,7 @@ def run_processes(commands, datasets_root, timeout=240):
     procs = [
         subprocess.Popen(
             command,
-            cwd=REPO,
+            cwd=REPO_ROOT,
             env={**base, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -1,82 +1,28 @@
-"""Dataset mappers: registry, output format, augmentation, padding, fuzzing with hypothesis.
-
-The helpers at the top (make_cfg, write_*_sample) are also used by test_bad_data.py."""
+"""Dataset mappers: registry, output format, augmentation, padding, fuzzing with hypothesis."""
 
 import tempfile
 
 import numpy as np
 import pytest
-import torch
-from detectron2.config import get_cfg
 from detectron2.data import transforms as T
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from panopticapi.utils import id2rgb
-from PIL import Image
 
-from maskformer.config import add_maskformer_config
 from maskformer.data.build import SkipBadSamples, build_dataset_mapper
 from maskformer.data.dataset_mappers.detr_panoptic import DETRPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
 from maskformer.data.reading import BadSampleError
 from maskformer.data.transforms import ColorAugSSD, ColorAugSSDTransform
+from tests.utils.samples import (
+    check_output,
+    make_cfg,
+    random_rgb,
+    write_panoptic_sample,
+    write_semantic_sample,
+)
 
 IGNORE = 255
-
-
-def make_cfg(overrides=None):
-    """A small training config: short side 32-48, 5 classes; ``overrides`` maps keys to values."""
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.INPUT.MIN_SIZE_TRAIN = (32, 48)
-    cfg.INPUT.MAX_SIZE_TRAIN = 96
-    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
-    cfg.merge_from_list([x for item in (overrides or {}).items() for x in item])
-    return cfg
-
-
-def random_image(rng, h, w):
-    return rng.randint(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def write_semantic_sample(folder, image, label, name="sample"):
-    """Write an image (JPG) and its label map (PNG); returns the dataset dict."""
-    image_file, label_file = f"{folder}/{name}.jpg", f"{folder}/{name}.png"
-    Image.fromarray(image).save(image_file, quality=95)
-    Image.fromarray(label).save(label_file)
-    return {"file_name": image_file, "sem_seg_file_name": label_file, "image_id": name}
-
-
-def write_panoptic_sample(folder, image, segment_ids, segments_info, name="sample"):
-    """Write an image and an RGB-encoded panoptic PNG; returns the dataset dict."""
-    image_file, pan_file = f"{folder}/{name}.jpg", f"{folder}/{name}.png"
-    Image.fromarray(image).save(image_file, quality=95)
-    Image.fromarray(id2rgb(segment_ids)).save(pan_file)
-    return {
-        "file_name": image_file,
-        "pan_seg_file_name": pan_file,
-        "segments_info": segments_info,
-        "image_id": name,
-    }
-
-
-def check_output(out, num_classes=5, divisor=0):
-    """The format every mapper promises; returns (classes, masks, sem_seg) as numpy."""
-    image, instances = out["image"], out["instances"]
-    assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
-    h, w = image.shape[1:]
-    if divisor > 0:
-        assert h % divisor == 0 and w % divisor == 0
-    assert instances.image_size == (h, w)
-    classes, masks = instances.gt_classes, instances.gt_masks
-    assert classes.dtype == torch.int64 and masks.dtype == torch.bool
-    assert masks.shape == (len(classes), h, w)
-    assert ((classes >= 0) & (classes < num_classes)).all()
-    assert masks.flatten(1).any(1).all(), "every target mask has pixels"
-    sem_seg = out["sem_seg"]
-    assert sem_seg.dtype == torch.int64 and sem_seg.shape == (h, w)
-    return classes.numpy(), masks.numpy(), sem_seg.numpy()
 
 
 # ---------------------------------------------------------------- registry
@@ -103,7 +49,7 @@ def test_training_only():
 def test_skip_bad_samples_switch(tmp_path, caplog):
     rng = np.random.RandomState(0)
     label = np.zeros((32, 32), np.uint8)
-    good = write_semantic_sample(tmp_path, random_image(rng, 32, 32), label)
+    good = write_semantic_sample(tmp_path, random_rgb(rng, 32, 32), label)
     bad = dict(good, file_name=str(tmp_path / "missing.jpg"))
 
     with pytest.raises(BadSampleError, match="missing.jpg"):
@@ -128,7 +74,7 @@ def test_semantic_targets_and_padding(tmp_path):
     rng = np.random.RandomState(1)
     label = np.full((40, 56), IGNORE, np.uint8)
     label[:20, :30], label[20:, :30], label[:, 30:50] = 0, 3, 4
-    sample = write_semantic_sample(tmp_path, random_image(rng, 40, 56), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 40, 56), label)
     cfg = make_cfg({"INPUT.MIN_SIZE_TRAIN": (40,), "INPUT.SIZE_DIVISIBILITY": 32})
     out = MaskFormerSemanticDatasetMapper(cfg)(sample)
     classes, masks, sem_seg = check_output(out, divisor=32)
@@ -143,7 +89,7 @@ def test_semantic_targets_and_padding(tmp_path):
 def test_semantic_image_smaller_than_crop(tmp_path):
     rng = np.random.RandomState(2)
     label = rng.randint(0, 5, (20, 24)).astype(np.uint8)
-    sample = write_semantic_sample(tmp_path, random_image(rng, 20, 24), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 20, 24), label)
     cfg = make_cfg(
         {
             "INPUT.MIN_SIZE_TRAIN": (20,),
@@ -165,7 +111,7 @@ def test_semantic_uint16_labels_with_large_ignore(tmp_path):
     rng = np.random.RandomState(3)
     label = np.full((30, 30), 65535, np.uint16)
     label[:10], label[10:20] = 846, 300
-    sample = write_semantic_sample(tmp_path, random_image(rng, 30, 30), label)
+    sample = write_semantic_sample(tmp_path, random_rgb(rng, 30, 30), label)
     cfg = make_cfg(
         {
             "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 847,
@@ -202,7 +148,7 @@ def _panoptic_layout():
 )
 def test_panoptic_targets(tmp_path, mapper_class):
     ids, segments = _panoptic_layout()
-    image = random_image(np.random.RandomState(4), 32, 40)
+    image = random_rgb(np.random.RandomState(4), 32, 40)
     sample = write_panoptic_sample(tmp_path, image, ids, segments)
     cfg = make_cfg(
         {
@@ -228,7 +174,7 @@ def test_panoptic_targets(tmp_path, mapper_class):
 
 def test_panoptic_no_segment_gives_empty_instances(tmp_path):
     ids = np.zeros((24, 24), np.int64)
-    image = random_image(np.random.RandomState(5), 24, 24)
+    image = random_rgb(np.random.RandomState(5), 24, 24)
     sample = write_panoptic_sample(tmp_path, image, ids, [])
     out = MaskFormerPanopticDatasetMapper(make_cfg({"INPUT.SIZE_DIVISIBILITY": 32}))(sample)
     classes, masks, sem_seg = check_output(out, divisor=32)
@@ -241,7 +187,7 @@ def test_panoptic_no_segment_gives_empty_instances(tmp_path):
 
 def test_color_aug_ssd_transform():
     rng = np.random.RandomState(6)
-    image = random_image(rng, 16, 20)
+    image = random_rgb(rng, 16, 20)
     neutral = ColorAugSSDTransform("RGB")
     assert (neutral.apply_image(image) == image).all()
 
@@ -303,7 +249,7 @@ def test_fuzz_semantic_mapper(h, w, num_values, seed):
     label = values[rng.randint(0, num_values, (h, w))].astype(np.uint8)
     mapper = MaskFormerSemanticDatasetMapper(make_cfg(FUZZ_CFG))
     with tempfile.TemporaryDirectory() as folder:
-        out = mapper(write_semantic_sample(folder, random_image(rng, h, w), label))
+        out = mapper(write_semantic_sample(folder, random_rgb(rng, h, w), label))
     classes, masks, sem_seg = check_output(out, divisor=32)
     assert set(classes) == set(np.unique(sem_seg)) - {IGNORE}
     for c, m in zip(classes, masks):
@@ -332,7 +278,7 @@ def test_fuzz_panoptic_mapper(h, w, num_segments, seed):
     segments = [s for s in segments if s["id"] in present]
     mapper = MaskFormerPanopticDatasetMapper(make_cfg(FUZZ_CFG))
     with tempfile.TemporaryDirectory() as folder:
-        out = mapper(write_panoptic_sample(folder, random_image(rng, h, w), ids, segments))
+        out = mapper(write_panoptic_sample(folder, random_rgb(rng, h, w), ids, segments))
     classes, masks, sem_seg = check_output(out, divisor=32)
     assert len(classes) <= sum(not s["iscrowd"] for s in segments)
     assert not (masks.sum(0) > 1).any()

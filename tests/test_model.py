@@ -2,86 +2,12 @@
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import Instances
 
-from maskformer import add_maskformer_config
 from maskformer.modeling.heads.legacy import remap_legacy_pixel_decoder_keys
-
-NUM_CLASSES = 5
-
-
-def tiny_cfg(**overrides):
-    cfg = get_cfg()
-    add_maskformer_config(cfg)
-    cfg.merge_from_list(
-        [
-            "MODEL.META_ARCHITECTURE",
-            "MaskFormer",
-            "MODEL.DEVICE",
-            "cpu",
-            "MODEL.WEIGHTS",
-            "",
-            "MODEL.BACKBONE.NAME",
-            "build_resnet_backbone",
-            "MODEL.RESNETS.DEPTH",
-            18,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS",
-            64,
-            "MODEL.RESNETS.OUT_FEATURES",
-            ["res2", "res3", "res4", "res5"],
-            "MODEL.RESNETS.NORM",
-            "FrozenBN",
-            "INPUT.FORMAT",
-            "RGB",
-            "MODEL.PIXEL_MEAN",
-            [123.675, 116.28, 103.53],
-            "MODEL.PIXEL_STD",
-            [58.395, 57.12, 57.375],
-            "MODEL.SEM_SEG_HEAD.NAME",
-            "MaskFormerHead",
-            "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
-            NUM_CLASSES,
-            "MODEL.SEM_SEG_HEAD.IN_FEATURES",
-            ["res2", "res3", "res4", "res5"],
-            "MODEL.SEM_SEG_HEAD.CONVS_DIM",
-            32,
-            "MODEL.SEM_SEG_HEAD.MASK_DIM",
-            32,
-            "MODEL.SEM_SEG_HEAD.NORM",
-            "GN",
-            "MODEL.MASK_FORMER.HIDDEN_DIM",
-            32,
-            "MODEL.MASK_FORMER.NHEADS",
-            4,
-            "MODEL.MASK_FORMER.DIM_FEEDFORWARD",
-            64,
-            "MODEL.MASK_FORMER.DEC_LAYERS",
-            2,
-            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-            8,
-        ]
-    )
-    cfg.merge_from_list([x for kv in overrides.items() for x in kv])
-    return cfg
-
-
-def _instances(h, w, classes, boxes):
-    inst = Instances((h, w))
-    masks = torch.zeros(len(classes), h, w, dtype=torch.bool)
-    for m, (y0, y1, x0, x1) in zip(masks, boxes):
-        m[y0:y1, x0:x1] = True
-    inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-    inst.gt_masks = masks
-    return inst
-
-
-def _image(h, w, seed=0):
-    return torch.randint(
-        0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed)
-    )
+from tests.utils.configs import NUM_CLASSES, tiny_cfg
+from tests.utils.inputs import box_instances, random_image
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +17,10 @@ def model():
 
 
 def test_batch_of_different_sizes_is_padded_and_outputs_resized(model):
-    inputs = [{"image": _image(50, 70)}, {"image": _image(64, 33, 1), "height": 128, "width": 66}]
+    inputs = [
+        {"image": random_image(50, 70)},
+        {"image": random_image(64, 33, 1), "height": 128, "width": 66},
+    ]
     images = model.preprocess_image(inputs)
     assert images.tensor.shape[-2:] == (64, 96)  # max size rounded up to multiples of 32
     assert images.image_sizes == [(50, 70), (64, 33)]
@@ -119,10 +48,10 @@ def test_training_losses_including_an_image_without_segments():
     model = build_model(tiny_cfg()).train()
     batch = [
         {
-            "image": _image(64, 64),
-            "instances": _instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
+            "image": random_image(64, 64),
+            "instances": box_instances(64, 64, [1, 3], [(0, 32, 0, 64), (32, 64, 0, 64)]),
         },
-        {"image": _image(40, 56, 1), "instances": _instances(40, 56, [], [])},
+        {"image": random_image(40, 56, 1), "instances": box_instances(40, 56, [], [])},
     ]
     losses = model(batch)
     assert set(losses) == {
@@ -135,8 +64,10 @@ def test_training_losses_including_an_image_without_segments():
 
 
 def test_targets_are_zero_padded_to_the_batch(model):
-    images = model.preprocess_image([{"image": _image(40, 50)}, {"image": _image(64, 64)}])
-    inst = _instances(40, 50, [2], [(0, 40, 0, 50)])
+    images = model.preprocess_image(
+        [{"image": random_image(40, 50)}, {"image": random_image(64, 64)}]
+    )
+    inst = box_instances(40, 50, [2], [(0, 40, 0, 50)])
     (target,) = model.prepare_targets([inst], images)
     assert target["masks"].shape == (1, 64, 64)
     assert target["masks"][0, :40, :50].all() and not target["masks"][0, 40:].any()
@@ -150,7 +81,7 @@ def test_postprocessing_order_options(before):
         tiny_cfg(**{"MODEL.MASK_FORMER.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE": before})
     ).eval()
     with torch.no_grad():
-        (result,) = model([{"image": _image(45, 60), "height": 90, "width": 120}])
+        (result,) = model([{"image": random_image(45, 60), "height": 90, "width": 120}])
     assert result["sem_seg"].shape == (NUM_CLASSES, 90, 120)
     assert model.inference_settings.sem_seg_postprocess_before_inference == before
 
@@ -159,7 +90,7 @@ def test_instance_output():
     torch.manual_seed(0)
     model = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.TEST.INSTANCE_ON": True})).eval()
     with torch.no_grad():
-        (result,) = model([{"image": _image(48, 64), "height": 24, "width": 32}])
+        (result,) = model([{"image": random_image(48, 64), "height": 24, "width": 32}])
     instances = result["instances"]
     assert (
         instances.image_size == (24, 32) and len(instances) == 8 * NUM_CLASSES
@@ -183,7 +114,7 @@ def test_panoptic_output_uses_thing_ids_of_the_training_dataset():
     )
     model = build_model(cfg).eval()
     with torch.no_grad():
-        (result,) = model([{"image": _image(48, 64), "height": 24, "width": 32}])
+        (result,) = model([{"image": random_image(48, 64), "height": 24, "width": 32}])
     panoptic_seg, segments_info = result["panoptic_seg"]
     assert panoptic_seg.shape == (24, 32) and panoptic_seg.dtype == torch.int32
     assert set(panoptic_seg.unique().tolist()) - {0} == {s["id"] for s in segments_info}
@@ -195,7 +126,7 @@ def test_transformer_encoder_pixel_decoder_requires_matching_feature():
     cfg = tiny_cfg(**{"MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE": "transformer_encoder"})
     model = build_model(cfg).eval()
     with pytest.raises(ValueError, match="TransformerEncoderPixelDecoder"):
-        model([{"image": _image(64, 64)}])
+        model([{"image": random_image(64, 64)}])
 
 
 @pytest.mark.parametrize("head", ["PerPixelBaselineHead", "PerPixelBaselinePlusHead"])
@@ -212,14 +143,14 @@ def test_per_pixel_baselines(head):
     model = build_model(cfg).train()
     label = torch.randint(0, NUM_CLASSES, (64, 64))
     label[:8] = 255
-    losses = model([{"image": _image(64, 64), "sem_seg": label}])
+    losses = model([{"image": random_image(64, 64), "sem_seg": label}])
     expected = {"loss_sem_seg"} | (
         {"loss_sem_seg_0"} if head == "PerPixelBaselinePlusHead" else set()
     )
     assert set(losses) == expected and all(torch.isfinite(v) for v in losses.values())
     model.eval()
     with torch.no_grad():
-        (result,) = model([{"image": _image(50, 60), "height": 50, "width": 60}])
+        (result,) = model([{"image": random_image(50, 60), "height": 50, "width": 60}])
     assert result["sem_seg"].shape == (NUM_CLASSES, 50, 60)
 
 
@@ -259,7 +190,7 @@ def test_fused_attention_matches_exact_path():
     exact = build_model(tiny_cfg()).eval()
     fused = build_model(tiny_cfg(**{"MODEL.MASK_FORMER.FUSED_ATTENTION": True})).eval()
     fused.load_state_dict(exact.state_dict())
-    inputs = [{"image": _image(64, 64)}]
+    inputs = [{"image": random_image(64, 64)}]
     with torch.no_grad():
         a, b = exact(inputs)[0]["sem_seg"], fused(inputs)[0]["sem_seg"]
     assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

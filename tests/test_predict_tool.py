@@ -25,8 +25,10 @@ from maskformer.bulk_prediction import expand_inputs
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
 from maskformer.prediction_files import output_names
-from tests.test_export import REPO_ROOT, block_images, build_spread_model, load_script
-from tests.test_predictor import CONFIGS, tiny_opts
+from tests.utils.configs import CONFIGS, tiny_opts
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
+from tests.utils.repo import REPO_ROOT, load_script
 
 # 7 images (two named img0), and a file that is no image
 SIZES = ((60, 80), (90, 70), (64, 64), (70, 100), (80, 60), (100, 120), (50, 90))

@@ -23,32 +23,11 @@ from maskformer.engine.checkpoint import (
 from maskformer.engine.config_loading import ConfigError, load_config
 from maskformer.predictor import Predictor
 from maskformer.utils.text import plural
-from tests.test_export import block_images, build_spread_model
+from tests.utils.configs import CONFIGS, tiny_opts
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
 
-CONFIGS = {
-    "semantic": "configs/synthetic/maskformer_R18_sem_seg.yaml",
-    "panoptic": "configs/synthetic/maskformer_R18_panoptic.yaml",
-}
-TINY = [
-    "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32", "MODEL.MASK_FORMER.NHEADS", "2",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "8", "INPUT.MIN_SIZE_TEST", "96",
-    "INPUT.MAX_SIZE_TEST", "160",
-]  # fmt: skip
-TASK_OPTS = {
-    "semantic": [],
-    "panoptic": [
-        "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True",
-        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.2",
-        "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD", "0.5",
-    ],
-}  # fmt: skip
 SIZES = ((60, 80), (90, 70), (64, 64))
-
-
-def tiny_opts(task):
-    return TINY + TASK_OPTS[task]
 
 
 @pytest.fixture(scope="module", params=["semantic", "panoptic"])

@@ -10,15 +10,10 @@ import subprocess
 
 import pytest
 import torch
-from test_reliability_training import (  # noqa: F401  (fixture)
-    kill_session,
-    start,
-    tiny_train_args,
-    train_net_launcher,
-    wait_until,
-)
 
 from maskformer.engine.preemption import PREEMPTED_EXIT_CODE
+from tests.utils.processes import kill_session, start, wait_until
+from tests.utils.training import tiny_train_args
 
 MAX_ITER, PERIOD = 16, 4
 

@@ -13,14 +13,15 @@ from detectron2.data.datasets.coco import load_sem_seg
 from detectron2.data.datasets.coco_panoptic import load_coco_panoptic_json
 from panopticapi.utils import rgb2id
 from PIL import Image
-from test_mappers import check_output, make_cfg
 
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
 from maskformer.data.datasets.register_ade20k_panoptic import ADE20K_PANOPTIC_CATEGORIES
 from maskformer.data.datasets.utils import panoptic_metadata
+from tests.utils.repo import REPO_ROOT
+from tests.utils.samples import check_output, make_cfg
 
-DATASETS_DIR = Path(__file__).resolve().parents[1] / "datasets"
+DATASETS_DIR = REPO_ROOT / "datasets"
 
 
 @pytest.fixture

@@ -9,42 +9,18 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from maskformer.engine.checkpoint import (
     CheckpointError,
     MaskFormerCheckpointer,
     UnsafeCheckpointError,
 )
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def small_model(seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-
-
-def assert_same_weights(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-class _WritesAFileWhenUnpickled:
-    """Unpickling an instance runs exec(), which creates ``marker``: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').close()",)
-
+from tests.utils.checkpoints import WritesAFileWhenUnpickled, assert_same_weights, small_model
+from tests.utils.repo import REPO_ROOT
 
 # ---------------------------------------------------------------------------------------------
 # atomic writes
@@ -173,7 +149,7 @@ def test_malicious_pth_is_refused_without_running_its_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "model.pth"
     torch.save(
-        {"model": small_model().state_dict(), "payload": _WritesAFileWhenUnpickled(marker)}, path
+        {"model": small_model().state_dict(), "payload": WritesAFileWhenUnpickled(marker)}, path
     )
 
     with pytest.raises(UnsafeCheckpointError) as error:
@@ -192,7 +168,7 @@ def test_malicious_pkl_is_refused_without_running_its_code(tmp_path, protocol):
     path = tmp_path / "model.pkl"
     data = {
         "model": {"0.weight": np.zeros((4, 3), np.float32)},
-        "__author__": _WritesAFileWhenUnpickled(marker),
+        "__author__": WritesAFileWhenUnpickled(marker),
     }
     path.write_bytes(pickle.dumps(data, protocol=protocol))
 

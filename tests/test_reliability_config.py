@@ -8,8 +8,8 @@ import pytest
 
 import maskformer  # noqa: F401  (registers components and datasets)
 from maskformer.engine.config_loading import ConfigError, load_config
+from tests.utils.repo import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
 
 

@@ -4,17 +4,13 @@ leaves the last good checkpoint alone; a run killed with SIGKILL resumes from it
 
 Training runs use a tiny MaskFormer (Swin with 16 channels, one decoder layer, 64x64 crops) on a
 4-image copy of the synthetic dataset, so an iteration takes a fraction of a second on CPU.
-The helpers here are also used by test_reliability_distributed.py.
 """
 
 import hashlib
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,91 +21,11 @@ from detectron2.modeling import META_ARCH_REGISTRY
 
 from maskformer import MaskFormer
 from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
-from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
 from maskformer.engine.trainer import CPUAutocastTrainer, Trainer
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SEM_SEG_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "maskformer_R18_sem_seg.yaml")
-NUM_TRAIN, NUM_VAL = 4, 2
-PREFIX = "reltest"  # dataset names of the subprocesses: reltest_sem_seg_train, ...
-TINY_OPTS = [
-    "MODEL.DEVICE", "cpu", "DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0",
-    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "1",
-    "INPUT.CROP.SIZE", "(64,64)", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.SIZE_DIVISIBILITY", "64",
-    "MODEL.BACKBONE.NAME", "D2SwinTransformer", "MODEL.SWIN.EMBED_DIM", "16",
-    "MODEL.SWIN.DEPTHS", "[1,1,1,1]", "MODEL.SWIN.NUM_HEADS", "[1,1,1,1]", "MODEL.SWIN.WINDOW_SIZE", "2",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "1", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "4",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "16", "MODEL.MASK_FORMER.NHEADS", "1",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "16",
-]  # fmt: skip
-
-# train_net.py with the tiny dataset registered first, in this process and (as __mp_main__) in
-# every worker that torch.multiprocessing spawns.
-LAUNCHER = f"""
-import os, sys
-sys.path.insert(0, {str(REPO_ROOT)!r})
-from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
-register_synthetic_datasets(os.environ["DETECTRON2_DATASETS"], {NUM_TRAIN}, {NUM_VAL}, prefix={PREFIX!r})
-if __name__ == "__main__":
-    import train_net
-    train_net.invoke_main()
-"""
-
-
-@pytest.fixture(scope="module")
-def train_net_launcher(tmp_path_factory):
-    """(command prefix running train_net.py on the tiny dataset, environment for it)."""
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_dataset(str(root), NUM_TRAIN, NUM_VAL)  # once, not raced by the workers
-    script = root / "launch_train_net.py"
-    script.write_text(LAUNCHER)
-    env = {
-        **os.environ,
-        "DETECTRON2_DATASETS": str(root),
-        "OMP_NUM_THREADS": "1",
-        "PYTHONWARNINGS": "ignore",
-    }
-    return [sys.executable, str(script), "--config-file", SEM_SEG_CONFIG], env
-
-
-def tiny_train_args(output_dir, max_iter, period, *extra, prefix=PREFIX):
-    """Config overrides of a tiny run on the ``prefix`` copy of the synthetic dataset."""
-    return [
-        *TINY_OPTS, "DATASETS.TRAIN", f'("{prefix}_sem_seg_train",)',
-        "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(period),
-        "OUTPUT_DIR", str(output_dir), *extra,
-    ]  # fmt: skip
-
-
-def start(command, env, log_path, **kwargs):
-    """Start a process in its own session (so that it can be killed with its workers) logging to a file."""
-    log = open(log_path, "w")
-    return subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
-    )
-
-
-def wait_until(condition, timeout, what, process=None):
-    """Poll ``condition`` every 0.1 s; fail if ``process`` ends or ``timeout`` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if process is not None and process.poll() is not None:
-            pytest.fail(f"process exited with {process.returncode} before {what}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def kill_session(process):
-    """SIGKILL a process started by :func:`start` and everything in its session."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
+from tests.utils.processes import kill_session, start, wait_until
+from tests.utils.training import NUM_TRAIN, NUM_VAL, SEM_SEG_CONFIG, tiny_train_args
 
 
 def checkpoint_files(output_dir):

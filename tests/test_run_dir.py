@@ -14,12 +14,12 @@ import sys
 
 import pytest
 import torch
-from test_reliability_training import tiny_train_args, train_net_launcher  # noqa: F401  (fixture)
 from torch import nn
 
 from maskformer.engine import run_dir
 from maskformer.engine.checkpoint import CheckpointError, MaskFormerCheckpointer
 from maskformer.engine.run_dir import LOCK_NAME, OutputDirError, claim_output_dir
+from tests.utils.training import tiny_train_args
 
 
 def small_model(seed=0):

@@ -20,8 +20,10 @@ from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
 from maskformer.prediction_files import MaskWriter
 from maskformer.predictor import Prediction, Predictor
-from tests.test_export import block_images, build_spread_model, load_script
-from tests.test_predictor import CONFIGS, tiny_opts
+from tests.utils.configs import CONFIGS, tiny_opts
+from tests.utils.inputs import block_images
+from tests.utils.models import build_spread_model
+from tests.utils.repo import load_script
 
 
 @pytest.fixture(scope="module")

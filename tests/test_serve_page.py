@@ -22,7 +22,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from maskformer.serving import ServiceOptions  # noqa: E402
-from tests.test_serve import (  # noqa: E402
+from tests.utils.serving import (  # noqa: E402
     block_test_images,
     png_bytes,
     ready,

@@ -12,8 +12,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from tests.conftest import require_reference
-from tests.test_configs import load_config
+from tests.utils.configs import load_zoo_config
+from tests.utils.repo import require_reference
 
 # reference file stem -> (config, parameter count in millions from the reference README's table)
 PUBLISHED = {
@@ -45,7 +45,7 @@ def models():
 
     def get(stem):
         if stem not in cache:
-            cfg = load_config(PUBLISHED[stem][0])
+            cfg = load_zoo_config(PUBLISHED[stem][0])
             cfg.MODEL.DEVICE = "cpu"
             cfg.MODEL.WEIGHTS = ""
             cache[stem] = build_model(cfg).eval()

@@ -8,13 +8,14 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
-from test_mappers import check_output, make_cfg
 
 import maskformer.data  # noqa: F401  (registers the datasets)
 from maskformer.data import synthetic
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
 from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
+from tests.utils.files import relative_file_paths
+from tests.utils.samples import check_output, make_cfg
 
 NUM_TRAIN, NUM_VAL = 4, 2
 
@@ -25,18 +26,10 @@ def dataset(tmp_path_factory):
     return synthetic.ensure_synthetic_dataset(str(root), NUM_TRAIN, NUM_VAL)
 
 
-def _all_files(folder):
-    return sorted(
-        os.path.relpath(os.path.join(d, f), folder)
-        for d, _, files in os.walk(folder)
-        for f in files
-    )
-
-
 def test_deterministic(dataset, tmp_path):
     again = synthetic.ensure_synthetic_dataset(str(tmp_path), NUM_TRAIN, NUM_VAL)
-    files = _all_files(dataset)
-    assert files == _all_files(again) and len(files) == 3 * (NUM_TRAIN + NUM_VAL) + 3
+    files = relative_file_paths(dataset)
+    assert files == relative_file_paths(again) and len(files) == 3 * (NUM_TRAIN + NUM_VAL) + 3
     for f in files:
         with open(os.path.join(dataset, f), "rb") as a, open(os.path.join(again, f), "rb") as b:
             assert a.read() == b.read(), f

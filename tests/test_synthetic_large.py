@@ -9,11 +9,11 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import rgb2id
 from PIL import Image
-from test_synthetic import _all_files
 
 import maskformer.data  # noqa: F401  (registers the datasets)
 from maskformer.data import synthetic, synthetic_large
 from maskformer.data.datasets.register_synthetic import register_synthetic_large_datasets
+from tests.utils.files import relative_file_paths
 
 # small mosaics: 4 x 5 and 2 x 4 cells
 SIZES = ((512, 768), (300, 512))
@@ -38,8 +38,8 @@ def read_split(folder):
 
 def test_deterministic(dataset, tmp_path):
     again = synthetic_large.ensure_large_dataset(str(tmp_path), SIZES)
-    files = _all_files(dataset)
-    assert files == _all_files(again) and len(files) == 3 * len(SIZES) + 2
+    files = relative_file_paths(dataset)
+    assert files == relative_file_paths(again) and len(files) == 3 * len(SIZES) + 2
     for f in files:
         with open(os.path.join(dataset, f), "rb") as a, open(os.path.join(again, f), "rb") as b:
             assert a.read() == b.read(), f
@@ -135,5 +135,7 @@ def test_default_split(tmp_path):
         assert ids.shape == label.shape == sizes[-1]
         assert len(ann["segments_info"]) == len(np.unique(ids))
     assert sizes == [(2048, 2048), (2048, 2048), (2048, 3072), (4096, 4096)]
-    megabytes = sum(os.path.getsize(os.path.join(folder, f)) for f in _all_files(folder)) / 2**20
+    megabytes = (
+        sum(os.path.getsize(os.path.join(folder, f)) for f in relative_file_paths(folder)) / 2**20
+    )
     assert megabytes < 40 and seconds < 90, (megabytes, seconds)

@@ -4,11 +4,7 @@ command line is), the published ADE20K config on a generated folder, and the eva
 """
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -21,99 +17,11 @@ from detectron2.structures import BitMasks, Instances
 from panopticapi.utils import id2rgb
 
 from maskformer.config import add_maskformer_config
-from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.evaluation import InstanceSegEvaluator, build_evaluator, panoptic_to_coco_instances
 from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator
 from maskformer.evaluation.semantic import FastSemSegEvaluator
-
-REPO = Path(__file__).resolve().parents[1]
-SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
-PAN_CFG = "configs/synthetic/maskformer_R18_panoptic.yaml"
-# a small and fast variant of the synthetic configs
-TINY = [
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "10",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.CROP.SIZE",
-    "(64, 64)",
-    "INPUT.SIZE_DIVISIBILITY",
-    "64",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-]
-
-
-@pytest.fixture(scope="session")
-def datasets_root(tmp_path_factory) -> Path:
-    """A DETECTRON2_DATASETS folder holding the synthetic dataset (generated once per session)."""
-    root = tmp_path_factory.mktemp("datasets")
-    ensure_synthetic_dataset(str(root))
-    return root
-
-
-def run_train_net(args, datasets_root, timeout=240, processes=None):
-    """
-    Run ``train_net.py args`` (as ``processes`` concurrent commands when given a list of argument
-    lists) with DETECTRON2_DATASETS set; fail with the output tail on error or timeout.
-    Returns the combined output of each command.
-    """
-    env = {
-        **os.environ,
-        "DETECTRON2_DATASETS": str(datasets_root),
-        "PYTHONWARNINGS": "ignore",
-        # one thread per process: distributed runs start several on a machine with few cores
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-    }
-    commands = processes or [args]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "train_net.py", *cmd],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for cmd in commands
-    ]
-    outputs = []
-    try:
-        for proc in procs:
-            outputs.append(proc.communicate(timeout=timeout)[0])
-    except subprocess.TimeoutExpired:
-        for proc in procs:  # the whole session: launch's worker processes too
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"train_net.py {commands} did not finish in {timeout}s")
-    for proc, out in zip(procs, outputs):
-        assert proc.returncode == 0, out[-6000:]
-    return outputs if processes else outputs[0]
-
-
-def read_results(output_dir) -> dict:
-    with open(Path(output_dir) / "eval_results.json") as f:
-        return json.load(f)
-
-
-def same_metrics(a: dict, b: dict) -> bool:
-    """Equal up to NaN (classes absent from the ground truth), which json keeps as NaN."""
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-
-
-def read_metrics(output_dir):
-    return [
-        json.loads(line) for line in (Path(output_dir) / "metrics.json").read_text().splitlines()
-    ]
+from tests.utils.configs import PAN_CFG, SEM_CFG
+from tests.utils.training import TINY, read_metrics, read_results, run_train_net, same_metrics
 
 
 def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):

@@ -16,14 +16,10 @@ import sys
 import matplotlib.image
 import pytest
 import torch
-from test_reliability_training import (  # noqa: F401  (fixture)
-    REPO_ROOT,
-    SEM_SEG_CONFIG,
-    tiny_train_args,
-    train_net_launcher,
-)
 
 from maskformer.engine.config_loading import ConfigError, load_config
+from tests.utils.repo import REPO_ROOT
+from tests.utils.training import SEM_SEG_CONFIG, tiny_train_args
 
 BASE_LR, POLY_POWER = 0.002, 0.9  # the synthetic config schedules WarmupPolyLR, power 0.9
 FIRST_MAX_ITER = 3

@@ -15,11 +15,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save as safetensors_bytes
-from test_reliability_training import (  # noqa: F401  (fixture)
-    SEM_SEG_CONFIG,
-    tiny_train_args,
-    train_net_launcher,
-)
 from torch import nn
 
 from maskformer.engine import weights_file
@@ -33,11 +28,8 @@ from maskformer.engine.weights_file import (
     read_weights,
     register_weights_format,
 )
-from tests.test_reliability_checkpoint import (
-    _WritesAFileWhenUnpickled,
-    assert_same_weights,
-    small_model,
-)
+from tests.utils.checkpoints import WritesAFileWhenUnpickled, assert_same_weights, small_model
+from tests.utils.training import SEM_SEG_CONFIG, tiny_train_args
 
 EXTENSIONS = [".pkl", ".pth", ".pyth", ".pt", ".bin", ".safetensors", ""]
 
@@ -60,7 +52,7 @@ def torch_bytes(obj, **kwargs):
 
 PAYLOADS = {
     "torch zip, exec": (
-        lambda m: torch_bytes({"model": {}, "x": _WritesAFileWhenUnpickled(m)}),
+        lambda m: torch_bytes({"model": {}, "x": WritesAFileWhenUnpickled(m)}),
         r"(builtins\.)?exec",
     ),
     "torch zip, os.system": (lambda m: torch_bytes({"x": _System(m)}), r"posix\.system"),
@@ -69,7 +61,7 @@ PAYLOADS = {
         r"posix\.system",
     ),
     "pickle protocol 2": (
-        lambda m: pickle.dumps({"x": _WritesAFileWhenUnpickled(m)}, protocol=2),
+        lambda m: pickle.dumps({"x": WritesAFileWhenUnpickled(m)}, protocol=2),
         "exec",
     ),
     "pickle protocol 5": (lambda m: pickle.dumps({"x": _System(m)}, protocol=5), "system"),

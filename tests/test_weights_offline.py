@@ -30,9 +30,9 @@ from maskformer.engine.weights_file import (
     download_cache_path,
     read_weights,
 )
-from tests.test_reliability_checkpoint import assert_same_weights, small_model
+from tests.utils.checkpoints import assert_same_weights, small_model
+from tests.utils.repo import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
 SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
 R50 = "detectron2://ImageNetPretrained/torchvision/R-50.pkl"
 
@@ -263,7 +263,7 @@ def test_processes_sharing_the_cache_download_once(cache, server, tmp_path):
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", READ_TOGETHER, str(ready), url],
-            cwd=REPO,
+            cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -300,7 +300,7 @@ def test_train_net_without_network_exits_2_with_one_line(cache, tmp_path, mode):
             "OUTPUT_DIR",
             str(tmp_path / "out"),
         ],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         env={
             **os.environ,
             "DETECTRON2_DATASETS": os.environ.get("DETECTRON2_DATASETS", "datasets"),
