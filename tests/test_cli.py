@@ -13,6 +13,7 @@ import pytest
 
 import maskformer  # noqa: F401  (registers components and datasets)
 from maskformer.engine.config_loading import ConfigError, load_config
+from tests.utils.processes import huge_pages_probe
 
 REPO = Path(__file__).resolve().parents[1]
 SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
@@ -192,21 +193,7 @@ def test_base_cycle_names_the_files(tmp_path):
 def test_scripts_turn_on_huge_pages_before_torch_loads(script):
     """THP_MEM_ALLOC_ENABLE=1 when unset, set before torch is imported (PyTorch reads it at its first
     allocation); a user's own value is kept."""
-    probe = (
-        "import os, runpy, sys\n"
-        "class Watch:\n"
-        "    def find_spec(self, name, *args):\n"
-        "        if name == 'torch':\n"
-        "            print('at torch import:', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-        "            sys.meta_path.remove(self)\n"
-        "sys.meta_path.insert(0, Watch())\n"
-        f"sys.argv = [{script!r}, '--help']\n"
-        "sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as python SCRIPT does\n"
-        "try:\n"
-        f"    runpy.run_path({script!r}, run_name='__main__')\n"
-        "except SystemExit:\n"
-        "    pass\n"
-    )
+    probe = huge_pages_probe(script, script, script_dir_on_path=True)
     env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
     done = subprocess.run(
         [sys.executable, "-c", probe],

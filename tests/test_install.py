@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.utils.processes import huge_pages_probe
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -224,17 +226,7 @@ def test_installed_command_answers_help_with_huge_pages_on_before_torch_loads(in
     """The script pip wrote runs its tool; THP_MEM_ALLOC_ENABLE is set before torch is imported,
     as the repository's scripts set it (tests/test_cli.py)."""
     venv, run = installed
-    probe = (
-        "import os, runpy, sys\n"
-        "class Watch:\n"
-        "    def find_spec(self, name, *args):\n"
-        "        if name == 'torch':\n"
-        "            print('at torch import:', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
-        "            sys.meta_path.remove(self)\n"
-        "sys.meta_path.insert(0, Watch())\n"
-        f"sys.argv = [{command!r}, '--help']\n"
-        f"runpy.run_path({str(venv / 'bin' / command)!r}, run_name='__main__')\n"
-    )
+    probe = huge_pages_probe(str(venv / "bin" / command), command)
     done = run([str(venv / "bin" / "python"), "-c", probe])
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("at torch import: 1\n"), done.stdout[:200]

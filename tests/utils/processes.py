@@ -34,3 +34,30 @@ def kill_session(process):
     except ProcessLookupError:
         pass
     process.wait(timeout=30)
+
+
+def huge_pages_probe(script: str, argv0: str, script_dir_on_path: bool = False) -> str:
+    """
+    Python code that runs ``script`` as ``argv0 --help`` and prints "at torch import: VALUE", the
+    THP_MEM_ALLOC_ENABLE it saw when torch was first imported. ``script_dir_on_path``: the
+    script's folder first on sys.path, as ``python SCRIPT`` puts it.
+    """
+    return (
+        "import os, runpy, sys\n"
+        "class Watch:\n"
+        "    def find_spec(self, name, *args):\n"
+        "        if name == 'torch':\n"
+        "            print('at torch import:', os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
+        "            sys.meta_path.remove(self)\n"
+        "sys.meta_path.insert(0, Watch())\n"
+        f"sys.argv = [{argv0!r}, '--help']\n"
+        + (
+            "sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))\n"
+            if script_dir_on_path
+            else ""
+        )
+        + "try:\n"
+        f"    runpy.run_path({script!r}, run_name='__main__')\n"
+        "except SystemExit as exit:\n"
+        "    sys.exit(exit.code)\n"
+    )
