@@ -114,7 +114,7 @@ def image_inference(
         keep = panoptic_queries(mask_cls, settings.object_mask_threshold)
         result["panoptic_seg"] = panoptic_segments(
             mask_cls[keep],
-            resized.at_output_size(keep, *sizes),
+            resized.at_output_size(keep),
             thing_ids,
             settings.overlap_threshold,
         )
@@ -123,7 +123,7 @@ def image_inference(
             mask_cls, settings.test_topk_per_image, thing_ids if settings.panoptic_on else None
         )
         unique_queries, position = queries.unique(return_inverse=True)
-        masks = resized.at_output_size(unique_queries, *sizes)[position]
+        masks = resized.at_output_size(unique_queries)[position]
         result["instances"] = instances_from_masks(scores, labels, masks)
     return result
 
@@ -132,19 +132,23 @@ def image_inference(
 class ResizedMasks:
     """
     One image's mask logits (Q, ...) as the semantic output left them: at mask resolution or at the
-    padded size, or (``final``) at the output size.
+    padded size, or (``final``) at the output size; with the sizes that bring them there.
     """
 
     logits: torch.Tensor
     final: bool
+    padded_size: Tuple[int, int]
+    image_size: Tuple[int, int]
+    output_size: Tuple[int, int]
     by_matmul: bool
 
-    def at_output_size(self, queries, padded_size, image_size, output_size) -> torch.Tensor:
+    def at_output_size(self, queries: torch.Tensor) -> torch.Tensor:
         """(N, height, width) mask logits of the ``queries``, each resized on its own."""
-        if self.final:
-            return self.logits[queries]
         masks = self.logits[queries]
-        return masks_to_output_size(masks, padded_size, image_size, output_size, self.by_matmul)
+        if self.final:
+            return masks
+        sizes = (self.padded_size, self.image_size, self.output_size)
+        return masks_to_output_size(masks, *sizes, self.by_matmul)
 
 
 def semantic_output(
@@ -164,11 +168,12 @@ def semantic_output(
     instead (``kernels.semantic_at_mask_resolution``). Also returns the masks it resized.
     """
     by_matmul = settings.resize_by_matmul
+    sizes = (padded_size, image_size, output_size)
     fast = settings.sem_seg_fast and fast_path_applies(
         mask_cls.shape[0], mask_cls.shape[1] - 1, mask_pred.shape[-2:], padded_size
     )
     if fast:
-        resized = ResizedMasks(mask_pred, False, by_matmul)
+        resized = ResizedMasks(mask_pred, False, *sizes, by_matmul)
         if settings.semantic_labels_only and image_size == output_size:
             # the labels alone: no (K, H, W) scores to build, and nothing to resize
             labels = semantic_labels_at_mask_resolution(mask_cls, mask_pred, padded_size)
@@ -182,10 +187,10 @@ def semantic_output(
             sem_seg_output = {"sem_seg_labels": first_axis_argmax(sem_seg).int()}
         else:
             sem_seg_output = {"sem_seg": sem_seg}
-        return sem_seg_output, ResizedMasks(masks, True, by_matmul)
+        return sem_seg_output, ResizedMasks(masks, True, *sizes, by_matmul)
     masks = upsample_to_padded(mask_pred, padded_size, by_matmul)
     scores = semantic_inference(mask_cls, masks)
-    resized = ResizedMasks(masks, False, by_matmul)
+    resized = ResizedMasks(masks, False, *sizes, by_matmul)
     return _scores_to_output(scores, image_size, output_size, settings), resized
 
 
