@@ -150,8 +150,10 @@ class SpeedSettings:
     The speed options: each computes what the published model computes in a faster order, within
     the float tolerance that tests/utils/decision_margins.py checks. On by default, in the config
     and in every constructor that takes one; ``from_config`` is the one place that reads them (and
-    EXACT, which turns them all off). A new option is a field here, its config key in
-    ``CONFIG_KEYS`` and its default in ``add_maskformer_config``.
+    EXACT, which turns them all off). ``MaskFormer.from_config`` reads them once and hands them to
+    the modules it builds (``modeling.build``); a module built on its own from a config reads them
+    from it. A new option is a field here, its config key in ``CONFIG_KEYS`` and its default in
+    ``add_maskformer_config``.
 
     - sem_seg_fast: semantic scores marginalised at mask resolution
       (``kernels.semantic_at_mask_resolution``);

@@ -8,11 +8,12 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
-from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone, build_sem_seg_head
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone
 from detectron2.structures import BitMasks, ImageList
 from torch import nn
 
 from .config import SpeedSettings
+from .modeling.build import build_backbone, build_sem_seg_head
 from .modeling.criterion import SetCriterion
 from .modeling.inference import InferenceSettings, inference
 from .modeling.matcher import HungarianMatcher
@@ -35,8 +36,8 @@ class MaskFormer(nn.Module):
     Inference (``maskformer.modeling.inference``) follows ``inference_settings``, built from the
     published constructor's arguments (thing classes from ``metadata``).
 
-    ``speed``: the speed options (``SpeedSettings``; the backbone and head got theirs from the
-    same config) of which the model applies ``sem_seg_fast`` and ``resize_by_matmul`` (through
+    ``speed``: the speed options (``SpeedSettings``; ``from_config`` hands the same object to the
+    backbone and head it builds) of which the model applies ``sem_seg_fast`` and ``resize_by_matmul`` (through
     ``inference_settings``) and ``channels_last``; ``SpeedSettings.exact()`` reproduces the
     published outputs. Opt-in: ``inference_amp_dtype`` (autocast of backbone and head in
     inference), ``torch_compile`` (torch.compile of backbone and head, state_dict keys unchanged).
@@ -101,8 +102,9 @@ class MaskFormer(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
+        speed = SpeedSettings.from_config(cfg)
+        backbone = build_backbone(cfg, speed)
+        sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape(), speed)
 
         mf = cfg.MODEL.MASK_FORMER
         if mf.TEST.AMP and cfg.MODEL.DEVICE == "cpu" and cfg.SOLVER.AMP.DTYPE == "bfloat16":
@@ -144,7 +146,7 @@ class MaskFormer(nn.Module):
             "panoptic_on": mf.TEST.PANOPTIC_ON,
             "instance_on": mf.TEST.INSTANCE_ON,
             "test_topk_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "speed": SpeedSettings.from_config(cfg),
+            "speed": speed,
             "inference_amp_dtype": getattr(torch, cfg.SOLVER.AMP.DTYPE) if mf.TEST.AMP else None,
             "torch_compile": cfg.MODEL.COMPILE,
             "sliding_window": SlidingWindow.from_config(cfg),

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase, SimpleTrainer
-from detectron2.modeling import build_model
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, ResNet, build_model
 
 from maskformer.config import SPEED_OPTIONS, SpeedSettings, add_maskformer_config
 from maskformer.engine.trainer import CPUAutocastTrainer
 from maskformer.maskformer_model import MaskFormer
-from maskformer.modeling.backbone.swin import SwinTransformer, WindowAttention
+from maskformer.modeling.backbone.swin import D2SwinTransformer, SwinTransformer, WindowAttention
+from maskformer.modeling.build import takes_speed
 from maskformer.modeling.criterion import SetCriterion, sigmoid_focal_loss
 from maskformer.modeling.heads.mask_former_head import MaskFormerHead
 from maskformer.modeling.inference import InferenceSettings, masks_to_output_size
@@ -192,6 +194,33 @@ def test_every_constructor_defaults_to_the_configs_speed_options():
     fields = {f.name: f.default for f in dataclasses.fields(InferenceSettings)}
     assert fields["sem_seg_fast"] == speed.sem_seg_fast
     assert fields["resize_by_matmul"] == speed.resize_by_matmul
+
+
+def test_the_model_reads_the_speed_options_once_and_hands_them_down(monkeypatch):
+    cfg = tiny_cfg(**SWIN_ENCODER)
+    read = []
+    from_config = SpeedSettings.from_config.__func__
+
+    def counted(cls, cfg):
+        read.append(cfg)
+        return from_config(cls, cfg)
+
+    monkeypatch.setattr(SpeedSettings, "from_config", classmethod(counted))
+    model = build_model(cfg)
+    assert len(read) == 1
+    assert all(value in (True, {True}) for value in _speed_flags(model).values())
+    # what is handed down wins over the config: every part of the head runs the exact computation
+    head = MaskFormerHead(cfg, model.backbone.output_shape(), speed=SpeedSettings.exact())
+    assert not head.fold_mask_embed
+    layers = (TransformerEncoderLayer, TransformerDecoderLayer)
+    assert {m.need_weights for m in head.modules() if isinstance(m, layers)} == {True}
+    backbone = D2SwinTransformer(cfg, ShapeSpec(channels=3), speed=SpeedSettings.exact())
+    assert {m.fused for m in backbone.modules() if isinstance(m, WindowAttention)} == {False}
+    # detectron2's ResNet does not take the options, and is built from the config alone
+    assert not takes_speed(BACKBONE_REGISTRY.get("build_resnet_backbone"))
+    assert takes_speed(BACKBONE_REGISTRY.get("D2SwinTransformer"))
+    assert len(read) == 1
+    assert isinstance(build_model(tiny_cfg()).backbone, ResNet)
 
 
 PANOPTIC_META = "test_speed_options_panoptic"

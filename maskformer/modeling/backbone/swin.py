@@ -422,10 +422,14 @@ class SwinTransformer(nn.Module):
 
 @BACKBONE_REGISTRY.register()
 class D2SwinTransformer(SwinTransformer, Backbone):
-    """Swin Transformer as a detectron2 backbone, configured by cfg.MODEL.SWIN."""
+    """
+    Swin Transformer as a detectron2 backbone, configured by cfg.MODEL.SWIN; ``speed``: the model's
+    speed options (``fused_attention``), read from ``cfg`` when not given.
+    """
 
-    def __init__(self, cfg, input_shape: ShapeSpec):
+    def __init__(self, cfg, input_shape: ShapeSpec, speed: Optional[SpeedSettings] = None):
         c = cfg.MODEL.SWIN
+        speed = speed or SpeedSettings.from_config(cfg)
         super().__init__(
             pretrain_img_size=c.PRETRAIN_IMG_SIZE,
             patch_size=c.PATCH_SIZE,
@@ -442,7 +446,7 @@ class D2SwinTransformer(SwinTransformer, Backbone):
             drop_path_rate=c.DROP_PATH_RATE,
             ape=c.APE,
             patch_norm=c.PATCH_NORM,
-            fused_attention=SpeedSettings.from_config(cfg).fused_attention,
+            fused_attention=speed.fused_attention,
         )
         names = [f"res{i + 2}" for i in range(self.num_layers)]
         self._out_features = list(c.OUT_FEATURES)

@@ -6,6 +6,7 @@ import torch
 from detectron2.layers import ShapeSpec
 from torch import nn
 
+from ...config import SpeedSettings
 from ..pixel_decoder.fpn import build_pixel_decoder
 from .legacy import LegacyCheckpointMixin
 
@@ -24,11 +25,11 @@ class PixelDecoderHead(LegacyCheckpointMixin, nn.Module):
         self.predictor = predictor
 
     @staticmethod
-    def head_config(cfg, input_shape: Dict[str, ShapeSpec]) -> Dict:
+    def head_config(cfg, input_shape: Dict[str, ShapeSpec], speed: SpeedSettings) -> Dict:
         """The constructor arguments every head reads from MODEL.SEM_SEG_HEAD, but the predictor."""
         return {
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "pixel_decoder": build_pixel_decoder(cfg, input_shape),
+            "pixel_decoder": build_pixel_decoder(cfg, input_shape, speed),
         }
 
 

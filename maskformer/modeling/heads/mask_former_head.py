@@ -56,16 +56,18 @@ class MaskFormerHead(PixelDecoderHead):
         self.fold_mask_embed = fold_mask_embed and self.foldable
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        in_feature = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
-        head = cls.head_config(cfg, input_shape)
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], speed: Optional[SpeedSettings] = None
+    ):
+        """``speed``: the model's speed options, read from ``cfg`` when not given."""
+        speed = speed or SpeedSettings.from_config(cfg)
         return {
-            **head,
-            "transformer_in_feature": in_feature,
+            **cls.head_config(cfg, input_shape, speed),
+            "transformer_in_feature": cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE,
             "transformer_predictor": TransformerPredictor(
-                cfg, predictor_in_channels(cfg, input_shape), mask_classification=True
+                cfg, predictor_in_channels(cfg, input_shape), mask_classification=True, speed=speed
             ),
-            "fold_mask_embed": SpeedSettings.from_config(cfg).fold_mask_embed,
+            "fold_mask_embed": speed.fold_mask_embed,
         }
 
     def forward(self, features):

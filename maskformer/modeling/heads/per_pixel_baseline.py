@@ -14,6 +14,7 @@ from detectron2.layers import Conv2d, ShapeSpec
 from detectron2.modeling import SEM_SEG_HEADS_REGISTRY
 from torch import nn
 
+from ...config import SpeedSettings
 from ..transformer.transformer_predictor import TransformerPredictor
 from .base import PixelDecoderHead, predictor_in_channels, transformer_input
 
@@ -45,16 +46,20 @@ class PerPixelBaselineHead(PixelDecoderHead):
         self.ignore_value = ignore_value
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], speed: Optional[SpeedSettings] = None
+    ):
+        """``speed``: the model's speed options, read from ``cfg`` when not given."""
+        speed = speed or SpeedSettings.from_config(cfg)
         return {
-            **cls.head_config(cfg, input_shape),
-            "predictor": cls._build_predictor(cfg, input_shape),
+            **cls.head_config(cfg, input_shape, speed),
+            "predictor": cls._build_predictor(cfg, input_shape, speed),
             "loss_weight": cfg.MODEL.SEM_SEG_HEAD.LOSS_WEIGHT,
             "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
     @classmethod
-    def _build_predictor(cls, cfg, input_shape) -> nn.Module:
+    def _build_predictor(cls, cfg, input_shape, speed: SpeedSettings) -> nn.Module:
         predictor = Conv2d(
             cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, kernel_size=1
         )
@@ -115,14 +120,16 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
         self.deep_supervision = deep_supervision
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
-        ret = super().from_config(cfg, input_shape)
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], speed: Optional[SpeedSettings] = None
+    ):
+        ret = super().from_config(cfg, input_shape, speed)
         ret["transformer_in_feature"] = cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE
         ret["deep_supervision"] = cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION
         return ret
 
     @classmethod
-    def _build_predictor(cls, cfg, input_shape) -> nn.Module:
+    def _build_predictor(cls, cfg, input_shape, speed: SpeedSettings) -> nn.Module:
         num_queries = cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES
         if num_queries != cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES:
             raise ValueError(
@@ -130,7 +137,7 @@ class PerPixelBaselinePlusHead(PerPixelBaselineHead):
                 f"({num_queries}) must equal MODEL.SEM_SEG_HEAD.NUM_CLASSES ({cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES})"
             )
         return TransformerPredictor(
-            cfg, predictor_in_channels(cfg, input_shape), mask_classification=False
+            cfg, predictor_in_channels(cfg, input_shape), mask_classification=False, speed=speed
         )
 
     def layers(self, features) -> List[torch.Tensor]:

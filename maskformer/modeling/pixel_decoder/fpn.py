@@ -16,6 +16,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 
 from ...config import SpeedSettings
+from ..build import build_registered
 from ..transformer.position_encoding import PositionEmbeddingSine
 from ..transformer.transformer import TransformerEncoderOnly
 
@@ -32,9 +33,13 @@ declare the class attribute ``mask_features_foldable = True`` (as ``BasePixelDec
 logger = logging.getLogger(__name__)
 
 
-def build_pixel_decoder(cfg, input_shape: Dict[str, ShapeSpec]) -> nn.Module:
+def build_pixel_decoder(
+    cfg, input_shape: Dict[str, ShapeSpec], speed: Optional[SpeedSettings] = None
+) -> nn.Module:
+    """The MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME decoder; ``speed`` read from ``cfg`` when not given."""
     name = cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME
-    model = PIXEL_DECODER_REGISTRY.get(name)(cfg, input_shape)
+    speed = speed or SpeedSettings.from_config(cfg)
+    model = build_registered(PIXEL_DECODER_REGISTRY, name, speed, cfg, input_shape)
     if not callable(getattr(model, "forward_features", None)):
         raise ValueError(f"Pixel decoder {name} must implement forward_features(features)")
     return model
@@ -195,7 +200,9 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
         self.add_module(name, self._modules.pop(name))
 
     @classmethod
-    def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]):
+    def from_config(
+        cls, cfg, input_shape: Dict[str, ShapeSpec], speed: Optional[SpeedSettings] = None
+    ):
         ret = super().from_config(cfg, input_shape)
         ret.update(
             transformer_dropout=cfg.MODEL.MASK_FORMER.DROPOUT,
@@ -203,7 +210,7 @@ class TransformerEncoderPixelDecoder(BasePixelDecoder):
             transformer_dim_feedforward=cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD,
             transformer_enc_layers=cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS,
             transformer_pre_norm=cfg.MODEL.MASK_FORMER.PRE_NORM,
-            fused_attention=SpeedSettings.from_config(cfg).fused_attention,
+            fused_attention=(speed or SpeedSettings.from_config(cfg)).fused_attention,
         )
         return ret
 

@@ -93,7 +93,9 @@ class TransformerPredictor(nn.Module):
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     @classmethod
-    def from_config(cls, cfg, in_channels, mask_classification):
+    def from_config(
+        cls, cfg, in_channels, mask_classification, speed: Optional[SpeedSettings] = None
+    ):
         mf = cfg.MODEL.MASK_FORMER
         return {
             "in_channels": in_channels,
@@ -110,7 +112,7 @@ class TransformerPredictor(nn.Module):
             "deep_supervision": mf.DEEP_SUPERVISION,
             "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
             "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-            "fused_attention": SpeedSettings.from_config(cfg).fused_attention,
+            "fused_attention": (speed or SpeedSettings.from_config(cfg)).fused_attention,
         }
 
     def forward(
