@@ -39,8 +39,8 @@ class UpsampledMaskLoss(torch.autograd.Function):
         tiny = torch.finfo(src.dtype).tiny
         for start in range(0, len(src), step):
             chunk = slice(start, start + step)
-            # 0/1 targets as floats: arithmetic with them is vectorised where bool tensors are not
-            # (converting from bool, or torch.where on a bool mask, is ~10x slower than from uint8)
+            # 0/1 targets as floats from a uint8 view: on CPU, converting from bool or torch.where
+            # on a bool mask is not vectorised as the same work from uint8 is
             t = tgt[chunk].view(torch.uint8).to(src.dtype).flatten(1)
             x = F.interpolate(src[chunk, None], size=size, mode="bilinear", align_corners=False)
             x = x.flatten(1)
