@@ -1,5 +1,7 @@
-"""Shared pieces of the benchmarks: the benchmarked model, interleaved timing, synthetic inputs."""
+"""Shared pieces of the benchmarks: the benchmarked model, interleaved timing, synthetic inputs,
+the command line."""
 
+import argparse
 import os
 import statistics
 import time
@@ -16,30 +18,9 @@ from detectron2.structures import Instances
 from maskformer import add_maskformer_config
 from maskformer.config import SPEED_OPTIONS
 
+# the benchmarks run from a clone (the wheel does not ship them): the repository's configs/ is there
 REPO_ROOT = Path(__file__).resolve().parents[1]
 R50_ADE20K_CONFIG = REPO_ROOT / "configs" / "ade20k-150" / "maskformer_R50_bs16_160k.yaml"
-
-# The published R50 ADE20K-150 model, for when the config file is not there.
-R50_ADE20K_SETTINGS = {
-    "MODEL.META_ARCHITECTURE": "MaskFormer",
-    "MODEL.BACKBONE.NAME": "build_resnet_backbone",
-    "MODEL.RESNETS.DEPTH": 50,
-    "MODEL.RESNETS.NORM": "FrozenBN",
-    "MODEL.RESNETS.STRIDE_IN_1X1": False,
-    "MODEL.RESNETS.OUT_FEATURES": ["res2", "res3", "res4", "res5"],
-    "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530],
-    "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
-    "INPUT.FORMAT": "RGB",
-    "MODEL.SEM_SEG_HEAD.NAME": "MaskFormerHead",
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES": 150,
-    "MODEL.SEM_SEG_HEAD.IGNORE_VALUE": 255,
-    "MODEL.SEM_SEG_HEAD.IN_FEATURES": ["res2", "res3", "res4", "res5"],
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM": 256,
-    "MODEL.SEM_SEG_HEAD.MASK_DIM": 256,
-    "MODEL.SEM_SEG_HEAD.NORM": "GN",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES": 100,
-    "MODEL.MASK_FORMER.DEC_LAYERS": 6,
-}
 
 # The speed options on by default, set explicitly; none changes the weights or the checkpoint format.
 FAST_INFERENCE = {key: True for key in SPEED_OPTIONS}
@@ -51,10 +32,7 @@ def r50_ade20k_cfg(overrides: Dict = None):
     """The R50 ADE20K-150 MaskFormer config with random weights on CPU, plus ``overrides``."""
     cfg = get_cfg()
     add_maskformer_config(cfg)
-    if R50_ADE20K_CONFIG.exists():
-        cfg.merge_from_file(str(R50_ADE20K_CONFIG))
-    else:
-        cfg.merge_from_list(_flatten(R50_ADE20K_SETTINGS))
+    cfg.merge_from_file(str(R50_ADE20K_CONFIG))
     cfg.merge_from_list(_flatten({"MODEL.WEIGHTS": "", "MODEL.DEVICE": "cpu", **(overrides or {})}))
     return cfg
 
@@ -67,6 +45,20 @@ def build_r50_ade20k(overrides: Dict = None, seed: int = 0) -> torch.nn.Module:
 
 def _flatten(overrides: Dict) -> List:
     return [x for kv in overrides.items() for x in kv]
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, whose --help shows its docstring ``doc`` as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_generated_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """--images, --height, --width: the count (200) and size (480x640) of the generated images."""
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
 
 
 def set_threads(num_threads: int) -> None:

@@ -16,7 +16,6 @@ that they agree (the script fails if any differs by 1e-9 or more, mIoU's protoco
         [--semantic-images 20 --classes 150]
 """
 
-import argparse
 import json
 import os
 import tempfile
@@ -32,6 +31,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from benchmarks.common import add_generated_image_arguments, benchmark_parser
 from benchmarks.pq_eval import compare_pq, print_comparison, timed
 from maskformer.evaluation.instance_evaluation import (
     evaluate_coco_results,
@@ -195,12 +195,8 @@ def main(args) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
+    parser = benchmark_parser(__doc__)
+    add_generated_image_arguments(parser)
     parser.add_argument("--semantic-images", type=int, default=20)
     parser.add_argument("--classes", type=int, default=150)
     main(parser.parse_args())

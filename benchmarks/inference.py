@@ -12,7 +12,6 @@ with the exact one, and of the default outputs with the published release's gold
     python -m benchmarks.inference [--threads 2] [--repeats 7] [--compile]
 """
 
-import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -26,6 +25,7 @@ from benchmarks.common import (
     EXACT,
     FAST_INFERENCE,
     REPO_ROOT,
+    benchmark_parser,
     build_r50_ade20k,
     golden_model,
     high_contrast_outputs,
@@ -315,9 +315,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from benchmarks.common import (
+    benchmark_parser,
     interleaved_timings,
     peak_rss_mb,
     random_instances,
@@ -113,9 +114,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--memory", choices=LOSSES, help=argparse.SUPPRESS)

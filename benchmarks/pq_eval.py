@@ -8,7 +8,6 @@ the largest difference of any number (All/Things/Stuff and per class) from panop
     python -m benchmarks.pq_eval [--images 200] [--height 480 --width 640]
 """
 
-import argparse
 import contextlib
 import gc
 import io
@@ -23,6 +22,7 @@ from hotcoco.panoptic import PanopticEval
 from hotcoco.panoptic import pq_compute as hotcoco_pq_compute
 from panopticapi.evaluation import pq_compute as panopticapi_pq_compute
 
+from benchmarks.common import add_generated_image_arguments, benchmark_parser
 from maskformer.evaluation.fast_panoptic import segment_masks
 from maskformer.evaluation.synthetic import read_predictions, write_synthetic_panoptic
 
@@ -133,11 +133,7 @@ def paths_for_api(paths: Dict[str, str]) -> Dict[str, str]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--width", type=int, default=640)
+    parser = benchmark_parser(__doc__)
+    add_generated_image_arguments(parser)
     args = parser.parse_args()
     compare_pq(args.images, (args.height, args.width))

@@ -21,6 +21,7 @@ import torch
 
 from benchmarks.common import (
     EXACT,
+    benchmark_parser,
     build_r50_ade20k,
     interleaved_timings,
     peak_rss_mb,
@@ -223,9 +224,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--crop", type=int, default=512)

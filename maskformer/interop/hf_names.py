@@ -61,53 +61,67 @@ class _Rule(NamedTuple):
     parts: Tuple[str, ...] = ()
 
 
-# Order matters where one prefix extends another (".norm." entries before the convolution's).
+def _under(hf: str, ours: str, *rules: _Rule) -> List[_Rule]:
+    """``rules`` for the members of one module, named relative to its prefixes ``hf`` / ``ours``."""
+    return [rule._replace(hf=hf + rule.hf, ours=ours + rule.ours) for rule in rules]
+
+
+def _conv_norm(hf: str, ours: str, conv: str, norm: str) -> List[_Rule]:
+    """
+    A convolution and the norm after it: transformers' modules ``hf + conv`` and ``hf + norm``,
+    our convolution ``ours`` holding its norm as ``ours + "norm."``. The norm's rule comes first:
+    our convolution's prefix would take the norm's tensors too.
+    """
+    return [_Rule(hf + norm + ".", ours + "norm."), _Rule(hf + conv + ".", ours)]
+
+
+# transformers' ResNetConvLayer and the FPN's nn.Sequential(conv, GroupNorm): (conv, norm) names
+_RESNET_CONV = ("convolution", "normalization")
+_FPN_CONV = ("0", "1")
+
+# The first rule whose prefix matches a name maps it: a prefix that extends another comes first.
 _RULES = [
     # Swin backbone
     _Rule(_SWIN + "embeddings.patch_embeddings.projection.", "backbone.patch_embed.proj."),
     _Rule(_SWIN + "embeddings.norm.", "backbone.patch_embed.norm."),
-    _Rule(_BLOCK + "layernorm_before.", _OUR_BLOCK + "norm1."),
-    _Rule(_BLOCK + "layernorm_after.", _OUR_BLOCK + "norm2."),
-    _Rule(_BLOCK + "attention.self.relative_position_", _OUR_BLOCK + "attn.relative_position_"),
-    _Rule(_BLOCK + "attention.self.{part}.", _OUR_BLOCK + "attn.qkv.", ("query", "key", "value")),
-    _Rule(_BLOCK + "attention.output.dense.", _OUR_BLOCK + "attn.proj."),
-    _Rule(_BLOCK + "intermediate.dense.", _OUR_BLOCK + "mlp.fc1."),
-    _Rule(_BLOCK + "output.dense.", _OUR_BLOCK + "mlp.fc2."),
+    *_under(
+        _BLOCK,
+        _OUR_BLOCK,
+        _Rule("layernorm_before.", "norm1."),
+        _Rule("layernorm_after.", "norm2."),
+        _Rule("attention.self.relative_position_", "attn.relative_position_"),
+        _Rule("attention.self.{part}.", "attn.qkv.", ("query", "key", "value")),
+        _Rule("attention.output.dense.", "attn.proj."),
+        _Rule("intermediate.dense.", "mlp.fc1."),
+        _Rule("output.dense.", "mlp.fc2."),
+    ),
     _Rule(_SWIN + "encoder.layers.{l}.downsample.", "backbone.layers.{l}.downsample."),
     _Rule(_SWIN_NORMS + "{i}.", "backbone.norm{i}."),
     # ResNet backbone
-    _Rule(_RESNET + "embedder.embedder.normalization.", "backbone.stem.conv1.norm."),
-    _Rule(_RESNET + "embedder.embedder.convolution.", "backbone.stem.conv1."),
-    _Rule(_STAGE + "shortcut.normalization.", _OUR_STAGE + "shortcut.norm."),
-    _Rule(_STAGE + "shortcut.convolution.", _OUR_STAGE + "shortcut."),
-    _Rule(_STAGE + "layer.{i}.normalization.", _OUR_STAGE + "conv{i+1}.norm."),
-    _Rule(_STAGE + "layer.{i}.convolution.", _OUR_STAGE + "conv{i+1}."),
+    *_conv_norm(_RESNET + "embedder.embedder.", "backbone.stem.conv1.", *_RESNET_CONV),
+    *_conv_norm(_STAGE + "shortcut.", _OUR_STAGE + "shortcut.", *_RESNET_CONV),
+    *_conv_norm(_STAGE + "layer.{i}.", _OUR_STAGE + "conv{i+1}.", *_RESNET_CONV),
     # FPN pixel decoder: transformers counts its lateral layers from the coarsest one
-    _Rule(_FPN + "fpn.stem.1.", _PIXEL_DECODER + "layer_4.norm."),
-    _Rule(_FPN + "fpn.stem.0.", _PIXEL_DECODER + "layer_4."),
-    _Rule(_FPN + "fpn.layers.{t}.proj.1.", _PIXEL_DECODER + "adapter_{3-t}.norm."),
-    _Rule(_FPN + "fpn.layers.{t}.proj.0.", _PIXEL_DECODER + "adapter_{3-t}."),
-    _Rule(_FPN + "fpn.layers.{t}.block.1.", _PIXEL_DECODER + "layer_{3-t}.norm."),
-    _Rule(_FPN + "fpn.layers.{t}.block.0.", _PIXEL_DECODER + "layer_{3-t}."),
+    *_conv_norm(_FPN + "fpn.stem.", _PIXEL_DECODER + "layer_4.", *_FPN_CONV),
+    *_conv_norm(_FPN + "fpn.layers.{t}.proj.", _PIXEL_DECODER + "adapter_{3-t}.", *_FPN_CONV),
+    *_conv_norm(_FPN + "fpn.layers.{t}.block.", _PIXEL_DECODER + "layer_{3-t}.", *_FPN_CONV),
     _Rule(_FPN + "mask_projection.", _PIXEL_DECODER + "mask_features."),
     # DETR decoder and heads
     _Rule(_TRANSFORMER + "queries_embedder.", "sem_seg_head.predictor.query_embed."),
     _Rule(_TRANSFORMER + "input_projection.", "sem_seg_head.predictor.input_proj."),
-    _Rule(
-        _DEC_LAYER + "self_attn.{part}_proj.", _OUR_DEC_LAYER + "self_attn.in_proj_", tuple("qkv")
+    *_under(
+        _DEC_LAYER,
+        _OUR_DEC_LAYER,
+        _Rule("self_attn.{part}_proj.", "self_attn.in_proj_", tuple("qkv")),
+        _Rule("self_attn.out_proj.", "self_attn.out_proj."),
+        _Rule("encoder_attn.{part}_proj.", "multihead_attn.in_proj_", tuple("qkv")),
+        _Rule("encoder_attn.out_proj.", "multihead_attn.out_proj."),
+        _Rule("self_attn_layer_norm.", "norm1."),
+        _Rule("encoder_attn_layer_norm.", "norm2."),
+        _Rule("final_layer_norm.", "norm3."),
+        _Rule("fc1.", "linear1."),
+        _Rule("fc2.", "linear2."),
     ),
-    _Rule(_DEC_LAYER + "self_attn.out_proj.", _OUR_DEC_LAYER + "self_attn.out_proj."),
-    _Rule(
-        _DEC_LAYER + "encoder_attn.{part}_proj.",
-        _OUR_DEC_LAYER + "multihead_attn.in_proj_",
-        tuple("qkv"),
-    ),
-    _Rule(_DEC_LAYER + "encoder_attn.out_proj.", _OUR_DEC_LAYER + "multihead_attn.out_proj."),
-    _Rule(_DEC_LAYER + "self_attn_layer_norm.", _OUR_DEC_LAYER + "norm1."),
-    _Rule(_DEC_LAYER + "encoder_attn_layer_norm.", _OUR_DEC_LAYER + "norm2."),
-    _Rule(_DEC_LAYER + "final_layer_norm.", _OUR_DEC_LAYER + "norm3."),
-    _Rule(_DEC_LAYER + "fc1.", _OUR_DEC_LAYER + "linear1."),
-    _Rule(_DEC_LAYER + "fc2.", _OUR_DEC_LAYER + "linear2."),
     _Rule(_TRANSFORMER + "decoder.layernorm.", "sem_seg_head.predictor.transformer.decoder.norm."),
     _Rule("class_predictor.", "sem_seg_head.predictor.class_embed."),
     _Rule("mask_embedder.{i}.0.", "sem_seg_head.predictor.mask_embed.layers.{i}."),
