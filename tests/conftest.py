@@ -80,20 +80,29 @@ def maskformer_caplog(caplog):
 
 
 @pytest.fixture
-def register():
-    """register(name, records, **metadata) -> name: a dataset in detectron2's catalogs for this test."""
+def unregister():
+    """unregister(name): whatever the test registers as the dataset ``name`` leaves detectron2's
+    catalogs after the test."""
     names = []
+    yield names.append
+    for name in names:
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+
+
+@pytest.fixture
+def register(unregister):
+    """register(name, records, **metadata) -> name: a dataset in detectron2's catalogs for this test."""
 
     def _register(name, records, **metadata):
         DatasetCatalog.register(name, lambda: records)
         MetadataCatalog.get(name).set(**metadata)
-        names.append(name)
+        unregister(name)
         return name
 
-    yield _register
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    return _register
 
 
 def pytest_collection_modifyitems(config, items):

@@ -14,7 +14,6 @@ import torch
 from detectron2.data import transforms as T
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
 from maskformer.engine.config_loading import load_config
 from maskformer.export import export_model
 from maskformer.maskformer_model import MaskFormer
@@ -23,6 +22,7 @@ from tests.utils.configs import CONFIGS, tiny_opts
 from tests.utils.decision_margins import assert_argmax_agrees
 from tests.utils.models import build_spread_model
 from tests.utils.repo import load_script
+from tests.utils.run_folders import save_tiny_run
 
 # (H, W) -> resized to a short edge of 96, long edge <= 160 -> padded to multiples of 128:
 # A = 128x256, B = 128x128, C = 256x128, in the order A B C B A B
@@ -41,13 +41,8 @@ def padded_tiny_opts(task):
 def run(request, tmp_path_factory):
     """(task, folder with config.yaml whose MODEL.WEIGHTS is the model_final.pth beside it)."""
     task = request.param
-    cfg = load_config(CONFIGS[task], padded_tiny_opts(task), need_datasets=False)
     folder = tmp_path_factory.mktemp(task)
-    MaskFormerCheckpointer(build_spread_model(cfg, seed=1), save_dir=str(folder)).save(
-        "model_final"
-    )
-    cfg.MODEL.WEIGHTS = str(folder / "model_final.pth")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_run(folder, task, padded_tiny_opts(task), weights_in_config=True)
     return task, folder
 
 

@@ -244,14 +244,13 @@ def test_more_processes_per_machine_than_gpus(monkeypatch):
 
 
 @pytest.fixture
-def spec_datasets(tmp_path):
+def spec_datasets(tmp_path, unregister):
     """spec_datasets({name: number of classes}, panoptic=False) -> spec file (unregistered after)."""
-    names = []
 
     def make(counts, panoptic=False):
         spec = {}
         for name, count in counts.items():
-            names.append(name)
+            unregister(name)
             classes = [f"class_{i}" for i in range(count)]
             if panoptic:
                 categories = [dict(id=i + 1, name=n, isthing=i % 2) for i, n in enumerate(classes)]
@@ -270,13 +269,9 @@ def spec_datasets(tmp_path):
                 spec[name] = dict(
                     type="sem_seg", image_root="img", label_root="lbl", classes=classes
                 )
-        return write(tmp_path, json.dumps(spec), f"spec_{len(names)}.yaml")
+        return write(tmp_path, json.dumps(spec), f"spec_{'_'.join(counts)}.yaml")
 
-    yield make
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    return make
 
 
 @pytest.mark.parametrize("panoptic", [False, True])

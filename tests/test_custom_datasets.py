@@ -24,16 +24,6 @@ from tests.utils.repo import REPO_ROOT
 CLASS_NAMES = [c["name"] for c in SYNTHETIC_CATEGORIES]
 
 
-@pytest.fixture
-def unregister():
-    names = []
-    yield names.append
-    for name in names:
-        if name in DatasetCatalog.list():
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-
-
 def write_folder_dataset(root, splits={"train": 4, "val": 2}, offset=1):
     """
     A user's folder in its own layout: <split>/img/*.png, <split>/ann/*.png storing class + offset

@@ -55,6 +55,14 @@ def write_bgr(path, image_chw: torch.Tensor) -> np.ndarray:
     return cv2.imread(str(path))
 
 
+def write_block_video(path, seed, height, width, count):
+    """An MJPG video of ``count`` block images (block_images of ``seed``) at 5 frames a second."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height))
+    for image in block_images(seed=seed, sizes=[(height, width)] * count):
+        writer.write(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
+    writer.release()
+
+
 def test_folder_and_glob_inputs_give_one_drawing_each(demo, config_files, tmp_path):
     sizes = ((60, 80), (90, 70), (64, 64))
     images = block_images(seed=2, sizes=sizes)
@@ -108,13 +116,7 @@ def test_real_photo_and_confidence_threshold(demo, config_files, task, tmp_path)
 
 def test_video_gives_the_same_frames(demo, config_files, tmp_path):
     height, width, count = 48, 64, 4
-    writer = cv2.VideoWriter(
-        str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height)
-    )
-    for image in block_images(seed=3, sizes=[(height, width)] * count):
-        writer.write(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
-    writer.release()
-
+    write_block_video(tmp_path / "clip.avi", 3, height, width, count)
     args = [
         "--config-file",
         config_files["semantic"],
@@ -209,12 +211,7 @@ def test_file_name_that_is_not_utf8_does_not_stop_the_batch(
 
 def test_truncated_video_reports_missing_frames(demo, config_files, tmp_path, maskformer_caplog):
     height, width, count = 48, 64, 8
-    writer = cv2.VideoWriter(
-        str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (width, height)
-    )
-    for image in block_images(seed=5, sizes=[(height, width)] * count):
-        writer.write(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))
-    writer.release()
+    write_block_video(tmp_path / "clip.avi", 5, height, width, count)
     data = (tmp_path / "clip.avi").read_bytes()
     (tmp_path / "cut.avi").write_bytes(data[: len(data) // 2])
     args = ["--config-file", config_files["semantic"], "--video-input", str(tmp_path / "cut.avi")]

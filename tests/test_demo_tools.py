@@ -17,7 +17,7 @@ import pytest
 import torch
 from detectron2.data.catalog import Metadata
 
-from maskformer.engine.checkpoint import CheckpointMismatchError, MaskFormerCheckpointer
+from maskformer.engine.checkpoint import CheckpointMismatchError
 from maskformer.engine.cli import USER_ERRORS
 from maskformer.engine.config_loading import ConfigError
 from maskformer.predictor import InstancePredictions, Prediction, Predictor, Segment
@@ -25,6 +25,7 @@ from tests.utils.configs import tiny_cfg
 from tests.utils.inputs import block_images
 from tests.utils.models import build_spread_model
 from tests.utils.repo import REPO_ROOT, load_script
+from tests.utils.run_folders import save_run_folder
 
 pytestmark = [
     pytest.mark.filterwarnings(
@@ -52,11 +53,8 @@ def run_dir(tmp_path_factory):
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()  # the state of a training checkpoint (two moments a weight), weights unchanged
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 10)
-    checkpointer = MaskFormerCheckpointer(
-        model, str(folder), optimizer=optimizer, scheduler=scheduler
-    )
-    checkpointer.save("model_final", iteration=9)
-    (folder / "config.yaml").write_text(cfg.dump())
+    checkpointables = {"optimizer": optimizer, "scheduler": scheduler}
+    save_run_folder(folder, cfg, model, checkpointables=checkpointables, iteration=9)
     return folder
 
 

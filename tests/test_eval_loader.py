@@ -31,12 +31,11 @@ NUM_CLASSES = 3
 
 
 @pytest.fixture
-def folder_dataset(tmp_path):
+def folder_dataset(tmp_path, unregister):
     """
     make(labels=[...], name=...) writes one PNG image + label per (H, W) uint8 label array under
-    tmp_path/name and registers it as a folder dataset; returns the dataset name.
+    tmp_path/name and registers it as a folder dataset for this test; returns the dataset name.
     """
-    names = []
 
     def make(labels, name="eval_loader_ds", **kwargs):
         images, label_dir = tmp_path / name / "images", tmp_path / name / "labels"
@@ -53,13 +52,10 @@ def folder_dataset(tmp_path):
         register_folder_sem_seg(
             name, str(images), str(label_dir), classes, image_ext="png", **kwargs
         )
-        names.append(name)
+        unregister(name)
         return name
 
-    yield make
-    for name in names:
-        DatasetCatalog.remove(name)
-        MetadataCatalog.remove(name)
+    return make
 
 
 def make_cfg(dataset_name, **overrides):

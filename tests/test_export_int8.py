@@ -72,21 +72,11 @@ def test_export_tool_writes_an_int8_model_the_demo_runs(tmp_path):
             str(tmp_path / f"train_{i}.png"), rng.integers(0, 256, (70, 90, 3), dtype=np.uint8)
         )
     export_tool, demo = load_script("tools/export_model.py"), load_script("demo/demo.py")
+    onnx_export = ["--config-file", str(config_file), "--random-weights", "--format", "onnx"]
     export_tool.main(
-        [
-            "--config-file",
-            str(config_file),
-            "--random-weights",
-            "--format",
-            "onnx",
-            "--output",
-            str(tmp_path / "export"),
-            "--input-size",
-            "64",
-            "80",
-            "--int8-calibration",
-            str(tmp_path / "train_*.png"),
-        ]
+        onnx_export
+        + ["--output", str(tmp_path / "export"), "--input-size", "64", "80"]
+        + ["--int8-calibration", str(tmp_path / "train_*.png")]
     )
     int8_file = tmp_path / "export" / "model.int8.onnx"
     assert load_export_metadata(int8_file)["quantization"]["calibration_images"] == 3
@@ -103,15 +93,6 @@ def test_export_tool_writes_an_int8_model_the_demo_runs(tmp_path):
     assert cv2.imread(str(output)).shape == (70, 90, 3)
     with pytest.raises(FileNotFoundError, match="no image files match"):
         export_tool.main(
-            [
-                "--config-file",
-                str(config_file),
-                "--random-weights",
-                "--format",
-                "onnx",
-                "--output",
-                str(tmp_path / "e2"),
-                "--int8-calibration",
-                str(tmp_path / "none_*.jpg"),
-            ]
+            onnx_export
+            + ["--output", str(tmp_path / "e2"), "--int8-calibration", str(tmp_path / "none_*.jpg")]
         )

@@ -75,6 +75,12 @@ def shapes_of(state_dict):
     return {k: tuple(v.shape) for k, v in state_dict.items()}
 
 
+def run_script(script, *args) -> subprocess.CompletedProcess:
+    """``python script args`` run in the repository root as a user runs it, its output captured."""
+    command = [sys.executable, str(REPO_ROOT / script), *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
+
+
 # ------------------------------------------------------------------ names and shapes (no transformers)
 
 
@@ -382,17 +388,12 @@ def test_ours_to_hub_folder_to_ours_gives_identical_tensors(tmp_path):
     ours = build_model(cfg).eval()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg_dict))
     torch.save({"model": ours.state_dict()}, tmp_path / "model_final.pth")
-    run = [
-        sys.executable,
-        str(REPO_ROOT / "tools" / "convert-d2-to-hf-maskformer.py"),
-        "--config-file",
-        str(tmp_path / "config.yaml"),
-        "--weights",
-        str(tmp_path / "model_final.pth"),
-        "--output",
-        str(tmp_path / "hub"),
-    ]
-    result = subprocess.run(run, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_script(
+        "tools/convert-d2-to-hf-maskformer.py",
+        "--config-file", tmp_path / "config.yaml",
+        "--weights", tmp_path / "model_final.pth",
+        "--output", tmp_path / "hub",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(tmp_path / "hub")) == [
         "config.json",
@@ -480,14 +481,7 @@ def test_save_pretrained_folder_converts_and_runs_in_the_demo(tmp_path):
         )
     )
     out = tmp_path / "converted"
-    run = [
-        sys.executable,
-        str(REPO_ROOT / "tools" / "convert-hf-maskformer-to-d2.py"),
-        str(tmp_path / "hub"),
-        "--output",
-        str(out),
-    ]
-    result = subprocess.run(run, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_script("tools/convert-hf-maskformer-to-d2.py", tmp_path / "hub", "--output", out)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(out)) == ["classes.json", "config.yaml", "model_final.pth"]
     assert json.loads((out / "classes.json").read_text())["stuff_classes"] == [
@@ -522,22 +516,13 @@ def test_save_pretrained_folder_converts_and_runs_in_the_demo(tmp_path):
         str(tmp_path / "photo.png"),
         np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8),
     )
-    demo = [
-        sys.executable,
-        str(REPO_ROOT / "demo" / "demo.py"),
-        "--config-file",
-        str(out / "config.yaml"),
-        "--input",
-        str(tmp_path / "photo.png"),
-        "--output",
-        str(tmp_path / "drawn"),
-        "--opts",
-        "MODEL.WEIGHTS",
-        str(out / "model_final.pth"),
-        "MODEL.DEVICE",
-        "cpu",
-    ]
-    result = subprocess.run(demo, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_script(
+        "demo/demo.py",
+        "--config-file", out / "config.yaml",
+        "--input", tmp_path / "photo.png",
+        "--output", tmp_path / "drawn",
+        "--opts", "MODEL.WEIGHTS", out / "model_final.pth", "MODEL.DEVICE", "cpu",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "drawn" / "photo.png").is_file()
 
@@ -552,14 +537,9 @@ def test_convert_tool_refuses_what_it_cannot_build(tmp_path):
     save_file(
         {"class_predictor.bias": torch.zeros(151)}, str(tmp_path / "hub" / "model.safetensors")
     )
-    run = [
-        sys.executable,
-        str(REPO_ROOT / "tools" / "convert-hf-maskformer-to-d2.py"),
-        str(tmp_path / "hub"),
-        "--output",
-        str(tmp_path / "out"),
-    ]
-    result = subprocess.run(run, capture_output=True, text=True, cwd=REPO_ROOT)
+    result = run_script(
+        "tools/convert-hf-maskformer-to-d2.py", tmp_path / "hub", "--output", tmp_path / "out"
+    )
     assert result.returncode != 0
     assert "absolute position embeddings" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written

@@ -3,13 +3,8 @@
 import pytest
 import torch
 
-from maskformer.modeling.inference import (
-    InferenceSettings,
-    inference,
-    panoptic_inference,
-    semantic_inference,
-)
-from tests.utils.models import instance_inference
+from maskformer.modeling.inference import inference, panoptic_inference, semantic_inference
+from tests.utils.models import instance_inference, published_settings
 
 BIG = 20.0  # a logit that makes a probability ~1
 
@@ -85,16 +80,11 @@ def test_panoptic_low_score_and_empty():
 
 def test_panoptic_output_when_no_query_is_kept():
     """Before: interpolating the zero kept masks to the output size raised a RuntimeError."""
-    settings = InferenceSettings(
+    settings = published_settings(
         sem_seg_postprocess_before_inference=True,
         panoptic_on=True,
-        instance_on=False,
         object_mask_threshold=0.3,
         overlap_threshold=0.8,
-        test_topk_per_image=10,
-        thing_ids=frozenset(),
-        sem_seg_fast=False,
-        resize_by_matmul=False,
     )
     logits = torch.zeros(1, 2, 4)  # uniform: score 0.25, under the threshold
     (result,) = inference(

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from maskformer.modeling.criterion import upsampled_mask_losses
 from maskformer.modeling.inference import (
-    InferenceSettings,
     crop_and_resize,
     image_inference,
     masks_to_output_size,
@@ -36,7 +35,7 @@ from maskformer.modeling.kernels.semantic_at_mask_resolution import (
 from maskformer.modeling.kernels.upsampled_mask_loss import UpsampledMaskLoss
 from maskformer.modeling.mask_factors import MaskFactors, PixelConv
 from tests.utils.decision_margins import assert_argmax_agrees
-from tests.utils.models import segment_outputs
+from tests.utils.models import published_settings, segment_outputs
 
 
 @pytest.mark.parametrize(
@@ -233,15 +232,8 @@ def test_resizing_by_matmul_changes_only_the_rounding_of_the_semantic_scores(
     """Both semantic orders (masks resized to the output size first, or the scores after)."""
     mask_cls, mask_pred = segment_outputs(20, 6, (40, 32))
     plain, by_matmul = (
-        InferenceSettings(
-            postprocess_before_inference,
-            False,
-            False,
-            0.0,
-            0.0,
-            100,
-            frozenset(),
-            sem_seg_fast=False,
+        published_settings(
+            sem_seg_postprocess_before_inference=postprocess_before_inference,
             resize_by_matmul=flag,
         )
         for flag in (False, True)
@@ -365,20 +357,7 @@ def test_fast_semantic_path_applies_where_it_pays():
     assert not fast_path_applies(100, 150, (128, 128), (512, 510))  # no whole multiple
     # below the size, SEM_SEG_FAST gives the plain computation's scores and labels exactly
     mask_cls, mask_pred = segment_outputs(20, 6, (40, 32))
-    fast, plain = (
-        InferenceSettings(
-            False,
-            False,
-            False,
-            0.0,
-            0.0,
-            100,
-            frozenset(),
-            sem_seg_fast=flag,
-            resize_by_matmul=False,
-        )
-        for flag in (True, False)
-    )
+    fast, plain = (published_settings(sem_seg_fast=flag) for flag in (True, False))
     for size in ((155, 128), (157, 130)):
         got = image_inference(mask_cls, mask_pred, (160, 128), (155, 128), size, fast)
         want = image_inference(mask_cls, mask_pred, (160, 128), (155, 128), size, plain)

@@ -234,15 +234,13 @@ FUZZ_CFG = {
     "INPUT.COLOR_AUG_SSD": True,
     "INPUT.SIZE_DIVISIBILITY": 32,
 }
+FUZZ_SETTINGS = settings(max_examples=15, deadline=None)
+# the draws of every fuzzed sample: the image's height and width, and the seed of its content
+SIDE, SEED = st.integers(4, 48), st.integers(0, 2**31 - 1)
 
 
-@settings(max_examples=15, deadline=None)
-@given(
-    h=st.integers(4, 48),
-    w=st.integers(4, 48),
-    num_values=st.integers(1, 6),
-    seed=st.integers(0, 2**31 - 1),
-)
+@FUZZ_SETTINGS
+@given(h=SIDE, w=SIDE, num_values=st.integers(1, 6), seed=SEED)
 def test_fuzz_semantic_mapper(h, w, num_values, seed):
     rng = np.random.RandomState(seed)
     values = rng.choice([0, 1, 2, 3, 4, IGNORE], num_values, replace=False)
@@ -256,13 +254,8 @@ def test_fuzz_semantic_mapper(h, w, num_values, seed):
         assert (m == (sem_seg == c)).all()
 
 
-@settings(max_examples=15, deadline=None)
-@given(
-    h=st.integers(4, 48),
-    w=st.integers(4, 48),
-    num_segments=st.integers(0, 6),
-    seed=st.integers(0, 2**31 - 1),
-)
+@FUZZ_SETTINGS
+@given(h=SIDE, w=SIDE, num_segments=st.integers(0, 6), seed=SEED)
 def test_fuzz_panoptic_mapper(h, w, num_segments, seed):
     rng = np.random.RandomState(seed)
     segment_ids = np.unique(rng.randint(1, 2**24, num_segments))  # any RGB-encodable id

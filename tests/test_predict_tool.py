@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,13 +21,11 @@ import pytest
 import torch
 
 from maskformer.bulk_prediction import expand_inputs
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
-from maskformer.engine.config_loading import load_config
 from maskformer.prediction_files import output_names
-from tests.utils.configs import CONFIGS, tiny_opts
 from tests.utils.inputs import block_images
-from tests.utils.models import build_spread_model
-from tests.utils.repo import REPO_ROOT, load_script
+from tests.utils.processes import start_script
+from tests.utils.repo import load_script
+from tests.utils.run_folders import save_tiny_run
 
 # 7 images (two named img0), and a file that is no image
 SIZES = ((60, 80), (90, 70), (64, 64), (70, 100), (80, 60), (100, 120), (50, 90))
@@ -54,11 +51,7 @@ def one_thread():
 def run_dir(tmp_path_factory):
     """A training run's folder (config.yaml + model_final.pth) and images/ with a broken file."""
     folder = tmp_path_factory.mktemp("run")
-    cfg = load_config(CONFIGS["panoptic"], tiny_opts("panoptic"), need_datasets=False)
-    MaskFormerCheckpointer(build_spread_model(cfg, seed=1), save_dir=str(folder)).save(
-        "model_final"
-    )
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_run(folder, "panoptic")
     (folder / "images" / "sub").mkdir(parents=True)
     for name, image in zip(IMAGES, block_images(seed=4, sizes=SIZES)):
         bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
@@ -99,16 +92,9 @@ def summary_of(folder: Path) -> dict:
 
 
 def run_script(args, env_update=None) -> subprocess.Popen:
+    """tools/predict.py started with its DataLoader workers and launched processes in one session."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env_update or {})}
-    return subprocess.Popen(
-        [sys.executable, "tools/predict.py", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its DataLoader workers and launched processes: one group
-    )
+    return start_script("tools/predict.py", args, env)
 
 
 def free_port() -> int:

@@ -15,17 +15,14 @@ import torch
 from detectron2.data import transforms as T
 from PIL import Image
 
-from maskformer.engine.checkpoint import (
-    CheckpointMismatchError,
-    MaskFormerCheckpointer,
-    UnsafeCheckpointError,
-)
+from maskformer.engine.checkpoint import CheckpointMismatchError, UnsafeCheckpointError
 from maskformer.engine.config_loading import ConfigError, load_config
 from maskformer.predictor import Predictor
 from maskformer.utils.text import plural
 from tests.utils.configs import CONFIGS, tiny_opts
 from tests.utils.inputs import block_images
 from tests.utils.models import build_spread_model
+from tests.utils.run_folders import save_tiny_run
 
 SIZES = ((60, 80), (90, 70), (64, 64))
 
@@ -34,11 +31,8 @@ SIZES = ((60, 80), (90, 70), (64, 64))
 def run(request, tmp_path_factory):
     """(task, model, training-run-like folder with config.yaml + model_final.pth + last_checkpoint)."""
     task = request.param
-    cfg = load_config(CONFIGS[task], tiny_opts(task), need_datasets=False)
-    model = build_spread_model(cfg, seed=1)  # a seed with several segments in one image
     folder = tmp_path_factory.mktemp(task)
-    MaskFormerCheckpointer(model, save_dir=str(folder)).save("model_final")
-    (folder / "config.yaml").write_text(cfg.dump())
+    model = save_tiny_run(folder, task)  # its seed gives several segments in one image
     return task, model, folder
 
 

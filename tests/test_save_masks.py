@@ -16,14 +16,11 @@ from panopticapi.utils import rgb2id
 from PIL import Image
 from pycocotools.coco import COCO
 
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
-from maskformer.engine.config_loading import load_config
 from maskformer.prediction_files import MaskWriter
 from maskformer.predictor import Prediction, Predictor
-from tests.utils.configs import CONFIGS, tiny_opts
 from tests.utils.inputs import block_images
-from tests.utils.models import build_spread_model
 from tests.utils.repo import load_script
+from tests.utils.run_folders import save_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +32,7 @@ def demo():
 def panoptic_run(tmp_path_factory):
     """config.yaml of a tiny panoptic + instance model of the synthetic config, and 3 PNG images."""
     folder = tmp_path_factory.mktemp("run")
-    cfg = load_config(CONFIGS["panoptic"], tiny_opts("panoptic"), need_datasets=False)
-    model = build_spread_model(cfg, seed=1)
-    MaskFormerCheckpointer(model, save_dir=str(folder)).save("model_final")
-    cfg.MODEL.WEIGHTS = str(folder / "model_final.pth")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_run(folder, "panoptic", weights_in_config=True)
     (folder / "images").mkdir()
     for i, image in enumerate(block_images(seed=4, sizes=((60, 80), (90, 70), (64, 64)))):
         bgr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())

@@ -5,13 +5,12 @@ directly over the whole image; a thing crossing window borders is one segment (a
 the model and Predictor route through it with the config keys.
 """
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from maskformer.modeling import sliding_window as sw
-from maskformer.modeling.inference import InferenceSettings, inference, semantic_inference
+from maskformer.modeling.inference import inference, semantic_inference
 from maskformer.modeling.sliding_window import (
     SlidingWindow,
     sliding_window_inference,
@@ -21,25 +20,15 @@ from maskformer.modeling.sliding_window import (
 )
 from tests.utils.configs import tiny_cfg
 from tests.utils.inputs import block_images
-from tests.utils.models import build_spread_model
+from tests.utils.models import build_spread_model, published_settings
 
 THING, STUFF = 0, 2  # classes of the oracle below (thing ids: {0, 1})
 NUM_CLASSES = 4
 
 
 def settings(**changes):
-    values = dict(
-        sem_seg_postprocess_before_inference=False,
-        panoptic_on=False,
-        instance_on=False,
-        object_mask_threshold=0.5,
-        overlap_threshold=0.5,
-        test_topk_per_image=10,
-        thing_ids=frozenset({0, 1}),
-        sem_seg_fast=False,
-        resize_by_matmul=False,
-    )
-    return InferenceSettings(**{**values, **changes})
+    """published_settings with the oracle's thing classes."""
+    return published_settings(thing_ids=frozenset({0, 1}), **changes)
 
 
 def oracle(segment_classes):

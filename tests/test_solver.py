@@ -53,14 +53,9 @@ def solver_cfg(config_file=None, **solver):
     return cfg
 
 
-def hyperparams_by_name(model, groups):
-    by_param = {p: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
-    return {name: by_param.get(p) for name, p in model.named_parameters()}
-
-
-def test_param_groups_match_hand_expectations():
-    model = ToyModel()
-    groups = get_param_groups(
+def param_groups(model):
+    """get_param_groups of ``model`` with this module's learning rate, weight decays and multiplier."""
+    return get_param_groups(
         model,
         base_lr=BASE_LR,
         weight_decay=WD,
@@ -68,6 +63,16 @@ def test_param_groups_match_hand_expectations():
         weight_decay_embed=WD_EMBED,
         backbone_multiplier=MULT,
     )
+
+
+def hyperparams_by_name(model, groups):
+    by_param = {p: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    return {name: by_param.get(p) for name, p in model.named_parameters()}
+
+
+def test_param_groups_match_hand_expectations():
+    model = ToyModel()
+    groups = param_groups(model)
     backbone_lr = BASE_LR * MULT
     assert hyperparams_by_name(model, groups) == {
         "backbone.0.weight": None,
@@ -95,14 +100,7 @@ def test_param_groups_ignore_ddp_prefix_and_substrings():
     wrapper = nn.Module()
     wrapper.module = ToyModel()
     wrapper.backbone_adapter = nn.Linear(2, 2)  # not the backbone, despite its name
-    groups = get_param_groups(
-        wrapper,
-        base_lr=BASE_LR,
-        weight_decay=WD,
-        weight_decay_norm=WD_NORM,
-        weight_decay_embed=WD_EMBED,
-        backbone_multiplier=MULT,
-    )
+    groups = param_groups(wrapper)
     hyper = hyperparams_by_name(wrapper, groups)
     assert hyper["module.backbone.1.weight"] == (BASE_LR * MULT, WD_NORM)
     assert hyper["backbone_adapter.weight"] == (BASE_LR, WD)
@@ -156,14 +154,7 @@ def test_fused_adamw_steps_like_the_default_implementation():
     reference.load_state_dict(model.state_dict())
     initial = model.head["linear"].weight.detach().clone()
     optimizer = build_optimizer(solver_cfg(OPTIMIZER="ADAMW"), model)
-    groups = get_param_groups(
-        reference,
-        base_lr=BASE_LR,
-        weight_decay=WD,
-        weight_decay_norm=WD_NORM,
-        weight_decay_embed=WD_EMBED,
-        backbone_multiplier=MULT,
-    )
+    groups = param_groups(reference)
     unfused = torch.optim.AdamW(groups, lr=BASE_LR, fused=False)
     for _ in range(3):
         for a, b in zip(model.parameters(), reference.parameters()):

@@ -14,7 +14,7 @@ from maskformer.data import synthetic
 from maskformer.data.dataset_mappers.mask_former_panoptic import MaskFormerPanopticDatasetMapper
 from maskformer.data.dataset_mappers.mask_former_semantic import MaskFormerSemanticDatasetMapper
 from maskformer.data.datasets.register_synthetic import register_synthetic_datasets
-from tests.utils.files import relative_file_paths
+from tests.utils.files import file_contents, sample_size
 from tests.utils.samples import check_output, make_cfg
 
 NUM_TRAIN, NUM_VAL = 4, 2
@@ -28,24 +28,15 @@ def dataset(tmp_path_factory):
 
 def test_deterministic(dataset, tmp_path):
     again = synthetic.ensure_synthetic_dataset(str(tmp_path), NUM_TRAIN, NUM_VAL)
-    files = relative_file_paths(dataset)
-    assert files == relative_file_paths(again) and len(files) == 3 * (NUM_TRAIN + NUM_VAL) + 3
-    for f in files:
-        with open(os.path.join(dataset, f), "rb") as a, open(os.path.join(again, f), "rb") as b:
-            assert a.read() == b.read(), f
+    files = file_contents(dataset)
+    assert files == file_contents(again) and len(files) == 3 * (NUM_TRAIN + NUM_VAL) + 3
 
 
 def test_real_file_formats(dataset):
     for split, n in (("train", NUM_TRAIN), ("val", NUM_VAL)):
         for i in range(n):
-            image = Image.open(f"{dataset}/images/{split}/{i:06d}.jpg")
-            label = Image.open(f"{dataset}/sem_seg/{split}/{i:06d}.png")
-            panoptic = Image.open(f"{dataset}/panoptic/{split}/{i:06d}.png")
-            assert (image.format, image.mode) == ("JPEG", "RGB")
-            assert (label.format, label.mode) == ("PNG", "L")
-            assert (panoptic.format, panoptic.mode) == ("PNG", "RGB")
-            assert image.size == label.size == panoptic.size
-            assert all(128 <= s <= 160 for s in image.size)
+            size = sample_size(dataset, split, f"{i:06d}.jpg", f"{i:06d}.png")
+            assert all(128 <= s <= 160 for s in size)
 
 
 def test_panoptic_json_matches_pngs(dataset):

@@ -21,7 +21,14 @@ from maskformer.evaluation import InstanceSegEvaluator, build_evaluator, panopti
 from maskformer.evaluation.fast_panoptic import FastCOCOPanopticEvaluator
 from maskformer.evaluation.semantic import FastSemSegEvaluator
 from tests.utils.configs import PAN_CFG, SEM_CFG
-from tests.utils.training import TINY, read_metrics, read_results, run_train_net, same_metrics
+from tests.utils.training import (
+    INPUTS_64,
+    TINY,
+    read_metrics,
+    read_results,
+    run_train_net,
+    same_metrics,
+)
 
 
 def test_semantic_train_eval_only_and_resume(datasets_root, tmp_path):
@@ -131,25 +138,9 @@ def test_published_ade20k_config_trains_and_evaluates(tmp_path):
     write_ade20k(tmp_path / "datasets")
     out_dir = tmp_path / "out"
     sizes = [
-        "MODEL.WEIGHTS",
-        "",
-        "SOLVER.MAX_ITER",
-        "2",
-        "SOLVER.IMS_PER_BATCH",
-        "2",
-        "INPUT.MIN_SIZE_TRAIN",
-        "(64,)",
-        "INPUT.MAX_SIZE_TRAIN",
-        "128",
-        "INPUT.CROP.SIZE",
-        "(64, 64)",
-        "INPUT.SIZE_DIVISIBILITY",
-        "64",
-        "INPUT.MIN_SIZE_TEST",
-        "64",
-        "INPUT.MAX_SIZE_TEST",
-        "128",
-    ]
+        "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2", *INPUTS_64,
+        "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MAX_SIZE_TEST", "128",
+    ]  # fmt: skip
     run_train_net(
         [
             "--config-file",

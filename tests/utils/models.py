@@ -1,9 +1,14 @@
-"""Random-weight models whose results vary over the image, and head outputs built to order."""
+"""Random-weight models whose results vary over the image, head outputs built to order, and the
+settings that turn them into results."""
 
 import torch
 from detectron2.modeling import build_model
 
-from maskformer.modeling.inference import instance_candidates, instances_from_masks
+from maskformer.modeling.inference import (
+    InferenceSettings,
+    instance_candidates,
+    instances_from_masks,
+)
 
 
 def build_spread_model(cfg, seed: int):
@@ -39,6 +44,26 @@ def segment_outputs(num_queries, num_classes, mask_size, seed=0, contrast=8.0):
     mask_cls[4:, -1] += 6
     mask_cls[torch.arange(4), torch.randint(0, num_classes, (4,), generator=g)] += 4
     return mask_cls, mask_pred
+
+
+def published_settings(**changes) -> InferenceSettings:
+    """
+    InferenceSettings of the published computation (no speed option): the semantic output alone, in
+    the order that marginalises before resizing, thresholds 0.5, top 10 instances, no thing class;
+    ``changes`` replace fields.
+    """
+    values = dict(
+        sem_seg_postprocess_before_inference=False,
+        panoptic_on=False,
+        instance_on=False,
+        object_mask_threshold=0.5,
+        overlap_threshold=0.5,
+        test_topk_per_image=10,
+        thing_ids=frozenset(),
+        sem_seg_fast=False,
+        resize_by_matmul=False,
+    )
+    return InferenceSettings(**{**values, **changes})
 
 
 def instance_inference(mask_cls, mask_pred, topk, thing_ids=None):

@@ -3,9 +3,12 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
+
+from tests.utils.repo import REPO_ROOT
 
 
 def start(command, env, log_path, **kwargs):
@@ -13,6 +16,22 @@ def start(command, env, log_path, **kwargs):
     log = open(log_path, "w")
     return subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **kwargs
+    )
+
+
+def start_script(script, args, env) -> subprocess.Popen:
+    """
+    Start ``python script args`` in the repository root and in its own session (so that it can be
+    killed with its workers), its stdout and stderr read together as text from a pipe.
+    """
+    return subprocess.Popen(
+        [sys.executable, script, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 

@@ -14,24 +14,18 @@ import cv2
 import numpy as np
 import uvicorn
 
-from maskformer.engine.checkpoint import MaskFormerCheckpointer
-from maskformer.engine.config_loading import load_config
 from maskformer.predictor import Predictor
 from maskformer.serving import Service, ServiceOptions, create_app
-from tests.utils.configs import CONFIGS, tiny_opts
 from tests.utils.inputs import block_images
-from tests.utils.models import build_spread_model
 from tests.utils.processes import wait_until
+from tests.utils.run_folders import save_tiny_run
 
 SIZES = ((60, 80), (90, 70), (64, 64), (100, 120))  # of block_test_images
 
 
 def tiny_predictor(task, folder, opts=()) -> Predictor:
     """A tiny model of the synthetic config whose results vary over the image, from a run folder."""
-    cfg = load_config(CONFIGS[task], tiny_opts(task), need_datasets=False)
-    model = build_spread_model(cfg, seed=1)
-    MaskFormerCheckpointer(model, save_dir=str(folder)).save("model_final")
-    (folder / "config.yaml").write_text(cfg.dump())
+    save_tiny_run(folder, task)
     return Predictor.from_folder(str(folder), opts=list(opts))
 
 

@@ -7,35 +7,25 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.utils.configs import SEM_CFG
+from tests.utils.processes import start_script
 from tests.utils.repo import REPO_ROOT
 
+# 64-pixel inputs: training crops of 64 x 64, test images resized to a short side of 64
+INPUTS_64 = [
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.CROP.SIZE", "(64, 64)", "INPUT.SIZE_DIVISIBILITY", "64",
+    "INPUT.MIN_SIZE_TEST", "64",
+]  # fmt: skip
 # a small and fast variant of the synthetic configs
 TINY = [
-    "MODEL.MASK_FORMER.DEC_LAYERS",
-    "2",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
-    "10",
-    "SOLVER.IMS_PER_BATCH",
-    "2",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "INPUT.MIN_SIZE_TRAIN",
-    "(64,)",
-    "INPUT.CROP.SIZE",
-    "(64, 64)",
-    "INPUT.SIZE_DIVISIBILITY",
-    "64",
-    "INPUT.MIN_SIZE_TEST",
-    "64",
-    "DATALOADER.NUM_WORKERS",
-    "0",
-]
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "10",
+    "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS", "0", *INPUTS_64,
+    "DATALOADER.NUM_WORKERS", "0",
+]  # fmt: skip
 
 
 def run_train_net(args, datasets_root, timeout=240, processes=None):
@@ -52,18 +42,7 @@ def run_train_net(args, datasets_root, timeout=240, processes=None):
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
     }
     commands = processes or [args]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "train_net.py", *cmd],
-            cwd=REPO_ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        for cmd in commands
-    ]
+    procs = [start_script("train_net.py", cmd, env) for cmd in commands]
     outputs = []
     try:
         for proc in procs:
