@@ -3,7 +3,6 @@ tools/analyze_model.py (parameters and FLOPs against hand-computed and published
 tools/evaluate_pq_for_semantic_segmentation.py (PQ-stuff against a hand-computed example).
 """
 
-import importlib.util
 import json
 
 import numpy as np
@@ -12,20 +11,13 @@ import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from tests.utils.repo import REPO_ROOT
+from tests.utils.repo import REPO_ROOT, load_script
 
 ADE_R50 = str(REPO_ROOT / "configs" / "ade20k-150" / "maskformer_R50_bs16_160k.yaml")
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-analyze_model = load_tool("analyze_model")
-pq_tool = load_tool("evaluate_pq_for_semantic_segmentation")
+analyze_model = load_script("tools/analyze_model.py")
+pq_tool = load_script("tools/evaluate_pq_for_semantic_segmentation.py")
 
 # A hand-checked pair of 4x5 images, K = 3 classes, 255 = unlabeled. Per class:
 # image A: class 0: pred 9 px all inside GT's 10 -> IoU 9/10 = 0.9, TP.

@@ -1,6 +1,5 @@
 """tools/check_dataset.py finds each planted defect of a small folder dataset, and counts right."""
 
-import importlib.util
 import json
 
 import numpy as np
@@ -9,12 +8,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from panopticapi.utils import id2rgb
 from PIL import Image
 
+from maskformer.data import register_dataset_spec
 from maskformer.data.inspection import inspect_dataset
+from maskformer.tools import check_dataset
 from tests.utils.repo import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
-check_dataset = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_dataset)
 
 CLASSES = ["road", "car", "sky"]
 
@@ -105,7 +102,7 @@ def test_planted_defects_are_each_reported(make_dataset, capsys):
 def test_one_based_labels_are_pointed_out(make_dataset):
     labels = [np.array([[1, 2, 3, 3]], np.uint8), np.array([[3, 2, 1, 1]], np.uint8)]
     name, spec_file, _, _ = make_dataset(labels)
-    check_dataset.register_dataset_spec(spec_file)
+    register_dataset_spec(spec_file)
     report = inspect_dataset(name)
     assert any("label value 3" in e for e in report["errors"])
     assert any("look 1-based" in w and "label_offset 1" in w for w in report["warnings"])
@@ -114,7 +111,7 @@ def test_one_based_labels_are_pointed_out(make_dataset):
 def test_offset_registration_fixes_one_based_labels(make_dataset):
     labels = [np.array([[0, 1, 2, 3]], np.uint8)]
     name, spec_file, _, _ = make_dataset(labels, ignore_label=0, label_offset=1)
-    check_dataset.register_dataset_spec(spec_file)
+    register_dataset_spec(spec_file)
     report = inspect_dataset(name)
     assert report["errors"] == [] and report["ignore_label"] == 255
     assert report["pixels_per_class"] == [1, 1, 1] and report["ignored_fraction"] == 0.25
@@ -124,21 +121,21 @@ def test_background_question(make_dataset):
     name, spec_file, _, _ = make_dataset(
         [np.array([[0, 0, 0, 1, 255]], np.uint8)], classes=["background", "cat"]
     )
-    check_dataset.register_dataset_spec(spec_file)
+    register_dataset_spec(spec_file)
     (warning,) = [w for w in inspect_dataset(name)["warnings"] if "class 0" in w]
     assert "named 'background'" in warning and "ignore_label 0" in warning
 
     name, spec_file, _, _ = make_dataset(
         [np.array([[0, 0, 0, 1, 255]], np.uint8)], name="check_ds_2", classes=["floor", "cat"]
     )
-    check_dataset.register_dataset_spec(spec_file)
+    register_dataset_spec(spec_file)
     (warning,) = [w for w in inspect_dataset(name)["warnings"] if "class 0" in w]
     assert "covers 75% of all labeled pixels" in warning
 
 
 def test_class_without_pixels_and_no_ignored_pixel(make_dataset):
     name, spec_file, _, _ = make_dataset([np.array([[0, 1, 1]], np.uint8)])
-    check_dataset.register_dataset_spec(spec_file)
+    register_dataset_spec(spec_file)
     warnings = inspect_dataset(name)["warnings"]
     assert any("no pixel in any image: 2 (sky)" in w for w in warnings)
     assert any("no pixel has the ignore value 255" in w for w in warnings)
@@ -167,7 +164,7 @@ def test_panoptic_png_ids_missing_from_the_json(tmp_path):
         "  panoptic_root: panoptic\n"
     )
     try:
-        check_dataset.register_dataset_spec(str(spec_file))
+        register_dataset_spec(str(spec_file))
         report = inspect_dataset("check_pan")
         assert report["num_classes"] == 2
         (error,) = report["errors"]

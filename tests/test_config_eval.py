@@ -17,7 +17,8 @@ from maskformer.engine.config_expression import (
     evaluate_expression,
 )
 from maskformer.engine.config_loading import ConfigError, load_config
-from tests.utils.repo import REPO_ROOT, load_script
+from maskformer.tools import demo, train_net
+from tests.utils.repo import REPO_ROOT
 
 RELEASE_EXPRESSION = "[int(x * 0.1 * {size}) for x in range(5, 21)]"
 # the base size of each published multi-scale MIN_SIZE_TRAIN list
@@ -127,15 +128,6 @@ def test_published_tree_loads_to_our_configs(published_tree):
         assert load_config(str(path)) == ours, relative
 
 
-def train_net_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     "config, size",
     [
@@ -147,7 +139,6 @@ def train_net_module():
 def test_published_config_through_train_net_and_demo(published_tree, tmp_path, config, size):
     root, _ = published_tree
     expected = [int(x * 0.1 * size) for x in range(5, 21)]
-    train_net = train_net_module()
     configs = {}
     for name, path in (("ours", REPO_ROOT / "configs" / config), ("published", root / config)):
         args = train_net.argument_parser().parse_args(
@@ -159,7 +150,6 @@ def test_published_config_through_train_net_and_demo(published_tree, tmp_path, c
     assert configs["published"].OUTPUT_DIR != configs["ours"].OUTPUT_DIR
     assert _same_but_output_dir(configs["published"], configs["ours"])
 
-    demo = load_script("demo/demo.py")
     demo_args = demo.get_parser().parse_args(
         ["--config-file", str(root / config), "--input", "unused.jpg"]
     )

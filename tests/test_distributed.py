@@ -4,7 +4,6 @@ loopback, each checked against a single-process evaluation of the same weights; 
 launcher's arguments and job specification (no cluster needed).
 """
 
-import importlib.util
 import signal
 import socket
 
@@ -16,7 +15,7 @@ from submitit.core.utils import JobPaths
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from tests.utils.configs import SEM_CFG
-from tests.utils.repo import REPO_ROOT
+from tests.utils.repo import load_script
 from tests.utils.training import TINY, read_results, run_train_net, same_metrics
 
 
@@ -109,17 +108,12 @@ def test_two_machines_on_loopback(ddp_run, datasets_root, tmp_path):
 # ---- Slurm launcher ----
 
 
-def load_slurm_launcher():
-    spec = importlib.util.spec_from_file_location(
-        "train_net_slurm", REPO_ROOT / "tools" / "train_net_slurm.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def slurm():
+    return load_script("tools/train_net_slurm.py")
 
 
-def test_slurm_arguments_and_job_spec(tmp_path, capsys):
-    slurm = load_slurm_launcher()
+def test_slurm_arguments_and_job_spec(slurm, tmp_path, capsys):
     argv = [
         "--nodes",
         "4",
@@ -172,8 +166,7 @@ def test_slurm_arguments_and_job_spec(tmp_path, capsys):
     ) in capsys.readouterr().err
 
 
-def test_slurm_node_arguments(monkeypatch):
-    slurm = load_slurm_launcher()
+def test_slurm_node_arguments(slurm, monkeypatch):
     args = slurm.parse_args(["--nodes", "2", "--gpus-per-node", "4", "--config-file", SEM_CFG])
     monkeypatch.setenv("SLURM_JOB_ID", "31337")
     monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
@@ -190,13 +183,12 @@ def test_slurm_node_arguments(monkeypatch):
     assert isinstance(resubmission.function, slurm.TrainJob)
 
 
-def test_slurm_job_body_trains_and_resumes_after_requeue(tmp_path, monkeypatch):
+def test_slurm_job_body_trains_and_resumes_after_requeue(slurm, tmp_path, monkeypatch):
     """
     The job body itself (train_net's parser, setup and main through launch) on a simulated
     1-node, 1-task Slurm allocation; then submitit's preemption handler, with only its
     ``scontrol requeue`` call mocked, and the requeued job it pickled, which resumes.
     """
-    slurm = load_slurm_launcher()
     slurm_env = {
         "SUBMITIT_EXECUTOR": "slurm",  # set by submitit in its jobs
         "SLURM_JOB_ID": "4242",

@@ -4,7 +4,6 @@ rule (docs/custom_datasets.md, "File formats") or are refused naming the file: E
 image/annotation pairs, palette and other label encodings, image pixels that are not 8-bit RGB.
 """
 
-import importlib.util
 import json
 
 import cv2
@@ -26,11 +25,8 @@ from maskformer.data.reading import (
     read_sem_seg_label,
 )
 from maskformer.predictor import Predictor
+from maskformer.tools import check_dataset
 from tests.utils.repo import REPO_ROOT
-
-spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
-check_dataset = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_dataset)
 
 ORIENTATION = 0x0112
 

@@ -4,7 +4,6 @@ header, naming the file, its size, the limit and the key; with the limit raised 
 also above PIL's own limit, and PIL's global setting is left as it was (threads, forks).
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -33,12 +32,9 @@ from maskformer.data.reading import (
 )
 from maskformer.evaluation import build_evaluator
 from maskformer.evaluation.instance_evaluation import panoptic_to_coco_instances
+from maskformer.tools import check_dataset
 from tests.utils.repo import REPO_ROOT
 from tests.utils.samples import make_cfg, write_panoptic_sample, write_semantic_sample
-
-spec = importlib.util.spec_from_file_location("check_dataset", REPO_ROOT / "tools/check_dataset.py")
-check_dataset = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_dataset)
 
 HUGE = 10000  # 10000 x 10000 = 1e8 pixels: above PIL's limit (89478485), below twice it
 

@@ -4,7 +4,6 @@ Launching without detectron2's spawn: the worker environment torchrun and srun d
 equal a single-process run with the same total batch.
 """
 
-import importlib.util
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from maskformer.engine.cluster_launch import (
     rendezvous_port,
 )
 from maskformer.engine.config_loading import ConfigError
+from maskformer.tools import train_net
 from tests.utils.configs import SEM_CFG
 from tests.utils.repo import REPO_ROOT
 from tests.utils.training import TINY, read_metrics, read_results, run_train_net, same_metrics
@@ -42,26 +42,20 @@ SRUN_4 = {
 }
 
 
-def test_torchrun_environment():
-    assert detect_worker_environment(TORCHRUN_2) == WorkerEnvironment(
-        launcher="torchrun",
-        rank=1,
-        world_size=2,
-        local_rank=1,
-        local_world_size=2,
-        init_method="env://",
-    )
+@pytest.mark.parametrize(
+    "environ, expected",
+    [
+        # launcher, rank, world_size, local_rank, local_world_size, init_method
+        (TORCHRUN_2, ("torchrun", 1, 2, 1, 2, "env://")),
+        (SRUN_4, ("srun", 3, 4, 1, 2, f"tcp://gpu07:{rendezvous_port('777')}")),
+    ],
+    ids=["torchrun", "srun"],
+)
+def test_worker_environment(environ, expected):
+    assert detect_worker_environment(environ) == WorkerEnvironment(*expected)
 
 
-def test_srun_environment():
-    assert detect_worker_environment(SRUN_4) == WorkerEnvironment(
-        launcher="srun",
-        rank=3,
-        world_size=4,
-        local_rank=1,
-        local_world_size=2,
-        init_method=f"tcp://gpu07:{rendezvous_port('777')}",
-    )
+def test_srun_rendezvous():
     given = {**SRUN_4, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1234"}
     assert detect_worker_environment(given).init_method == "tcp://10.0.0.1:1234"
     listed = {**SRUN_4, "SLURM_JOB_NODELIST": "node-a,node-b", "SLURM_STEP_TASKS_PER_NODE": "2,2"}
@@ -79,9 +73,6 @@ def test_single_process_and_inconsistent_environments():
 
 
 def test_launcher_workers_cannot_spawn_more(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     args = train_net.argument_parser().parse_args(
         ["--config-file", str(REPO_ROOT / SEM_CFG), "--num-gpus", "2", "OUTPUT_DIR", str(tmp_path)]
     )

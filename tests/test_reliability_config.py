@@ -8,6 +8,7 @@ import pytest
 
 import maskformer  # noqa: F401  (registers components and datasets)
 from maskformer.engine.config_loading import ConfigError, load_config
+from maskformer.tools import train_net
 from tests.utils.repo import REPO_ROOT
 
 PROJECT_CONFIGS = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
@@ -134,11 +135,6 @@ def test_unregistered_dataset_mapper_lists_the_registered_ones(tmp_path):
 
 
 def test_train_net_setup_uses_load_config(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_net", REPO_ROOT / "train_net.py")
-    train_net = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_net)
     path = write(tmp_path, "MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERY: 50\n")
     args = train_net.argument_parser().parse_args(
         ["--config-file", path, "OUTPUT_DIR", str(tmp_path)]

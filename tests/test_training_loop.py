@@ -6,7 +6,6 @@ run, the log file and the console, SOLVER.LOG_PERIOD, and tools/plot_metrics.py.
 The training runs are tiny (test_reliability_training's model and 4-image dataset).
 """
 
-import importlib.util
 import json
 import shutil
 import struct
@@ -18,7 +17,7 @@ import pytest
 import torch
 
 from maskformer.engine.config_loading import ConfigError, load_config
-from tests.utils.repo import REPO_ROOT
+from tests.utils.repo import REPO_ROOT, load_script
 from tests.utils.training import SEM_SEG_CONFIG, tiny_train_args
 
 BASE_LR, POLY_POWER = 0.002, 0.9  # the synthetic config schedules WarmupPolyLR, power 0.9
@@ -213,12 +212,7 @@ def test_library_warnings_and_file_only_messages_reach_the_console_only_if_verbo
 
 @pytest.fixture(scope="module")
 def plot_metrics():
-    spec = importlib.util.spec_from_file_location(
-        "plot_metrics", REPO_ROOT / "tools" / "plot_metrics.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/plot_metrics.py")
 
 
 def write_metrics(output_dir, rows, extra_lines=()):

@@ -34,6 +34,7 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table
 
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda
+from maskformer.tools.arguments import parser_with_examples
 
 logger = logging.getLogger("maskformer.analyze_model")
 
@@ -113,10 +114,8 @@ TASKS = {"flop": do_flop, "parameter": do_parameter, "structure": do_structure}
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description="Count parameters or FLOPs of a model built from a config.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+    parser = parser_with_examples(
+        "Count parameters or FLOPs of a model built from a config.", __doc__
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--tasks", choices=sorted(TASKS), required=True, nargs="+")

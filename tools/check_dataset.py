@@ -6,7 +6,7 @@ the same as the ``maskformer-check-dataset`` command of an installed maskformer.
 """
 import sys
 
-from maskformer.tools.check_dataset import main, register_dataset_spec  # noqa: F401  (for tests)
+from maskformer.tools.check_dataset import main
 
 if __name__ == "__main__":
     sys.exit(main())

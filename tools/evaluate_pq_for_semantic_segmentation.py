@@ -23,7 +23,6 @@ Examples:
 import maskformer  # noqa: F401  (first: quiets detectron2's import-time deprecation warnings)
 
 # isort: split
-import argparse
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from hotcoco.panoptic import PanopticEval
 
 from maskformer.data import reading
 from maskformer.evaluation.semantic import rle_per_label
+from maskformer.tools.arguments import parser_with_examples
 from maskformer.utils.file_io import atomic_open
 
 logger = logging.getLogger("maskformer.evaluate_pq_for_semantic_segmentation")
@@ -212,11 +212,7 @@ def evaluate_pq_stuff(dataset_name: str, predictions: str) -> Dict:
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description="PQ-stuff of semantic segmentation predictions",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    parser = parser_with_examples("PQ-stuff of semantic segmentation predictions", __doc__)
     parser.add_argument("--dataset-name", required=True, help="a registered sem_seg dataset")
     parser.add_argument(
         "--predictions",

@@ -16,7 +16,6 @@ once installed):
   python tools/check_dataset.py --spec my_data.yaml mosaics --max-image-pixels 0   # any image size
 """
 
-import argparse
 import json
 import logging
 import sys
@@ -35,16 +34,13 @@ from ..data.reading import (
 from ..engine.cli import exit_on_user_error
 from ..engine.config_loading import ConfigError, load_config
 from ..utils.file_io import atomic_open
+from . import arguments
 
 logger = logging.getLogger("maskformer.check_dataset")
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        description="Check a dataset before training on it",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
-    )
+    parser = arguments.parser_with_examples("Check a dataset before training on it", __doc__)
     parser.add_argument("names", nargs="*", help="registered dataset names")
     parser.add_argument(
         "--spec", action="append", default=[], help="dataset-spec YAML to register first"
@@ -68,9 +64,7 @@ def get_parser():
         "decompression-bomb limit)",
     )
     parser.add_argument("--json", help="also write the reports to this JSON file")
-    parser.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ..."
-    )
+    arguments.add_opts(parser)
     return parser
 
 

@@ -22,6 +22,7 @@ from detectron2.modeling import build_model
 from ..engine.checkpoint import MaskFormerCheckpointer
 from ..engine.config_loading import load_config
 from ..interop.hf import hf_config_from_cfg, write_hf_folder
+from . import arguments
 
 
 def class_names(cfg):
@@ -41,9 +42,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--config-file", required=True)
     parser.add_argument("--weights", required=True, help="checkpoint (.pth/.pkl) of that config")
     parser.add_argument("--output", required=True, help="hub folder to write")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
+    arguments.add_opts(parser)
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config_file, args.opts, need_datasets=False)

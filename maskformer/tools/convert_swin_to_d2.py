@@ -15,11 +15,11 @@ checkpoint" warning is harmless, as is the one for the per-stage output norms `n
 which the dense model adds.
 """
 
-import argparse
 import re
 from typing import List, Optional
 
 from ..engine.checkpoint import load_torch_checkpoint, save_converted_weights
+from . import arguments
 
 _DOWNSAMPLE = re.compile(r"^layers\.(\d+)\.downsample\.")
 
@@ -45,11 +45,9 @@ def convert(state_dict):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="official (.pth) or timm (.pth/.bin) Swin checkpoint")
-    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
-    args = parser.parse_args(argv)
-
+    args = arguments.conversion_arguments(
+        __doc__, "official (.pth) or timm (.pth/.bin) Swin checkpoint", argv
+    )
     checkpoint = load_torch_checkpoint(args.source)
     state_dict = checkpoint.get("model", checkpoint)
     model, layout = convert(state_dict)

@@ -13,11 +13,11 @@ before its normalisation, so use it with:
   INPUT.FORMAT: "RGB"
 """
 
-import argparse
 import re
 from typing import List, Optional
 
 from ..engine.checkpoint import load_torch_checkpoint, save_converted_weights
+from . import arguments
 
 # torchvision name pattern -> detectron2 ResNet name, applied in order
 _RENAMES = [
@@ -49,11 +49,7 @@ def convert(state_dict):
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="torchvision ResNet state_dict (.pth)")
-    parser.add_argument("output", help="detectron2 checkpoint to write (.pkl)")
-    args = parser.parse_args(argv)
-
+    args = arguments.conversion_arguments(__doc__, "torchvision ResNet state_dict (.pth)", argv)
     state_dict = load_torch_checkpoint(args.source)
     model = convert(state_dict)
     save_converted_weights(args.output, model, "torchvision")

@@ -41,22 +41,20 @@ from typing import List, Optional
 
 import cv2
 import tqdm
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..bulk_prediction import IMAGE_EXTENSIONS
-from ..config import add_maskformer_config
 from ..data.reading import read_image
 from ..engine.checkpoint import CheckpointError
 from ..engine.cli import USER_ERROR_EXIT_CODE
-from ..engine.config_loading import load_config, use_cpu_without_cuda
-from ..export import load_export_metadata
 from ..prediction_files import MaskWriter
-from ..predictor import READ_AHEAD_BATCHES, Predictor, load_inference_config
+from ..predictor import READ_AHEAD_BATCHES, Predictor
 from ..utils.file_io import atomic_open, atomic_path
 from ..utils.text import plural
 from ..visualization import VisualizationDemo
+from . import arguments
 
 logger = logging.getLogger("maskformer.demo")
 
@@ -66,19 +64,8 @@ VIDEO_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".mov": "mp4v"}
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="MaskFormer demo")
-    parser.add_argument(
-        "--config-file", metavar="FILE", help="model config (optional with --exported)"
-    )
-    parser.add_argument(
-        "--model-dir", metavar="DIR", help="a training run's folder: config.yaml + trained weights"
-    )
-    parser.add_argument(
-        "--exported", metavar="MODEL_FILE", help="a .ts/.pt/.onnx model from tools/export_model.py"
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="run the untrained model (MODEL.WEIGHTS not loaded): for trying the pipeline only",
+    arguments.add_model_arguments(
+        parser, random_weights_use="for trying the pipeline only", exported=True
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs (quote them) and folders")
@@ -99,32 +86,17 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="write sem_seg/*.png label maps, panoptic/*.png + panoptic.json, instances.json (COCO RLE)",
     )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
+        "--batch-size", type=arguments.at_least(1), default=1, help="images per forward pass"
     )
+    arguments.add_debug(parser)
+    arguments.add_opts(parser)
     return parser
 
 
-def setup_cfg(args):
-    if args.exported and (args.model_dir or args.random_weights):
-        raise ValueError("--exported holds its weights: drop --model-dir / --random-weights")
-    if args.model_dir and args.config_file:
-        raise ValueError("--model-dir gives the config (DIR/config.yaml): drop --config-file")
-    if args.exported and args.config_file:
-        cfg = load_config(args.config_file, args.opts, need_datasets=False)
-    elif args.exported:
-        cfg = get_cfg()
-        add_maskformer_config(cfg)
-        cfg.merge_from_other_cfg(cfg.load_cfg(load_export_metadata(args.exported)["config"]))
-        cfg.merge_from_list(args.opts)
-    elif args.config_file or args.model_dir:
-        cfg = load_inference_config(args.config_file, args.model_dir, args.opts)
-    else:
-        raise ValueError("--model-dir or --config-file is required unless --exported is given")
-    if use_cpu_without_cuda(cfg):
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+def setup_cfg(args) -> CfgNode:
+    """The frozen config of the model options (maskformer.tools.arguments.model_config)."""
+    cfg = arguments.model_config(args)
     cfg.freeze()
     return cfg
 
@@ -396,8 +368,6 @@ def main(argv=None) -> int:
     setup_logger()
     setup_logger(name="maskformer")
     logger.info(f"Arguments: {args}")
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.save_masks and not args.input:
         raise ValueError("--save-masks works with --input (image files)")
     cfg = setup_cfg(args)

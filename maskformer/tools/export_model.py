@@ -46,24 +46,20 @@ from detectron2.utils.logger import setup_logger
 
 from ..data.reading import read_image
 from ..engine.cli import exit_on_user_error
-from ..engine.config_loading import ConfigError, use_cpu_without_cuda
+from ..engine.config_loading import ConfigError
 from ..export import EXPORT_FORMATS, ExportedMaskFormer, export_model, measure_parity
 from ..export.quantize import quantize_onnx
-from ..predictor import build_inference_model, load_inference_config
+from ..predictor import build_inference_model
 from ..utils.text import plural
+from . import arguments
 
 logger = logging.getLogger("maskformer.export_model")
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Export a MaskFormer to TorchScript or ONNX")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config-file", metavar="FILE")
-    source.add_argument(
-        "--model-dir", metavar="DIR", help="a training run's folder: config.yaml + trained weights"
-    )
-    parser.add_argument(
-        "--random-weights", action="store_true", help="export the untrained model (no weights)"
+    arguments.add_model_arguments(
+        parser, random_weights_use="to export it, for trying the pipeline", source_required=True
     )
     parser.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     parser.add_argument(
@@ -88,17 +84,13 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="images on which to measure the export's parity with the model (default: 2 random)",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
+    arguments.add_debug(parser)
+    arguments.add_opts(parser)
     return parser
 
 
 def setup_cfg(args):
-    cfg = load_inference_config(args.config_file, args.model_dir, args.opts)
-    if use_cpu_without_cuda(cfg):
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+    cfg = arguments.model_config(args)
     cfg.freeze()
     return cfg
 

@@ -21,7 +21,6 @@ traceback): bad option, no inputs, unreadable list file, bad config or weights, 
 
 import argparse
 import json
-import logging
 import os
 from datetime import timedelta
 from typing import List, Optional, Tuple
@@ -29,43 +28,21 @@ from typing import List, Optional, Tuple
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import launch
-from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.multiprocessing import ProcessExitedException
 
 from ..bulk_prediction import SUMMARY_FILE, check_output_folder, expand_inputs, predict_files
 from ..engine.cli import USER_ERROR_EXIT_CODE, exit_on_user_error
-from ..engine.cluster_launch import detect_worker_environment, init_worker
-from ..engine.config_loading import ConfigError, check_process_count, use_cpu_without_cuda
-from ..predictor import Predictor, load_inference_config
-
-logger = logging.getLogger("maskformer.predict")
-
-
-def at_least(minimum: int):
-    """An argparse type: a whole number >= ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
+from ..engine.cluster_launch import init_worker
+from ..engine.config_loading import ConfigError
+from ..predictor import Predictor
+from . import arguments
 
 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("--config-file", metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model-dir", metavar="DIR", help="a training run's folder: config.yaml + trained weights"
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="run the untrained model (MODEL.WEIGHTS not loaded): for timing the pipeline only",
-    )
+    arguments.add_model_arguments(parser, random_weights_use="for timing the pipeline only")
     parser.add_argument(
         "--input",
         nargs="+",
@@ -74,45 +51,28 @@ def get_parser() -> argparse.ArgumentParser:
         ".txt files listing one path per line",
     )
     parser.add_argument("--output", required=True, metavar="DIR", help="the output folder")
-    parser.add_argument("--batch-size", type=at_least(1), default=1, help="images per forward")
     parser.add_argument(
-        "--num-workers", type=at_least(0), default=2, help="image-decoding processes per process"
-    )
-    parser.add_argument("--num-gpus", type=at_least(1), default=1, help="processes per machine")
-    parser.add_argument("--num-machines", type=at_least(1), default=1)
-    parser.add_argument("--machine-rank", type=at_least(0), default=0)
-    parser.add_argument(
-        "--dist-url",
-        default="auto",
-        help="rendezvous of the processes, tcp://HOST:PORT of machine 0 (auto: one machine)",
+        "--batch-size", type=arguments.at_least(1), default=1, help="images per forward"
     )
     parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT.total_seconds(),
-        metavar="SECONDS",
-        help="how long a process waits for the others before failing",
+        "--num-workers",
+        type=arguments.at_least(0),
+        default=2,
+        help="image-decoding processes per process",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
+    arguments.add_launch_arguments(parser)
+    arguments.add_debug(parser)
+    arguments.add_opts(parser)
     return parser
 
 
 def setup(args) -> Tuple[CfgNode, List[str]]:
     """The frozen config and the inputs, checked before any process starts."""
-    if args.model_dir and args.config_file:
-        raise ConfigError("--model-dir gives the config (DIR/config.yaml): drop --config-file")
-    if not (args.model_dir or args.config_file):
-        raise ConfigError("--model-dir or --config-file is required")
-    cfg = load_inference_config(args.config_file, args.model_dir, args.opts)
+    cfg = arguments.model_config(args)
     # absolute (--model-dir gives it relative to the current folder), so that the job's
     # config.yaml is the same when the job is resumed from another folder
     if os.path.isfile(cfg.MODEL.WEIGHTS):
         cfg.MODEL.WEIGHTS = os.path.abspath(cfg.MODEL.WEIGHTS)
-    if use_cpu_without_cuda(cfg):
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
     cfg.freeze()
     inputs = expand_inputs(args.input, exclude=args.output)
     check_output_folder(args.output, cfg)
@@ -151,26 +111,13 @@ def run(args, environ=os.environ) -> int:
     maskformer.engine.cluster_launch), else in --num-gpus processes on each of --num-machines
     through detectron2's launch (in this process when that is one).
     """
-    try:
-        worker = detect_worker_environment(environ)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    worker = arguments.worker_environment(args, environ)
     setup_console(worker.rank if worker else 0)
     cfg, inputs = setup(args)
-    timeout = timedelta(seconds=args.dist_timeout)
+    arguments.check_processes(cfg, args, worker, training=False)
     if worker is not None:
-        if args.num_gpus > 1 or args.num_machines > 1:
-            raise ConfigError(
-                f"Started by {worker.launcher} as one of {worker.world_size} processes, each of "
-                f"them a worker: drop --num-gpus {args.num_gpus} / --num-machines "
-                f"{args.num_machines}"
-            )
-        how = f"this {worker.launcher} job"
-        check_process_count(cfg, worker.world_size, worker.local_world_size, how, training=False)
-        init_worker(worker, timeout)
+        init_worker(worker, timedelta(seconds=args.dist_timeout))
         return predict(cfg, inputs, args)
-    how = f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines}"
-    check_process_count(cfg, args.num_gpus * args.num_machines, args.num_gpus, how, training=False)
     if args.num_gpus * args.num_machines == 1:
         return predict(cfg, inputs, args)
     if args.num_machines > 1 and args.dist_url == "auto":
@@ -179,11 +126,8 @@ def run(args, environ=os.environ) -> int:
         launch(
             spawned_worker,
             args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
             args=(cfg, inputs, args),
-            timeout=timeout,
+            **arguments.launch_options(args),
         )
     except ProcessExitedException as e:
         if e.exit_code == USER_ERROR_EXIT_CODE:  # the worker printed its message

@@ -18,20 +18,17 @@ their message alone, exit code 2 (--debug: the traceback too).
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import sys
 from typing import List, Optional
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_maskformer_config
 from ..engine.cli import USER_ERROR_EXIT_CODE, exit_on_user_error
-from ..engine.config_loading import ConfigError, load_config, use_cpu_without_cuda
-from ..export import load_export_metadata
-from ..predictor import load_inference_config
+from ..engine.config_loading import ConfigError
+from . import arguments
 
 try:
     import uvicorn
@@ -46,104 +43,74 @@ except ImportError as e:  # the serve extra is missing
 logger = logging.getLogger("maskformer.serve")
 
 
-def at_least(minimum: float, kind=int):
-    def parse(text: str):
-        value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def get_parser() -> argparse.ArgumentParser:
-    defaults = ServiceOptions()
     parser = argparse.ArgumentParser(description=__doc__.strip().split("\n\n")[0])
-    parser.add_argument("--config-file", metavar="FILE", help="model config")
-    parser.add_argument(
-        "--model-dir", metavar="DIR", help="a training run's folder: config.yaml + trained weights"
+    arguments.add_model_arguments(
+        parser, random_weights_use="for trying the service only", exported=True
     )
     parser.add_argument("--weights", metavar="FILE", help="trained weights (MODEL.WEIGHTS)")
-    parser.add_argument(
-        "--exported", metavar="MODEL_FILE", help="a .ts/.pt/.onnx model from tools/export_model.py"
-    )
-    parser.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="run the untrained model (MODEL.WEIGHTS not loaded): for trying the service only",
-    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=at_least(0), default=8000, help="0: any free port")
+    parser.add_argument("--port", type=arguments.at_least(0), default=8000, help="0: any free port")
+    defaults = ServiceOptions()
     parser.add_argument(
         "--max-batch-size",
-        type=at_least(1),
+        type=arguments.at_least(1),
         default=defaults.max_batch_size,
         help="images of concurrent requests run together (1: no batching)",
     )
     parser.add_argument(
         "--batch-timeout-ms",
-        type=at_least(0, float),
+        type=arguments.at_least(0, float),
         default=defaults.batch_timeout * 1000,
         help="how long a batch waits for more images after its first",
     )
     parser.add_argument(
-        "--replicas", type=at_least(1), default=1, help="model replicas on each device"
-    )
-    parser.add_argument(
-        "--devices", nargs="+", metavar="DEVICE", help="e.g. cuda:0 cuda:1 (default MODEL.DEVICE)"
-    )
-    parser.add_argument(
         "--max-pending",
-        type=at_least(1),
+        type=arguments.at_least(1),
         default=defaults.max_pending,
         help="images waiting or running; more requests are answered 503 with Retry-After",
     )
     parser.add_argument(
         "--max-body-mb",
-        type=at_least(0.001, float),
+        type=arguments.at_least(0.001, float),
         default=defaults.max_body_bytes / 2**20,
         help="larger request bodies are answered 413 (pixels: --opts INPUT.MAX_IMAGE_PIXELS N)",
     )
     parser.add_argument(
+        "--replicas", type=arguments.at_least(1), default=1, help="model replicas on each device"
+    )
+    parser.add_argument(
+        "--devices", nargs="+", metavar="DEVICE", help="e.g. cuda:0 cuda:1 (default MODEL.DEVICE)"
+    )
+    parser.add_argument(
         "--graceful-timeout",
-        type=at_least(0, float),
+        type=arguments.at_least(0, float),
         default=30.0,
         metavar="SECONDS",
         help="at shutdown, how long the requests in flight may take before they are cancelled",
     )
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors")
-    parser.add_argument(
-        "--opts", default=[], nargs=argparse.REMAINDER, help="config overrides KEY VALUE ..."
-    )
+    arguments.add_debug(parser)
+    arguments.add_opts(parser)
     return parser
 
 
 def setup_cfg(args) -> CfgNode:
     """The frozen config of the options (demo.py's rules), checked before the server starts."""
-    if args.exported and (args.model_dir or args.weights or args.random_weights):
-        raise ConfigError(
-            "--exported holds its weights: drop --model-dir / --weights / --random-weights"
-        )
-    if args.model_dir and args.config_file:
-        raise ConfigError("--model-dir gives the config (DIR/config.yaml): drop --config-file")
-    if args.exported and args.config_file:
-        cfg = load_config(args.config_file, args.opts, need_datasets=False)
-    elif args.exported:
-        if not os.path.isfile(args.exported):
-            raise FileNotFoundError(f"--exported {args.exported}: no such file")
-        cfg = get_cfg()
-        add_maskformer_config(cfg)
-        cfg.merge_from_other_cfg(cfg.load_cfg(load_export_metadata(args.exported)["config"]))
-        cfg.merge_from_list(args.opts)
-    elif args.config_file or args.model_dir:
-        weights = ["MODEL.WEIGHTS", args.weights] if args.weights else []
-        cfg = load_inference_config(args.config_file, args.model_dir, args.opts + weights)
-    else:
-        raise ConfigError("--config-file, --model-dir or --exported is required")
-    if use_cpu_without_cuda(cfg):
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
+    if args.exported and args.weights:
+        raise ConfigError("--exported holds its weights: drop --weights")
+    cfg = arguments.model_config(args, ["MODEL.WEIGHTS", args.weights] if args.weights else [])
     cfg.freeze()
     return cfg
+
+
+def service_options(args) -> ServiceOptions:
+    """The ServiceOptions of the options, in the fields' units."""
+    return ServiceOptions(
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout_ms / 1000,
+        max_pending=args.max_pending,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+    )
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -163,12 +130,7 @@ def _exit_cleanly(signum, frame):
 
 def serve(args) -> int:
     cfg = setup_cfg(args)
-    options = ServiceOptions(
-        max_batch_size=args.max_batch_size,
-        batch_timeout=args.batch_timeout_ms / 1000,
-        max_pending=args.max_pending,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-    )
+    options = service_options(args)
     sock = listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
 

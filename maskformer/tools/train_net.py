@@ -27,7 +27,6 @@ from typing import List, Optional
 
 import torch
 from detectron2.engine import default_argument_parser, launch
-from detectron2.engine.launch import DEFAULT_TIMEOUT
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
@@ -35,18 +34,14 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.file_io import PathManager
 
 from ..engine.cli import exit_on_user_error
-from ..engine.cluster_launch import detect_worker_environment, init_worker
-from ..engine.config_loading import (
-    ConfigError,
-    check_process_count,
-    load_config,
-    warn_useless_settings,
-)
+from ..engine.cluster_launch import init_worker
+from ..engine.config_loading import load_config, warn_useless_settings
 from ..engine.preemption import forward_stop_signals_to_workers
 from ..engine.run_dir import claim_output_dir
 from ..engine.run_logging import FILE_ONLY, setup_run_logging
 from ..engine.trainer import Trainer
 from ..utils.file_io import atomic_open
+from . import arguments
 
 __all__ = ["Trainer", "argument_parser", "invoke_main", "launch_main", "main", "run", "setup"]
 
@@ -137,13 +132,7 @@ def main(args):
 def argument_parser():
     """detectron2's training arguments plus --dist-timeout, --overwrite and --allow-unsafe-config."""
     parser = default_argument_parser()
-    parser.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT.total_seconds(),
-        metavar="SECONDS",
-        help="how long a worker waits for the others (start-up, collectives) before failing",
-    )
+    arguments.add_dist_timeout(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -154,11 +143,7 @@ def argument_parser():
         action="store_true",
         help="allow YAML python tags, which run code, in the config files (only for files you trust)",
     )
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help="print the traceback of a user error (config, weights, data, missing file) too",
-    )
+    arguments.add_debug(parser)
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -174,15 +159,7 @@ def launch_main(args) -> None:
     # with worker processes, this one passes SIGTERM / SIGUSR1 on to them (see StopOnSignal)
     spawns = args.num_gpus * args.num_machines > 1
     with forward_stop_signals_to_workers() if spawns else contextlib.nullcontext():
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-            timeout=timedelta(seconds=args.dist_timeout),
-        )
+        launch(main, args.num_gpus, args=(args,), **arguments.launch_options(args))
 
 
 def run(args, environ=os.environ) -> None:
@@ -193,22 +170,8 @@ def run(args, environ=os.environ) -> None:
     before any process starts.
     """
     cfg = load_config(args.config_file, args.opts, allow_unsafe=args.allow_unsafe_config)
-    try:
-        worker = detect_worker_environment(environ)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if worker is not None and (args.num_gpus > 1 or args.num_machines > 1):
-        raise ConfigError(
-            f"Started by {worker.launcher} as one of {worker.world_size} processes, each of them "
-            f"a worker: drop --num-gpus {args.num_gpus} / --num-machines {args.num_machines}"
-        )
-    if worker is None:
-        processes = (args.num_gpus * args.num_machines, args.num_gpus)
-        how = f"--num-gpus {args.num_gpus} x --num-machines {args.num_machines}"
-    else:
-        processes = (worker.world_size, worker.local_world_size)
-        how = f"this {worker.launcher} job"
-    check_process_count(cfg, *processes, how, training=not args.eval_only)
+    worker = arguments.worker_environment(args, environ)
+    arguments.check_processes(cfg, args, worker, training=not args.eval_only)
     if worker is None:
         launch_main(args)
         return

@@ -2,7 +2,6 @@
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,13 +27,13 @@ def require_reference(*parts) -> Path:
 
 
 def load_script(relative_path: str):
-    """Imports one of the repository's scripts (demo/demo.py, tools/export_model.py) as a module."""
+    """
+    Imports one of the repository's scripts as a module: one with no package module
+    (tools/plot_metrics.py, tools/analyze_model.py, ...), or one a test is about (the thin callers
+    of maskformer.tools: demo/demo.py, tools/predict.py, ...).
+    """
     path = REPO_ROOT / relative_path
-    sys.path.insert(0, str(path.parent))  # demo.py imports its sibling predictor.py
-    try:
-        spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     return module
