@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.utils.logger import setup_logger
 
 from maskformer.data.synthetic import ensure_synthetic_dataset
 from maskformer.export import export_model
@@ -103,6 +104,32 @@ def register(unregister):
         return name
 
     return _register
+
+
+@pytest.fixture(autouse=True)
+def console_handlers_follow_the_capture():
+    """
+    A tool's main run in-process gives loggers detectron2's console handlers (``setup_logger``,
+    cached per name) on the sys.stdout of that moment: pytest's capture of that test, closed after
+    it. Those handlers are dropped, and the cache cleared, so that a later test's tool logs to its
+    own capture instead of printing logging errors.
+    """
+    yield
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    closed = [
+        (logger, handler)
+        for logger in loggers
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False)
+    ]
+    for logger, handler in closed:
+        logger.removeHandler(handler)
+    if closed:
+        setup_logger.cache_clear()
 
 
 def pytest_collection_modifyitems(config, items):
