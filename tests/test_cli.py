@@ -14,6 +14,7 @@ import pytest
 import maskformer  # noqa: F401  (registers components and datasets)
 from maskformer.engine.config_loading import ConfigError, load_config
 from tests.utils.processes import huge_pages_probe
+from tests.utils.repo import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 SEM_CFG = "configs/synthetic/maskformer_R18_sem_seg.yaml"
@@ -218,3 +219,43 @@ def test_value_out_of_range_in_the_file_is_blamed_on_the_file(tmp_path):
         str(error.value)
         == f"Values out of range in {path}:\n  SOLVER.MAX_ITER is -2; it must be >= 0"
     )
+
+
+def _tool_parsers():
+    """Every command-line tool's parser, by name."""
+    from maskformer.tools import demo, export_model, predict, serve, train_net
+
+    return {
+        "demo": demo.get_parser,
+        "export": export_model.get_parser,
+        "predict": predict.get_parser,
+        "serve": serve.get_parser,
+        "train_net": train_net.argument_parser,
+        "analyze_model": lambda: load_script("tools/analyze_model.py").get_parser(),
+    }
+
+
+@pytest.mark.parametrize(
+    "tool, argv, option, message",
+    [
+        ("predict", ["--input", "x", "--output", "y", "--batch-size", "0"], "--batch-size", ">= 1"),
+        ("predict", ["--input", "x", "--output", "y", "--dist-timeout", "0"], "--dist-timeout", ">= 1"),
+        ("train_net", ["--dist-timeout", "-5"], "--dist-timeout", ">= 1"),
+        ("demo", ["--webcam", "--confidence-threshold", "1.5"], "--confidence-threshold", "0 to 1"),
+        ("demo", ["--webcam", "--confidence-threshold", "-0.1"], "--confidence-threshold", "0 to 1"),
+        ("demo", ["--webcam", "--batch-size", "0"], "--batch-size", ">= 1"),
+        ("export", ["--config-file", "c", "--output", "o", "--input-size", "0", "64"], "--input-size", ">= 1"),
+        ("export", ["--config-file", "c", "--output", "o", "--int8-images", "0"], "--int8-images", ">= 1"),
+        ("serve", ["--max-body-mb", "0"], "--max-body-mb", ">= 0.001"),
+        ("serve", ["--port", "-1"], "--port", ">= 0"),
+        ("analyze_model", ["--config-file", "c", "--tasks", "flop", "-n", "0"], "--num-inputs", ">= 1"),
+        ("analyze_model", ["--config-file", "c", "--tasks", "flop", "--input-size", "64", "0"], "--input-size", ">= 1"),
+        ("predict", ["--input", "x", "--output", "y", "--num-gpus", "two"], "--num-gpus", "invalid int"),
+    ],
+)  # fmt: skip
+def test_numeric_options_out_of_range_are_refused_by_name(tool, argv, option, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _tool_parsers()[tool]().parse_args(argv)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert option in error and message in error, error

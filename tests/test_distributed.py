@@ -154,8 +154,11 @@ def test_slurm_arguments_and_job_spec(slurm, tmp_path, capsys):
 
     assert slurm.main(["--dry-run", *argv]) is None
     assert '"slurm_partition": "gpu"' in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        slurm.parse_args(["--nodes", "0"])
+    for option in ("--nodes", "--gpus-per-node", "--timeout", "--cpus-per-gpu", "--mem-gb"):
+        with pytest.raises(SystemExit) as refused:
+            slurm.parse_args([option, "0"])
+        assert refused.value.code == 2
+        assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
     # a batch that does not split among the job's 32 processes is refused before submitting
     with pytest.raises(SystemExit) as refused:
         slurm.main(["--dry-run", *argv[:-1], "16"])

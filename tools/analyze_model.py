@@ -34,7 +34,7 @@ from detectron2.utils.logger import setup_logger
 from fvcore.nn import flop_count_table
 
 from maskformer.engine.config_loading import load_config, use_cpu_without_cuda
-from maskformer.tools.arguments import parser_with_examples
+from maskformer.tools.arguments import at_least, parser_with_examples
 
 logger = logging.getLogger("maskformer.analyze_model")
 
@@ -122,13 +122,13 @@ def get_parser():
     parser.add_argument(
         "-n",
         "--num-inputs",
-        type=int,
+        type=at_least(1),
         default=100,
         help="dataset images to average FLOPs over (FLOPs depend on the image size)",
     )
     parser.add_argument(
         "--input-size",
-        type=int,
+        type=at_least(1),
         nargs=2,
         metavar=("HEIGHT", "WIDTH"),
         help="count FLOPs on a synthetic input of this size instead of dataset images",

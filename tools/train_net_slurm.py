@@ -25,31 +25,33 @@ import train_net  # noqa: E402
 from maskformer.engine.cli import exit_on_user_error  # noqa: E402
 from maskformer.engine.cluster_launch import rendezvous_port  # noqa: E402
 from maskformer.engine.config_loading import check_process_count, load_config  # noqa: E402
+from maskformer.tools.arguments import at_least  # noqa: E402
 
 
 def parse_args(argv=None):
     """train_net.py's arguments plus the Slurm job's."""
     parser = train_net.argument_parser()
     slurm = parser.add_argument_group("Slurm")
-    slurm.add_argument("--nodes", type=int, default=1, help="machines of the job")
-    slurm.add_argument("--gpus-per-node", type=int, default=8, help="processes (GPUs) per machine")
+    slurm.add_argument("--nodes", type=at_least(1), default=1, help="machines of the job")
+    slurm.add_argument(
+        "--gpus-per-node", type=at_least(1), default=8, help="processes (GPUs) per machine"
+    )
     slurm.add_argument("--partition", default=None, help="Slurm partition")
-    slurm.add_argument("--timeout", type=int, default=72 * 60, help="job time limit, minutes")
+    slurm.add_argument(
+        "--timeout", type=at_least(1), default=72 * 60, help="job time limit, minutes"
+    )
     slurm.add_argument(
         "--job-dir", default="output/slurm/%j", help="submitit logs and pickles (%%j: job id)"
     )
     slurm.add_argument(
-        "--cpus-per-gpu", type=int, default=10, help="CPU cores per GPU (data loading)"
+        "--cpus-per-gpu", type=at_least(1), default=10, help="CPU cores per GPU (data loading)"
     )
-    slurm.add_argument("--mem-gb", type=int, default=None, help="memory per node, GB")
+    slurm.add_argument("--mem-gb", type=at_least(1), default=None, help="memory per node, GB")
     slurm.add_argument("--constraint", default=None, help="Slurm --constraint (e.g. volta32gb)")
     slurm.add_argument("--comment", default=None, help="Slurm --comment")
     slurm.add_argument("--job-name", default="maskformer")
     slurm.add_argument("--dry-run", action="store_true", help="print the job specification only")
-    args = parser.parse_args(argv)
-    if args.nodes < 1 or args.gpus_per_node < 1:
-        parser.error("--nodes and --gpus-per-node must be at least 1")
-    return args
+    return parser.parse_args(argv)
 
 
 def job_spec(args) -> dict:

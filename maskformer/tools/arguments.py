@@ -41,6 +41,14 @@ def at_least(minimum: float, kind: Callable = int) -> Callable[[str], float]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number from 0 to 1 (a score or threshold)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1, got {value}")
+    return value
+
+
 def parser_with_examples(description: str, doc: str) -> argparse.ArgumentParser:
     """A parser whose --help ends with ``doc``, the tool's module docstring (its examples)."""
     return argparse.ArgumentParser(
@@ -150,7 +158,7 @@ def conversion_arguments(doc: str, source_help: str, argv: Optional[List[str]]):
 def add_dist_timeout(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dist-timeout",
-        type=float,
+        type=at_least(1, float),
         default=DEFAULT_TIMEOUT.total_seconds(),
         metavar="SECONDS",
         help="how long a process waits for the others (start-up, collectives) before failing",

@@ -76,7 +76,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--confidence-threshold",
-        type=float,
+        type=arguments.fraction,
         default=None,
         help="minimum score of panoptic segments (replaces MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD) "
         "and of drawn instances (default 0.5); refused for semantic-only models",

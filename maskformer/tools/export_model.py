@@ -68,7 +68,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--input-size",
         nargs=2,
-        type=int,
+        type=arguments.at_least(1),
         metavar=("H", "W"),
         help="size of the example input to trace (rounded up to the size divisibility); "
         "default INPUT.MIN_SIZE_TEST square. The graph accepts other sizes too.",
@@ -78,7 +78,7 @@ def get_parser() -> argparse.ArgumentParser:
         metavar="GLOB",
         help="with --format onnx: also write model.int8.onnx, calibrated on these training images",
     )
-    parser.add_argument("--int8-images", type=int, default=32, metavar="N")
+    parser.add_argument("--int8-images", type=arguments.at_least(1), default=32, metavar="N")
     parser.add_argument(
         "--sample-images",
         metavar="GLOB",
